@@ -1,0 +1,132 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+)
+
+// Env is the control plane and simulated kubelet shared by the tests of one test binary.
+type Env struct {
+	*ControlPlane
+	// Kubelet plays the kubelet of every node the tests create.
+	Kubelet *simkubelet.Kubelet
+}
+
+var shared struct {
+	once   sync.Once
+	env    *Env
+	err    error
+	cancel context.CancelFunc
+}
+
+// Shared returns the test binary's control plane, starting it on first use. If it
+// cannot start, the test fails with the reason: integration tests never skip.
+func Shared(t testing.TB) *Env {
+	t.Helper()
+	shared.once.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		shared.cancel = cancel
+		start := time.Now()
+		cp, err := Start(ctx)
+		if err != nil {
+			shared.err = err
+			return
+		}
+		kubelet, err := simkubelet.Start(ctx, cp.Client, simkubelet.Options{})
+		if err != nil {
+			cp.Stop()
+			shared.err = err
+			return
+		}
+		shared.env = &Env{ControlPlane: cp, Kubelet: kubelet}
+		fmt.Fprintf(os.Stderr, "controlplane: started in %s (%s)\n", time.Since(start).Round(time.Millisecond), cp.Dir)
+	})
+	if shared.err != nil {
+		t.Fatalf("the test control plane did not start: %v", shared.err)
+	}
+	return shared.env
+}
+
+// RunTests runs the tests and then stops the shared control plane, if one was started.
+// Call it from TestMain: os.Exit(controlplane.RunTests(m)).
+func RunTests(m *testing.M) int {
+	code := m.Run()
+	if shared.env != nil {
+		shared.cancel()
+		shared.env.Stop()
+	}
+	return code
+}
+
+// Namespace creates a namespace for one test, waits until pods can be created in it
+// (its default ServiceAccount exists), and deletes it when the test ends.
+func (e *Env) Namespace(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	ns, err := e.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: strings.Trim(name, "-") + "-"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = e.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
+	})
+	err = e.poll(ctx, time.Minute, "the default ServiceAccount of "+ns.Name, func(ctx context.Context) (bool, error) {
+		_, err := e.Client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, ignoreNotFound(err)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+// ServiceAccountClient returns a client authenticated as a ServiceAccount, with a token
+// from the TokenRequest API, and the path of a kubeconfig file for it.
+func (e *Env) ServiceAccountClient(t testing.TB, namespace, name string) (kubernetes.Interface, string) {
+	t.Helper()
+	tr, err := e.Client.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}},
+		metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for %s/%s: %v", namespace, name, err)
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := WriteKubeconfig(path, e.Config.Host, e.Config.CAFile, tr.Status.Token); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubernetes.NewForConfigOrDie(cfg), path
+}
+
+// CountingConfig returns a copy of the admin configuration whose requests are counted
+// by verb and resource (e.g. "delete pods", "create pods/eviction").
+func (e *Env) CountingConfig() (*rest.Config, *RequestCounter) {
+	cfg := rest.CopyConfig(e.Config)
+	c := &RequestCounter{counts: map[string]int{}}
+	cfg.Wrap(c.wrap)
+	return cfg, c
+}

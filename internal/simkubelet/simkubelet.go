@@ -1,0 +1,300 @@
+package simkubelet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// Options tune the simulated kubelet. The zero value works.
+type Options struct {
+	// TerminationDelay caps how long a deleted pod stays Terminating before it is gone.
+	// Default 200ms; a pod with a shorter grace period goes sooner.
+	TerminationDelay time.Duration
+	// Workers is how many pods are handled at once. Default 8.
+	Workers int
+}
+
+// Kubelet simulates the kubelets of a cluster's nodes.
+type Kubelet struct {
+	client kubernetes.Interface
+	opts   Options
+	queue  workqueue.TypedRateLimitingInterface[string]
+	pods   cache.Indexer
+
+	mu   sync.Mutex
+	down map[string]bool // nodes that are rebooting: their pods are not started
+}
+
+// Start runs the simulated kubelet until ctx ends. It returns once its pod cache has
+// synced.
+func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kubelet, error) {
+	if opts.TerminationDelay <= 0 {
+		opts.TerminationDelay = 200 * time.Millisecond
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 8
+	}
+	k := &Kubelet{
+		client: client,
+		opts:   opts,
+		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		down:   map[string]bool{},
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	inf := factory.Core().V1().Pods().Informer()
+	k.pods = inf.GetIndexer()
+	enqueue := func(obj any) {
+		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+			k.queue.Add(key)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+	}); err != nil {
+		return nil, err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil, fmt.Errorf("simkubelet: pod cache did not sync: %w", ctx.Err())
+	}
+	for range opts.Workers {
+		go k.work(ctx)
+	}
+	go func() {
+		<-ctx.Done()
+		k.queue.ShutDown()
+	}()
+	return k, nil
+}
+
+func (k *Kubelet) work(ctx context.Context) {
+	for {
+		key, quit := k.queue.Get()
+		if quit {
+			return
+		}
+		requeue, err := k.sync(ctx, key)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			k.queue.AddRateLimited(key)
+		case requeue > 0:
+			k.queue.Forget(key)
+			k.queue.AddAfter(key, requeue)
+		default:
+			k.queue.Forget(key)
+		}
+		k.queue.Done(key)
+	}
+}
+
+// sync brings one pod to where a kubelet would have it; a positive duration asks to be
+// called again after it.
+func (k *Kubelet) sync(ctx context.Context, key string) (time.Duration, error) {
+	obj, exists, err := k.pods.GetByKey(key)
+	if err != nil || !exists {
+		return 0, err
+	}
+	pod := obj.(*corev1.Pod)
+	if pod.Spec.NodeName == "" {
+		return 0, nil
+	}
+	if pod.DeletionTimestamp != nil {
+		return k.finishDeletion(ctx, pod)
+	}
+	if k.isDown(pod.Spec.NodeName) || pod.Status.Phase != corev1.PodPending {
+		return 0, nil
+	}
+	return 0, k.run(ctx, pod)
+}
+
+// finishDeletion removes a terminating pod once its termination delay has passed.
+func (k *Kubelet) finishDeletion(ctx context.Context, pod *corev1.Pod) (time.Duration, error) {
+	delay := k.opts.TerminationDelay
+	if g := pod.DeletionGracePeriodSeconds; g != nil && time.Duration(*g)*time.Second < delay {
+		delay = time.Duration(*g) * time.Second
+	}
+	// DeletionTimestamp is the deletion time plus the grace period.
+	start := pod.DeletionTimestamp.Add(-time.Duration(ptrOr(pod.DeletionGracePeriodSeconds, 0)) * time.Second)
+	if wait := time.Until(start.Add(delay)); wait > 0 {
+		return wait, nil
+	}
+	err := k.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: new(int64),
+		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+	})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return 0, nil
+	}
+	return 0, err
+}
+
+// run marks a pending pod Running and Ready, as if its containers had started.
+func (k *Kubelet) run(ctx context.Context, pod *corev1.Pod) error {
+	now := metav1.Now()
+	pod = pod.DeepCopy()
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.StartTime = &now
+	pod.Status.PodIP = "10.244.0.1"
+	pod.Status.PodIPs = []corev1.PodIP{{IP: pod.Status.PodIP}}
+	pod.Status.HostIP = "127.0.0.1"
+	pod.Status.Conditions = []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+	}
+	pod.Status.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, Ready: true, Started: new(bool(true)),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		})
+	}
+	_, err := k.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone, or changed: the informer brings the new version
+	}
+	return err
+}
+
+// NodeOptions describe a node to create. The zero value works.
+type NodeOptions struct {
+	// MachineID is status.nodeInfo.machineID, as kubelet reports /etc/machine-id.
+	// Default: 32 random lowercase hex digits.
+	MachineID string
+	// Labels and Annotations are set on the Node.
+	Labels, Annotations map[string]string
+	// Unschedulable starts the node cordoned.
+	Unschedulable bool
+}
+
+// AddNode creates a Ready node named name.
+func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*corev1.Node, error) {
+	if opts.MachineID == "" {
+		opts.MachineID = RandomID()
+	}
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: opts.Labels, Annotations: opts.Annotations},
+		Spec:       corev1.NodeSpec{Unschedulable: opts.Unschedulable},
+	}
+	created, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue)
+	return k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+}
+
+// Reboot simulates a reboot of node: it goes NotReady and starts no pod; after downFor
+// it comes back Ready with a new boot ID and starts what is pending. Pods still bound
+// to it (after a drain: DaemonSet and mirror pods) keep their objects, as their
+// containers restart in place. Reboot returns once the node is back.
+func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration) error {
+	k.setDown(name, true)
+	defer k.setDown(name, false)
+	if err := k.setNodeStatus(ctx, name, corev1.ConditionFalse, ""); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(downFor):
+	}
+	if err := k.setNodeStatus(ctx, name, corev1.ConditionTrue, RandomID()); err != nil {
+		return err
+	}
+	for _, obj := range k.pods.List() {
+		if pod := obj.(*corev1.Pod); pod.Spec.NodeName == name {
+			if key, err := cache.MetaNamespaceKeyFunc(pod); err == nil {
+				k.queue.Add(key)
+			}
+		}
+	}
+	return nil
+}
+
+// setNodeStatus sets the Ready condition and, when bootID is not empty, the boot ID.
+func (k *Kubelet) setNodeStatus(ctx context.Context, name string, ready corev1.ConditionStatus, bootID string) error {
+	for {
+		node, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if bootID == "" {
+			bootID = node.Status.NodeInfo.BootID
+		}
+		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready)
+		_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+}
+
+func nodeStatus(machineID, bootID string, ready corev1.ConditionStatus) corev1.NodeStatus {
+	now := metav1.Now()
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("32"),
+		corev1.ResourceMemory: resource.MustParse("128Gi"),
+		corev1.ResourcePods:   resource.MustParse("250"),
+	}
+	return corev1.NodeStatus{
+		Capacity:    capacity,
+		Allocatable: capacity,
+		Phase:       corev1.NodeRunning,
+		Conditions: []corev1.NodeCondition{{
+			Type: corev1.NodeReady, Status: ready, Reason: "SimulatedKubelet",
+			LastHeartbeatTime: now, LastTransitionTime: now,
+		}},
+		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}},
+		NodeInfo: corev1.NodeSystemInfo{
+			MachineID: machineID, BootID: bootID, SystemUUID: machineID,
+			KubeletVersion: "v1.36.3", OSImage: "Fedora CoreOS (simulated)",
+			OperatingSystem: "linux", Architecture: "amd64",
+		},
+	}
+}
+
+func (k *Kubelet) setDown(node string, down bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if down {
+		k.down[node] = true
+	} else {
+		delete(k.down, node)
+	}
+}
+
+func (k *Kubelet) isDown(node string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.down[node]
+}
+
+// RandomID returns 32 random lowercase hex digits, the form of a machine or boot ID.
+func RandomID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
