@@ -1,0 +1,107 @@
+// Package fleetlock is the FleetLock v1 wire protocol of reboot-manager: the
+// HTTP handler Zincati (the Fedora CoreOS update agent) talks to before and
+// after rebooting, the Locker interface it calls, a Client that speaks exactly
+// like Zincati, and the derivation of Zincati's node ID.
+//
+// # Glossary
+//
+//   - Zincati: the update agent on each node; the FleetLock client.
+//   - Reboot lock: permission to reboot, granted by pre-reboot and returned
+//     by steady-state. The lock side (a Locker) decides; this package only
+//     carries the protocol.
+//   - Client ID (client_params.id, "zincatiID" in logs): systemd's
+//     app-specific machine ID for Zincati's app ID, 32 lowercase hex digits;
+//     see ZincatiID.
+//   - Group (client_params.group): Zincati's reboot group, "default" unless
+//     configured.
+//   - Kind: the machine-readable outcome in every reply; Zincati uses it as a
+//     Prometheus label, so the set is small and fixed.
+//
+// # Routes
+//
+//	POST <prefix>/v1/pre-reboot    ask for the reboot lock; 2xx means "reboot now"
+//	POST <prefix>/v1/steady-state  the node booted fine; release its lock, if any
+//
+// <prefix> is Options.PathPrefix ("" by default). Paths match exactly: a
+// trailing slash, a double slash or a dot segment is not_found. The handler
+// never redirects (no 3xx). Another method on a known path is
+// method_not_allowed with "Allow: POST".
+//
+// # Request rules
+//
+// The header fleet-lock-protocol must appear once with value "true"; spaces
+// and tabs around it are trimmed and case is ignored ("True", " TRUE " pass).
+// Content-Type and User-Agent are ignored: Zincati sends neither.
+//
+// The body, at most Options.MaxBodyBytes (4 KiB by default), as Zincati sends
+// it (pretty-printed):
+//
+//	{
+//	  "client_params": {
+//	    "id": "978a225b3d7b40e9acd7ce9b62f68444",
+//	    "group": "default"
+//	  }
+//	}
+//
+// It must be valid UTF-8 holding exactly one JSON object and nothing after it
+// but white space. client_params must be an object; id and group must be
+// strings. Keys are matched case-sensitively ("ID" is an unknown key, so id is
+// then missing). Unknown keys are ignored, but a key repeated in the top
+// object or in client_params is rejected, so that a proxy and this server
+// cannot read different IDs. id must be non-empty and at most MaxIDBytes
+// bytes; it is case-sensitive. group must be non-empty, at most MaxGroupBytes
+// bytes and match ^[a-zA-Z0-9.-]+$. A violation is invalid_request whose value
+// names the field, e.g. "client_params.group: must match ^[a-zA-Z0-9.-]+$".
+//
+// # Replies
+//
+// Every reply, success included, has Content-Type application/json and the
+// body {"kind": "...", "value": "..."} with both fields non-empty. Zincati
+// treats every 2xx as success, so every "not yet" is non-2xx:
+//
+//	kind                status  when
+//	lock_granted        200     pre-reboot: Locker.PreReboot returned nil
+//	lock_released       200     steady-state: the node's lock was released
+//	lock_not_held       200     steady-state: the node held no lock
+//	lock_held           409     ErrLockHeld
+//	drain_in_progress   409     ErrDrainInProgress
+//	drain_blocked       409     ErrDrainBlocked
+//	unknown_node        422     ErrUnknownNode
+//	ambiguous_node      422     ErrAmbiguousNode
+//	invalid_request     400     bad header or body
+//	method_not_allowed  405     not POST on a known path; header Allow: POST
+//	not_found           404     unknown path
+//	body_too_large      413     body over Options.MaxBodyBytes
+//	api_unavailable     503     ErrUnavailable, context.Canceled or
+//	                            context.DeadlineExceeded; header Retry-After
+//	                            (Options.RetryAfter, 10 s by default)
+//	internal_error      500     any other Locker error, or a Locker panic
+//
+// A Locker error is matched with errors.Is against the sentinels in the order
+// above, so it may wrap one with %w or be a typed error with an Is method; the
+// reply value is its message. Context errors count as api_unavailable, not
+// internal_error: they mean the request (or a call the Locker made) ran out of
+// time or was abandoned, which is transient, and a 503 never grants a reboot.
+// internal_error replies carry a fixed value; the error itself is only
+// logged. All replies are computed by one function (outcome) from one table
+// (kinds); adding a kind means adding a constant, a sentinel and a row.
+//
+// # Base URL
+//
+// Zincati resolves "v1/pre-reboot" against its configured base_url with
+// RFC 3986 reference resolution (Rust's Url::join), so the trailing slash
+// matters:
+//
+//	http://h/fleetlock/  ->  http://h/fleetlock/v1/pre-reboot
+//	http://h/fleetlock   ->  http://h/v1/pre-reboot   (prefix silently dropped)
+//
+// With Options.PathPrefix "/fleetlock", configure Zincati with the trailing
+// slash. Client resolves BaseURL the same way.
+//
+// # Logs and metrics
+//
+// One log line per request with the constant message "fleetlock request" and
+// keys endpoint, zincatiID, group, kind and err: internal_error at error level,
+// api_unavailable at warn, everything else at debug. See Options.Registerer
+// for metrics.
+package fleetlock

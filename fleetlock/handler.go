@@ -1,0 +1,220 @@
+package fleetlock
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Locker is the lock side the handler depends on. Both methods may be called
+// again for the same node (Zincati retries), so they must be idempotent.
+type Locker interface {
+	// PreReboot returns nil only when the node may reboot now.
+	PreReboot(ctx context.Context, p ClientParams) error
+	// SteadyState releases the lock the node holds, if any; released reports whether it held one.
+	SteadyState(ctx context.Context, p ClientParams) (released bool, err error)
+}
+
+// Options configures NewHandler. The zero value is valid.
+type Options struct {
+	// PathPrefix is mounted before /v1/..., e.g. "/fleetlock". Default "" (root).
+	// A missing leading slash is added and a trailing slash removed; it must
+	// be a literal path (no chi patterns such as "{x}" or "*").
+	PathPrefix string
+	// Logger receives request logs. Default nil: discard.
+	Logger *slog.Logger
+	// MaxBodyBytes bounds the request body. Default (<= 0): 4096.
+	MaxBodyBytes int64
+	// RetryAfter is sent as Retry-After (whole seconds, at least 1) with
+	// api_unavailable. Default (<= 0): 10s.
+	RetryAfter time.Duration
+	// Registerer receives the metrics rebootmanager_fleetlock_requests_total
+	// {endpoint,kind} and rebootmanager_fleetlock_request_duration_seconds
+	// {endpoint}, endpoint being pre-reboot, steady-state or other (unknown
+	// path or wrong method). Default nil:
+	// no metrics. Collectors already registered there are reused; any other
+	// registration error panics.
+	Registerer prometheus.Registerer
+}
+
+// Endpoint label values.
+const (
+	endpointPreReboot   = "pre-reboot"
+	endpointSteadyState = "steady-state"
+	endpointOther       = "other"
+)
+
+// handler serves the FleetLock routes.
+type handler struct {
+	locker     Locker
+	log        *slog.Logger
+	maxBody    int64
+	retryAfter string
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+}
+
+// endpointFunc handles one request and returns the node's params (when known),
+// the success kind, and the error, if any.
+type endpointFunc func(r *http.Request) (ClientParams, Kind, error)
+
+// NewHandler returns the FleetLock v1 HTTP handler: POST
+// <PathPrefix>/v1/pre-reboot and POST <PathPrefix>/v1/steady-state, backed by l.
+// It never redirects and always answers a JSON Reply.
+func NewHandler(l Locker, opts Options) http.Handler {
+	h := &handler{locker: l, log: opts.Logger, maxBody: opts.MaxBodyBytes}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = 4 << 10
+	}
+	if opts.RetryAfter <= 0 {
+		opts.RetryAfter = 10 * time.Second
+	}
+	h.retryAfter = strconv.Itoa(max(1, int((opts.RetryAfter+time.Second-1)/time.Second)))
+	if opts.Registerer != nil {
+		h.registerMetrics(opts.Registerer)
+	}
+	prefix := strings.TrimSuffix("/"+strings.TrimPrefix(opts.PathPrefix, "/"), "/")
+	r := chi.NewRouter()
+	r.Post(prefix+"/v1/pre-reboot", h.wrap(endpointPreReboot, h.preReboot))
+	r.Post(prefix+"/v1/steady-state", h.wrap(endpointSteadyState, h.steadyState))
+	r.NotFound(h.wrap(endpointOther, fail(errNotFound)))
+	r.MethodNotAllowed(h.wrap(endpointOther, fail(errMethodNotAllowed)))
+	return r
+}
+
+// fail returns an endpointFunc that always fails with err.
+func fail(err error) endpointFunc {
+	return func(*http.Request) (ClientParams, Kind, error) { return ClientParams{}, "", err }
+}
+
+// params checks the header and decodes the body of a FleetLock request.
+func (h *handler) params(r *http.Request) (ClientParams, error) {
+	if err := checkHeader(r.Header); err != nil {
+		return ClientParams{}, err
+	}
+	b, err := readBody(r.Body, h.maxBody)
+	if err != nil {
+		return ClientParams{}, err
+	}
+	return decodeRequest(b)
+}
+
+func (h *handler) preReboot(r *http.Request) (ClientParams, Kind, error) {
+	p, err := h.params(r)
+	if err == nil {
+		err = recovered(func() error { return h.locker.PreReboot(r.Context(), p) })
+	}
+	return p, KindLockGranted, err
+}
+
+func (h *handler) steadyState(r *http.Request) (ClientParams, Kind, error) {
+	p, err := h.params(r)
+	if err != nil {
+		return p, "", err
+	}
+	var released bool
+	err = recovered(func() (err error) {
+		released, err = h.locker.SteadyState(r.Context(), p)
+		return err
+	})
+	if released {
+		return p, KindLockReleased, err
+	}
+	return p, KindLockNotHeld, err
+}
+
+// wrap turns fn into an http.HandlerFunc that writes the Reply, logs and
+// records metrics.
+func (h *handler) wrap(endpoint string, fn endpointFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		p, success, err := fn(r)
+		status, rep := outcome(success, err)
+		h.write(w, status, rep)
+		h.logRequest(r.Context(), endpoint, p, rep, err)
+		if h.requests != nil {
+			h.requests.WithLabelValues(endpoint, string(rep.Kind)).Inc()
+			h.duration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+		}
+	}
+}
+
+// recovered calls the Locker through fn, turning a panic into an error.
+func recovered(fn func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("panic: %v\n%s", v, debug.Stack())
+		}
+	}()
+	return fn()
+}
+
+// write sends rep as JSON with status and the kind's extra headers.
+func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
+	hd := w.Header()
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Cache-Control", "no-store")
+	switch rep.Kind {
+	case KindMethodNotAllowed:
+		hd.Set("Allow", http.MethodPost)
+	case KindAPIUnavailable:
+		hd.Set("Retry-After", h.retryAfter)
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(rep) // the client is gone if this fails
+}
+
+// logRequest logs one request: internal_error at error level,
+// api_unavailable at warn, the rest at debug.
+func (h *handler) logRequest(ctx context.Context, endpoint string, p ClientParams, rep Reply, err error) {
+	level := slog.LevelDebug
+	switch rep.Kind {
+	case KindInternalError:
+		level = slog.LevelError
+	case KindAPIUnavailable:
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{slog.String("endpoint", endpoint), slog.String("zincatiID", p.ID),
+		slog.String("group", p.Group), slog.String("kind", string(rep.Kind))}
+	if err != nil {
+		attrs = append(attrs, slog.Any("err", err))
+	}
+	h.log.LogAttrs(ctx, level, "fleetlock request", attrs...)
+}
+
+// registerMetrics creates the collectors on reg, reusing registered ones.
+func (h *handler) registerMetrics(reg prometheus.Registerer) {
+	h.requests = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_fleetlock_requests_total",
+		Help: "FleetLock requests by endpoint and reply kind.",
+	}, []string{"endpoint", "kind"}))
+	h.duration = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rebootmanager_fleetlock_request_duration_seconds",
+		Help:    "FleetLock request handling time by endpoint.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"endpoint"}))
+}
+
+// register registers c on reg, or returns the equal collector already there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		are, ok := err.(prometheus.AlreadyRegisteredError)
+		if !ok {
+			panic(fmt.Errorf("fleetlock: registering metrics: %w", err))
+		}
+		return are.ExistingCollector.(C)
+	}
+	return c
+}

@@ -1,0 +1,156 @@
+package fleetlock
+
+import (
+	"context"
+	"errors"
+	"net/http"
+)
+
+// ClientParams identifies the node asking for (or returning) the reboot lock.
+type ClientParams struct {
+	// ID is Zincati's app-specific machine ID (see ZincatiID); case-sensitive.
+	ID string `json:"id"`
+	// Group is the Zincati reboot group, "default" unless configured.
+	Group string `json:"group"`
+}
+
+// Request is the body Zincati posts to both endpoints.
+type Request struct {
+	// ClientParams identifies the node.
+	ClientParams ClientParams `json:"client_params"`
+}
+
+// Kind is the machine-readable outcome carried in every Reply. The set is
+// small and fixed because Zincati uses it as a Prometheus label.
+type Kind string
+
+// Reply is the JSON body of every response, success or not.
+type Reply struct {
+	// Kind is the outcome, one of the Kind constants.
+	Kind Kind `json:"kind"`
+	// Value is a human-readable explanation; Zincati logs it. Never empty.
+	Value string `json:"value"`
+}
+
+// The kinds. Their status codes are listed in the package documentation and
+// defined in one table (kinds) in this file.
+const (
+	// KindLockGranted (200): pre-reboot succeeded; the node may reboot now.
+	KindLockGranted Kind = "lock_granted"
+	// KindLockReleased (200): steady-state released the lock the node held.
+	KindLockReleased Kind = "lock_released"
+	// KindLockNotHeld (200): steady-state found no lock held by the node.
+	KindLockNotHeld Kind = "lock_not_held"
+	// KindLockHeld (409): another node holds the lock; ErrLockHeld.
+	KindLockHeld Kind = "lock_held"
+	// KindDrainInProgress (409): the node is being drained; ErrDrainInProgress.
+	KindDrainInProgress Kind = "drain_in_progress"
+	// KindDrainBlocked (409): draining the node cannot proceed; ErrDrainBlocked.
+	KindDrainBlocked Kind = "drain_blocked"
+	// KindUnknownNode (422): no Kubernetes node matches the ID; ErrUnknownNode.
+	KindUnknownNode Kind = "unknown_node"
+	// KindAmbiguousNode (422): several nodes match the ID; ErrAmbiguousNode.
+	KindAmbiguousNode Kind = "ambiguous_node"
+	// KindInvalidRequest (400): bad header or body.
+	KindInvalidRequest Kind = "invalid_request"
+	// KindMethodNotAllowed (405): known path, method other than POST.
+	KindMethodNotAllowed Kind = "method_not_allowed"
+	// KindNotFound (404): unknown path.
+	KindNotFound Kind = "not_found"
+	// KindBodyTooLarge (413): body over Options.MaxBodyBytes.
+	KindBodyTooLarge Kind = "body_too_large"
+	// KindAPIUnavailable (503): try again later; ErrUnavailable or a context error.
+	KindAPIUnavailable Kind = "api_unavailable"
+	// KindInternalError (500): any other error, or a panic in the Locker.
+	KindInternalError Kind = "internal_error"
+)
+
+// Errors a Locker returns, wrapped (fmt.Errorf("...: %w", ErrLockHeld)) or
+// matched by a typed error's Is method. Any other error is an internal_error.
+var (
+	// ErrLockHeld means another node holds the reboot lock.
+	ErrLockHeld = errors.New("reboot lock held by another node")
+	// ErrDrainInProgress means the node is being drained; ask again later.
+	ErrDrainInProgress = errors.New("node drain in progress")
+	// ErrDrainBlocked means draining the node cannot currently proceed.
+	ErrDrainBlocked = errors.New("node drain blocked")
+	// ErrUnknownNode means no Kubernetes node matches the client ID.
+	ErrUnknownNode = errors.New("no node matches the client id")
+	// ErrAmbiguousNode means more than one Kubernetes node matches the client ID.
+	ErrAmbiguousNode = errors.New("several nodes match the client id")
+	// ErrUnavailable means a dependency (e.g. the Kubernetes API) is unavailable.
+	ErrUnavailable = errors.New("api unavailable")
+)
+
+// Errors only this package produces.
+var (
+	errInvalidRequest   = errors.New("invalid request")
+	errMethodNotAllowed = errors.New("method not allowed: use POST")
+	errNotFound         = errors.New("not found")
+	errBodyTooLarge     = errors.New("request body too large")
+	errInternal         = errors.New("internal server error")
+)
+
+// kindSpec is one row of the kinds table.
+type kindSpec struct {
+	kind   Kind
+	status int
+	err    error  // sentinel matched with errors.Is; nil for success kinds
+	value  string // default value for success kinds
+}
+
+// kinds is the one place that maps outcomes to kinds and status codes.
+// Errors match the first row whose sentinel they wrap.
+var kinds = []kindSpec{
+	{KindLockGranted, http.StatusOK, nil, "reboot lock granted: reboot now"},
+	{KindLockReleased, http.StatusOK, nil, "reboot lock released"},
+	{KindLockNotHeld, http.StatusOK, nil, "no reboot lock held"},
+	{KindLockHeld, http.StatusConflict, ErrLockHeld, ""},
+	{KindDrainInProgress, http.StatusConflict, ErrDrainInProgress, ""},
+	{KindDrainBlocked, http.StatusConflict, ErrDrainBlocked, ""},
+	{KindUnknownNode, http.StatusUnprocessableEntity, ErrUnknownNode, ""},
+	{KindAmbiguousNode, http.StatusUnprocessableEntity, ErrAmbiguousNode, ""},
+	{KindInvalidRequest, http.StatusBadRequest, errInvalidRequest, ""},
+	{KindMethodNotAllowed, http.StatusMethodNotAllowed, errMethodNotAllowed, ""},
+	{KindNotFound, http.StatusNotFound, errNotFound, ""},
+	{KindBodyTooLarge, http.StatusRequestEntityTooLarge, errBodyTooLarge, ""},
+	{KindAPIUnavailable, http.StatusServiceUnavailable, ErrUnavailable, ""},
+	{KindInternalError, http.StatusInternalServerError, errInternal, ""},
+}
+
+// outcome maps every outcome to a status and a Reply: a nil err yields the
+// success kind; a non-nil err yields the kind of the first sentinel it wraps,
+// api_unavailable for context cancellation or deadline, else internal_error.
+// The value is the error's message, except for internal_error whose details
+// are only logged.
+func outcome(success Kind, err error) (int, Reply) {
+	for _, s := range kinds {
+		switch {
+		case err == nil && s.kind == success:
+			return s.status, Reply{s.kind, s.value}
+		case err != nil && s.err != nil && errors.Is(err, s.err):
+			return s.status, Reply{s.kind, message(err, s.err)}
+		}
+	}
+	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return outcome("", &detail{ErrUnavailable, err.Error()})
+	}
+	return http.StatusInternalServerError, Reply{KindInternalError, errInternal.Error()}
+}
+
+// message is err's text, or the sentinel's when err's is empty.
+func message(err, sentinel error) string {
+	if msg := err.Error(); msg != "" {
+		return msg
+	}
+	return sentinel.Error()
+}
+
+// detail is an error of a sentinel's kind whose message is msg alone.
+type detail struct {
+	kind error
+	msg  string
+}
+
+func (d *detail) Error() string { return d.msg }
+func (d *detail) Unwrap() error { return d.kind }
