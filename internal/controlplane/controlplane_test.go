@@ -30,7 +30,9 @@ func TestConcurrentUpdatesConflict(t *testing.T) {
 	ctx := context.Background()
 	node, err := env.Kubelet.AddNode(ctx, "smoke-conflict", simkubelet.NodeOptions{})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{})
+	})
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -68,7 +70,9 @@ func TestEvictionRespectsPDB(t *testing.T) {
 	ns := env.Namespace(t)
 	node, err := env.Kubelet.AddNode(ctx, "smoke-evict", simkubelet.NodeOptions{})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{})
+	})
 
 	labels := map[string]string{"app": "guarded"}
 	pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{

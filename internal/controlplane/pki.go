@@ -17,7 +17,7 @@ import (
 
 // pki holds the file paths of the keys and certificates the control plane needs.
 type pki struct {
-	caCert, servingCert, servingKey string
+	caCert, servingCert, servingKey      string
 	serviceAccountKey, serviceAccountPub string
 }
 
