@@ -1,0 +1,67 @@
+package lock
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+)
+
+// ErrNotHolder is returned by Release for a node that holds no lock.
+var ErrNotHolder = errors.New("node holds no reboot lock")
+
+// HeldError is returned when every slot of the group is taken. Holders are the nodes
+// rebooting in the group; Ahead the nodes whose claims come first.
+type HeldError struct {
+	Group   string
+	Slots   int
+	Holders []string
+	Ahead   []string
+}
+
+func (e *HeldError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "group %q: all %d reboot slots taken", e.Group, e.Slots)
+	if len(e.Holders) > 0 {
+		fmt.Fprintf(&b, "; rebooting: %s", strings.Join(e.Holders, ", "))
+	}
+	if len(e.Ahead) > 0 {
+		fmt.Fprintf(&b, "; claimed first: %s", strings.Join(e.Ahead, ", "))
+	}
+	return b.String()
+}
+
+// Is makes errors.Is(err, fleetlock.ErrLockHeld) true.
+func (e *HeldError) Is(target error) bool { return target == fleetlock.ErrLockHeld }
+
+// DrainError is returned to a holder whose node is not drained yet.
+type DrainError struct {
+	Progress evict.Progress
+}
+
+func (e *DrainError) Error() string {
+	return fmt.Sprintf("node %s: %s", e.Progress.Node, e.Progress)
+}
+
+// Is matches fleetlock.ErrDrainBlocked when a PodDisruptionBudget refuses evictions or
+// the drain failed, fleetlock.ErrDrainInProgress otherwise.
+func (e *DrainError) Is(target error) bool {
+	if len(e.Progress.BlockedBy) > 0 || e.Progress.Failed {
+		return target == fleetlock.ErrDrainBlocked
+	}
+	return target == fleetlock.ErrDrainInProgress
+}
+
+// APIError is an API-server failure that made the lock give up on a request; nothing
+// was granted. It matches fleetlock.ErrUnavailable.
+type APIError struct {
+	Op  string
+	Err error
+}
+
+func (e *APIError) Error() string             { return e.Op + ": " + e.Err.Error() }
+func (e *APIError) Unwrap() error             { return e.Err }
+func (e *APIError) Is(target error) bool      { return target == fleetlock.ErrUnavailable }
+func apiError(op string, err error) *APIError { return &APIError{Op: op, Err: err} }

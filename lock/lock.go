@@ -1,0 +1,254 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+)
+
+// Drainer empties nodes of their pods in the background. The evict package's Drainer
+// implements it.
+type Drainer interface {
+	// Start starts draining node unless a drain of it is under way or done, and
+	// returns its progress without blocking.
+	Start(node string) evict.Progress
+	// Forget stops any drain of node and drops what is known of it.
+	Forget(node string)
+}
+
+// Options configure a Lock. The zero value works.
+type Options struct {
+	// Slots returns how many nodes of a group may hold the lock at once. Default: 1
+	// for every group. It is called on every decision, so it may change at run time.
+	Slots func(group string) int
+	// Wait is how long a pre-reboot request may wait for a free slot and for its drain
+	// before it answers "not yet". Default 2 minutes; keep it well under Zincati's
+	// 30-minute request timeout and under any proxy's.
+	Wait time.Duration
+	// StaleClaimAge is the age after which a claim nobody refreshed (its replica
+	// crashed) may be removed by anyone. Default 1 minute.
+	StaleClaimAge time.Duration
+	// Logger receives one info line per lock state change. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock for the times written on nodes. Default time.Now.
+	Now func() time.Time
+}
+
+// tieWait is the least time a request waits for later claimants to withdraw, whatever
+// Options.Wait says: they do so within a few API round trips.
+const tieWait = 5 * time.Second
+
+// maxConflicts bounds how often one request re-reads a node after a 409 Conflict.
+const maxConflicts = 20
+
+// Lock is the reboot lock, kept in Node annotations. It implements fleetlock.Locker.
+type Lock struct {
+	client  kubernetes.Interface
+	drainer Drainer
+	opts    Options
+	log     *slog.Logger
+	factory informers.SharedInformerFactory
+	nodes   cache.SharedIndexInformer
+	changed signal
+}
+
+var _ fleetlock.Locker = (*Lock)(nil)
+
+// New returns a Lock. Call Start before use.
+func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, error) {
+	if opts.Slots == nil {
+		opts.Slots = func(string) int { return 1 }
+	}
+	if opts.Wait <= 0 {
+		opts.Wait = 2 * time.Minute
+	}
+	if opts.StaleClaimAge <= 0 {
+		opts.StaleClaimAge = time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	l := &Lock{client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal()}
+	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
+	l.nodes = l.factory.Core().V1().Nodes().Informer()
+	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup}); err != nil {
+		return nil, err
+	}
+	_, err := l.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok && lockOf(n).State != StateReady {
+				l.changed.fire()
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, n := oldObj.(*corev1.Node), newObj.(*corev1.Node)
+			if lockOf(o) != lockOf(n) {
+				l.changed.fire()
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				l.drainer.Forget(n.Name)
+				l.changed.fire()
+			}
+		},
+	})
+	return l, err
+}
+
+// Start starts the node cache and waits until it has synced. The cache runs until
+// ctx ends.
+func (l *Lock) Start(ctx context.Context) error {
+	l.factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced) {
+		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
+	}
+	return nil
+}
+
+// HasSynced reports whether the node cache is filled; requests fail until it is.
+func (l *Lock) HasSynced() bool { return l.nodes.HasSynced() }
+
+// PreReboot asks for the reboot lock for the node Zincati identifies with p.ID. It
+// returns nil only when the node holds the lock and is drained: the node may reboot.
+// Otherwise it waits up to Options.Wait for a slot and for the drain, then returns why
+// not yet (*HeldError, *DrainError, *APIError, or an unknown or ambiguous node).
+func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
+	node, err := l.resolve(p.ID)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	r := &request{
+		Lock:       l,
+		name:       node.Name,
+		group:      p.Group,
+		log:        l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group),
+		expires:    now.Add(l.opts.Wait),
+		tieExpires: now.Add(max(l.opts.Wait, tieWait)),
+	}
+	return r.run(ctx, node)
+}
+
+// SteadyState releases the lock the node holds, if any, uncordoning it if we cordoned
+// it. A node that holds nothing, or that no node matches, costs no API request.
+func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool, error) {
+	node, err := l.resolve(p.ID)
+	if errors.Is(err, fleetlock.ErrUnknownNode) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if lockOf(node).State != StateRebooting {
+		return false, nil
+	}
+	err = l.release(ctx, node, l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group))
+	if errors.Is(err, ErrNotHolder) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Release releases the lock node holds and uncordons it if we cordoned it; it returns
+// ErrNotHolder if the node holds none. It is the operator's manual release.
+func (l *Lock) Release(ctx context.Context, node string) error {
+	n, err := l.client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return apiError("get node", err)
+	}
+	return l.release(ctx, n, l.log.With("node", node))
+}
+
+// release clears node's lock in one conditioned write, which also uncordons the node
+// if we cordoned it: there is never a moment with one done and not the other.
+func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger) error {
+	for range maxConflicts {
+		st := lockOf(n)
+		if st.State != StateRebooting {
+			return ErrNotHolder
+		}
+		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: l.opts.Now()}
+		if !st.WasUnschedulable {
+			w.unschedulable = new(false)
+		}
+		_, err := l.patch(ctx, n.Name, w)
+		if apierrors.IsConflict(err) {
+			if n, err = l.get(ctx, n.Name); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return apiError("release lock", err)
+		}
+		l.drainer.Forget(n.Name)
+		log.Info("reboot lock released", "uncordoned", !st.WasUnschedulable, "heldFor", l.opts.Now().Sub(st.Since).Round(time.Second))
+		return nil
+	}
+	return apiError("release lock", errTooManyConflicts)
+}
+
+var errTooManyConflicts = errors.New("node kept changing: too many conflicts")
+
+func (l *Lock) patch(ctx context.Context, name string, w write) (*corev1.Node, error) {
+	return l.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, w.patch(), metav1.PatchOptions{})
+}
+
+func (l *Lock) get(ctx context.Context, name string) (*corev1.Node, error) {
+	n, err := l.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, apiError("get node", err)
+	}
+	return n, nil
+}
+
+// slots returns the group's slot count, at least 1 for a sane configuration.
+func (l *Lock) slots(group string) int { return max(l.opts.Slots(group), 0) }
+
+// signal wakes every waiter when the lock state of some node changes.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newSignal() signal { return signal{ch: make(chan struct{})} }
+
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch
+}
+
+func (s *signal) fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.ch)
+	s.ch = make(chan struct{})
+}
+
+// jitter returns d plus up to 50%.
+func jitter(d time.Duration) time.Duration {
+	return d + rand.N(d/2+1)
+}
