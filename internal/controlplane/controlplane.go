@@ -96,7 +96,7 @@ func Start(ctx context.Context) (*ControlPlane, error) {
 }
 
 func (cp *ControlPlane) start(ctx context.Context, bin string) error {
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return err
 	}

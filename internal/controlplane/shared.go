@@ -25,13 +25,36 @@ type Env struct {
 	*ControlPlane
 	// Kubelet plays the kubelet of every node the tests create.
 	Kubelet *simkubelet.Kubelet
+
+	stopKubelet context.CancelFunc
 }
 
 var shared struct {
-	once   sync.Once
-	env    *Env
-	err    error
-	cancel context.CancelFunc
+	once sync.Once
+	env  *Env
+	err  error
+}
+
+// StartEnv starts a control plane and a simulated kubelet; Stop stops both.
+func StartEnv(ctx context.Context) (*Env, error) {
+	cp, err := Start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	kubelet, err := simkubelet.Start(ctx, cp.Client, simkubelet.Options{})
+	if err != nil {
+		cancel()
+		cp.Stop()
+		return nil, err
+	}
+	return &Env{ControlPlane: cp, Kubelet: kubelet, stopKubelet: cancel}, nil
+}
+
+// Stop stops the simulated kubelet and the control plane.
+func (e *Env) Stop() {
+	e.stopKubelet()
+	e.ControlPlane.Stop()
 }
 
 // Shared returns the test binary's control plane, starting it on first use. If it
@@ -39,22 +62,11 @@ var shared struct {
 func Shared(t testing.TB) *Env {
 	t.Helper()
 	shared.once.Do(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		shared.cancel = cancel
 		start := time.Now()
-		cp, err := Start(ctx)
-		if err != nil {
-			shared.err = err
-			return
+		shared.env, shared.err = StartEnv(context.Background())
+		if shared.err == nil {
+			fmt.Fprintf(os.Stderr, "controlplane: started in %s (%s)\n", time.Since(start).Round(time.Millisecond), shared.env.Dir)
 		}
-		kubelet, err := simkubelet.Start(ctx, cp.Client, simkubelet.Options{})
-		if err != nil {
-			cp.Stop()
-			shared.err = err
-			return
-		}
-		shared.env = &Env{ControlPlane: cp, Kubelet: kubelet}
-		fmt.Fprintf(os.Stderr, "controlplane: started in %s (%s)\n", time.Since(start).Round(time.Millisecond), cp.Dir)
 	})
 	if shared.err != nil {
 		t.Fatalf("the test control plane did not start: %v", shared.err)
@@ -67,7 +79,6 @@ func Shared(t testing.TB) *Env {
 func RunTests(m *testing.M) int {
 	code := m.Run()
 	if shared.env != nil {
-		shared.cancel()
 		shared.env.Stop()
 	}
 	return code

@@ -196,7 +196,36 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 		return nil, err
 	}
 	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue)
-	return k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return nil, err
+	}
+	return k.setNotReadyTaint(ctx, name, false)
+}
+
+// setNotReadyTaint adds or removes the node.kubernetes.io/not-ready:NoSchedule taint,
+// as the node-lifecycle controller does when a node's Ready condition changes (the
+// API server adds it to every new node).
+func (k *Kubelet) setNotReadyTaint(ctx context.Context, name string, present bool) (*corev1.Node, error) {
+	for {
+		node, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		var taints []corev1.Taint
+		for _, t := range node.Spec.Taints {
+			if t.Key != corev1.TaintNodeNotReady {
+				taints = append(taints, t)
+			}
+		}
+		if present {
+			taints = append(taints, corev1.Taint{Key: corev1.TaintNodeNotReady, Effect: corev1.TaintEffectNoSchedule})
+		}
+		node.Spec.Taints = taints
+		updated, err := k.client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+		if !apierrors.IsConflict(err) {
+			return updated, err
+		}
+	}
 }
 
 // Reboot simulates a reboot of node: it goes NotReady and starts no pod; after downFor
@@ -209,12 +238,18 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 	if err := k.setNodeStatus(ctx, name, corev1.ConditionFalse, ""); err != nil {
 		return err
 	}
+	if _, err := k.setNotReadyTaint(ctx, name, true); err != nil {
+		return err
+	}
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-time.After(downFor):
 	}
 	if err := k.setNodeStatus(ctx, name, corev1.ConditionTrue, RandomID()); err != nil {
+		return err
+	}
+	if _, err := k.setNotReadyTaint(ctx, name, false); err != nil {
 		return err
 	}
 	for _, obj := range k.pods.List() {
