@@ -1,0 +1,572 @@
+package evict_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+)
+
+// A node with pods of every kind: the drain evicts exactly those that must leave
+// (Deployment pods under a budget, an emptyDir pod, a bare pod), one budget-allowed
+// disruption at a time, leaves the DaemonSet pod, the mirror pod and the completed
+// Job pod, reports "drained" only once the evicted pods are gone, and deletes nothing.
+func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	a := c.addNode("a", true)
+	b := c.addNode("b", false)
+	cn := c.addNode("c", false)
+
+	// While only a is schedulable, put everything there.
+	dsLabels := map[string]string{"app": "agent"}
+	_, err := c.client.AppsV1().DaemonSets(c.ns).Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: dsLabels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: dsLabels}, Spec: c.podSpec()},
+		},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	c.deployment("web", 3, nil)
+	one := intstr.FromInt32(1)
+	c.budget("web", "web", nil, &one)
+	c.deployment("cache", 1, func(s *corev1.PodSpec) {
+		s.Volumes = []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	})
+	jobSpec := c.podSpec()
+	jobSpec.RestartPolicy = corev1.RestartPolicyNever
+	_, err = c.client.BatchV1().Jobs(c.ns).Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "batch"},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: new(int32),
+			Template:     corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "batch"}}, Spec: jobSpec},
+		},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	bare := c.podSpec()
+	bare.NodeName = a
+	_, err = c.client.CoreV1().Pods(c.ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "bare", Labels: map[string]string{"app": "bare"}},
+		Spec:       bare,
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	mirror := c.podSpec()
+	mirror.NodeName = a
+	_, err = c.client.CoreV1().Pods(c.ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        "static-" + a,
+			Labels:      map[string]string{"app": "static"},
+			Annotations: map[string]string{corev1.MirrorPodAnnotationKey: "0123456789abcdef"},
+		},
+		Spec: mirror,
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	c.waitRunning(a, "web", 3)
+	c.waitRunning(a, "cache", 1)
+	c.waitRunning(a, "agent", 1)
+	c.waitRunning(a, "bare", 1)
+	c.waitRunning(a, "static", 1)
+	jobPod := c.waitRunning(a, "batch", 1)[0]
+	c.setPodStatus(jobPod.Name, func(p *corev1.Pod) {
+		p.Status.Phase = corev1.PodSucceeded
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == corev1.PodReady || p.Status.Conditions[i].Type == corev1.ContainersReady {
+				p.Status.Conditions[i].Status = corev1.ConditionFalse
+			}
+		}
+		for i := range p.Status.ContainerStatuses {
+			p.Status.ContainerStatuses[i].Ready = false
+			p.Status.ContainerStatuses[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 0, Reason: "Completed", StartedAt: metav1.Now(), FinishedAt: metav1.Now(),
+			}}
+		}
+	})
+	c.waitBudget("web", 3, 1)
+
+	mustGo, mustStay := map[types.UID]string{}, map[types.UID]string{}
+	for _, p := range c.nodePods(a) {
+		switch p.Labels["app"] {
+		case "web", "cache", "bare":
+			mustGo[p.UID] = p.Name
+		case "agent", "static", "batch":
+			mustStay[p.UID] = p.Name
+		}
+	}
+	require.Len(t, mustGo, 5)
+	require.Len(t, mustStay, 3)
+
+	c.cordon(b, false)
+	c.cordon(cn, false)
+	c.cordon(a, true)
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 200 * time.Millisecond, BackoffMax: 2 * time.Second})
+	sampler := c.sampleReady("web")
+
+	p := d.Start(a)
+	require.NotNil(t, p.Done)
+	assert.False(t, p.Drained)
+	again := d.Start(a)
+	assert.Equal(t, p.Started, again.Started, "Start is idempotent")
+	assert.Equal(t, p.Done, again.Done, "Start is idempotent")
+
+	p = awaitDone(t, d, a, p, 2*time.Minute)
+	after := c.nodePods(a) // a fresh LIST, as soon as the drain says done
+	least, samples := sampler.finish()
+
+	require.True(t, p.Drained, "progress: %s", p)
+	assert.False(t, p.Failed)
+	for _, pod := range after {
+		if name, ok := mustGo[pod.UID]; ok {
+			t.Errorf("pod %s (phase %s, deleting %v) still on the node when the drain reported drained", name, pod.Status.Phase, pod.DeletionTimestamp != nil)
+		}
+	}
+	left := uids(after)
+	for uid, name := range mustStay {
+		assert.Contains(t, left, uid, "pod %s must stay on the node", name)
+	}
+	assert.Equal(t, 5, p.Pods)
+	assert.Equal(t, 1, p.Unmanaged, "the bare pod")
+	assert.Equal(t, 1, p.LocalData, "the emptyDir pod")
+	assert.Zero(t, p.PodsLeft)
+	assert.Empty(t, p.Left)
+	assert.Empty(t, p.BlockedBy)
+	assert.Zero(t, p.Forced)
+	assert.NoError(t, p.Err)
+
+	assert.GreaterOrEqual(t, least, 2, "the budget allows one web pod down at a time")
+	assert.Greater(t, samples, 10, "the sampler ran throughout")
+
+	assert.Zero(t, counter.Count("delete pods"), "no DELETE in the default mode")
+	assert.GreaterOrEqual(t, counter.Count("create pods/eviction"), 5)
+
+	// The audit log shows evictions of exactly the pods that had to go, and that the
+	// budget refused some: three web pods under maxUnavailable 1 cannot go at once.
+	want := map[string]bool{}
+	for _, name := range mustGo {
+		want[name] = true
+	}
+	evicted, refusals := map[string]bool{}, 0
+	for _, e := range c.audited() {
+		if e.Verb == "create" && e.ObjectRef.Subresource == "eviction" {
+			if e.ResponseStatus != nil && e.ResponseStatus.Code == 429 {
+				refusals++
+				continue
+			}
+			evicted[e.ObjectRef.Name] = true
+		}
+	}
+	assert.Equal(t, want, evicted, "pods evicted")
+	assert.Positive(t, refusals, "the budget refused evictions")
+
+	evs := c.waitEvents(a, evict.ReasonDrainStarted, evict.ReasonDrainUnmanagedPods, evict.ReasonDrainLocalData,
+		evict.ReasonDrainBlocked, evict.ReasonDrainSucceeded)
+	assert.Equal(t, 1, countReason(evs, evict.ReasonDrainBlocked), "blocked is posted once per budget")
+	for _, e := range evs {
+		switch e.Reason {
+		case evict.ReasonDrainUnmanagedPods:
+			assert.Contains(t, e.Note, c.ns+"/bare")
+		case evict.ReasonDrainLocalData:
+			assert.Contains(t, e.Note, c.ns+"/cache-")
+		case evict.ReasonDrainBlocked:
+			assert.Contains(t, e.Note, c.ns+"/web")
+		}
+	}
+
+	final := d.Start(a)
+	assert.True(t, final.Drained, "a finished drain stays drained until Forget")
+	assert.Equal(t, p.Started, final.Started)
+}
+
+// blockedWorkload puts a Deployment of n pods on a fresh node under a budget that
+// allows no disruption, and returns the node (now cordoned), the pods and the
+// budget's namespace/name. Another node takes the replacements.
+func blockedWorkload(c *cluster, n int32) (string, []corev1.Pod, string) {
+	c.t.Helper()
+	node := c.addNode("x", true)
+	spare := c.addNode("y", false)
+	c.deployment("db", n, nil)
+	all := intstr.FromInt32(n)
+	c.budget("db", "db", &all, nil)
+	pods := c.waitRunning(node, "db", int(n))
+	c.waitBudget("db", n, 0)
+	c.cordon(spare, false)
+	c.cordon(node, true)
+	return node, pods, c.ns + "/db"
+}
+
+// A budget that allows nothing holds the drain: the progress names the budget, the
+// drain does not finish, one Event says so; once the budget is relaxed, the drain
+// completes, and nothing was deleted.
+func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
+	c := newCluster(t)
+	node, pods, budget := blockedWorkload(c, 2)
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
+	sampler := c.sampleReady("db")
+
+	p := d.Start(node)
+	c.waitFor(30*time.Second, "the drain blocked by "+budget, func(context.Context) (bool, error) {
+		p, _ = d.Progress(node)
+		return len(p.BlockedBy) == 1 && p.BlockedBy[0] == budget, nil
+	})
+	time.Sleep(3 * time.Second)
+	p, _ = d.Progress(node)
+	select {
+	case <-p.Done:
+		t.Fatalf("drain ended although the budget allows no disruption: %s", p)
+	default:
+	}
+	assert.False(t, p.Drained)
+	assert.False(t, p.Failed)
+	assert.Equal(t, 2, p.PodsLeft)
+	assert.Equal(t, []string{budget}, p.BlockedBy)
+	require.Error(t, p.Err)
+	assert.True(t, apierrors.IsTooManyRequests(p.Err), "Err is the refusal: %v", p.Err)
+	assert.Contains(t, p.String(), "blocked by PodDisruptionBudget "+budget)
+	still := uids(c.nodePods(node))
+	for _, pod := range pods {
+		assert.Contains(t, still, pod.UID, "pod %s stays while the budget refuses", pod.Name)
+	}
+	assert.Greater(t, counter.Count("create pods/eviction"), 4, "refused evictions are retried")
+	c.waitEvents(node, evict.ReasonDrainBlocked)
+	time.Sleep(500 * time.Millisecond) // let any duplicate be posted
+	evs := c.nodeEvents(node)
+	assert.Equal(t, 1, countReason(evs, evict.ReasonDrainBlocked), "blocked is posted once, not per retry")
+	for _, e := range evs {
+		if e.Reason == evict.ReasonDrainBlocked {
+			assert.Nil(t, e.Series, "not repeated as a series either")
+			assert.Equal(t, corev1.EventTypeWarning, e.Type)
+			require.NotNil(t, e.Related)
+			assert.Equal(t, "PodDisruptionBudget", e.Related.Kind)
+			assert.Equal(t, c.ns+"/db", e.Related.Namespace+"/"+e.Related.Name)
+			assert.Contains(t, e.Note, budget)
+		}
+	}
+
+	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+		[]byte(`{"spec":{"minAvailable":1}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	p = awaitDone(t, d, node, p, time.Minute)
+	least, _ := sampler.finish()
+	require.True(t, p.Drained, "progress: %s", p)
+	assert.Empty(t, p.BlockedBy)
+	after := uids(c.nodePods(node))
+	for _, pod := range pods {
+		assert.NotContains(t, after, pod.UID, "pod %s gone", pod.Name)
+	}
+	assert.GreaterOrEqual(t, least, 1, "minAvailable 1 held while draining")
+	assert.Zero(t, counter.Count("delete pods"), "no DELETE in the default mode")
+	evs = c.waitEvents(node, evict.ReasonDrainSucceeded)
+	assert.Equal(t, 1, countReason(evs, evict.ReasonDrainBlocked))
+	for _, e := range evs {
+		if e.Reason == evict.ReasonDrainBlocked {
+			assert.Nil(t, e.Series, "blocked is posted once per drain")
+		}
+	}
+}
+
+// Under Force, once Timeout has passed, the pods the budget still protects are
+// deleted, and the drain completes.
+func TestForceDeletesAfterTimeout(t *testing.T) {
+	c := newCluster(t)
+	node, pods, budget := blockedWorkload(c, 2)
+	cfg, counter := c.env.CountingConfig()
+	const timeout = 3 * time.Second
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
+		FailurePolicy: evict.Force, Timeout: timeout, BackoffBase: 200 * time.Millisecond, BackoffMax: time.Second,
+	})
+	start := time.Now()
+	p := d.Start(node)
+	time.Sleep(timeout - time.Second)
+	blocked, _ := d.Progress(node)
+	assert.Equal(t, []string{budget}, blocked.BlockedBy)
+	assert.Zero(t, counter.Count("delete pods"), "no DELETE before the timeout")
+
+	p = awaitDone(t, d, node, p, time.Minute)
+	assert.GreaterOrEqual(t, time.Since(start), timeout)
+	require.True(t, p.Drained, "progress: %s", p)
+	assert.Equal(t, 2, p.Forced)
+	assert.Equal(t, 2, counter.Count("delete pods"), "one DELETE per blocked pod")
+	after := uids(c.nodePods(node))
+	for _, pod := range pods {
+		assert.NotContains(t, after, pod.UID, "pod %s gone", pod.Name)
+	}
+	c.waitEvents(node, evict.ReasonDrainSucceeded)
+	evs := c.waitEventCount(node, evict.ReasonDrainForced, 2)
+	time.Sleep(500 * time.Millisecond)
+	assert.Equal(t, 2, countReason(c.nodeEvents(node), evict.ReasonDrainForced), "one event per deleted pod")
+	forced := map[string]bool{}
+	for _, e := range evs {
+		if e.Reason == evict.ReasonDrainForced {
+			assert.Equal(t, corev1.EventTypeWarning, e.Type)
+			require.NotNil(t, e.Related)
+			forced[e.Related.Name] = true
+		}
+	}
+	for _, pod := range pods {
+		assert.True(t, forced[pod.Name], "an event names deleted pod %s", pod.Name)
+	}
+}
+
+// Under Release, once Timeout has passed, the drain gives up: Failed, Done closed,
+// nothing deleted; it stays failed until Forget, after which Start begins afresh.
+// Forget stops a drain: no eviction is sent after it returns.
+func TestReleaseGivesUpAndForgetStops(t *testing.T) {
+	c := newCluster(t)
+	node, pods, budget := blockedWorkload(c, 2)
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
+		FailurePolicy: evict.Release, Timeout: 2 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
+	})
+	p := d.Start(node)
+	p = awaitDone(t, d, node, p, 30*time.Second)
+	require.True(t, p.Failed, "progress: %s", p)
+	assert.False(t, p.Drained)
+	assert.ErrorIs(t, p.Err, evict.ErrTimeout)
+	assert.Equal(t, []string{budget}, p.BlockedBy)
+	assert.Equal(t, 2, p.PodsLeft)
+	for _, pod := range c.nodePods(node) {
+		if pod.Labels["app"] == "db" {
+			assert.Nil(t, pod.DeletionTimestamp, "pod %s untouched", pod.Name)
+		}
+	}
+	assert.Len(t, c.nodePods(node), len(pods))
+	assert.Zero(t, counter.Count("delete pods"))
+	again := d.Start(node)
+	assert.True(t, again.Failed, "a failed drain stays failed until Forget")
+	assert.Equal(t, p.Started, again.Started)
+	c.waitEvents(node, evict.ReasonDrainFailed)
+
+	d.Forget(node)
+	_, known := d.Progress(node)
+	assert.False(t, known)
+	assert.Empty(t, d.Drains())
+
+	before := counter.Count("create pods/eviction")
+	fresh := d.Start(node)
+	assert.False(t, fresh.Failed)
+	assert.True(t, fresh.Started.After(p.Started), "a new drain")
+	assert.Len(t, d.Drains(), 1)
+	c.waitFor(10*time.Second, "the new drain evicting", func(context.Context) (bool, error) {
+		return counter.Count("create pods/eviction") > before, nil
+	})
+	d.Forget(node)
+	select {
+	case <-fresh.Done:
+	default:
+		t.Error("Forget closes the stopped drain's Done")
+	}
+	stopped := counter.Count("create pods/eviction")
+	time.Sleep(1500 * time.Millisecond)
+	assert.Equal(t, stopped, counter.Count("create pods/eviction"), "no eviction after Forget returned")
+}
+
+// Options.Self is evicted only once every other pod on the node is gone.
+func TestSelfIsEvictedLast(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	node := c.addNode("s", true)
+	spare := c.addNode("t", false)
+	c.deployment("app", 3, nil)
+	self := c.podSpec()
+	self.NodeName = node
+	_, err := c.client.CoreV1().Pods(c.ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager", Labels: map[string]string{"app": "self"}},
+		Spec:       self,
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	apps := c.waitRunning(node, "app", 3)
+	c.waitRunning(node, "self", 1)
+	c.cordon(spare, false)
+	c.cordon(node, true)
+
+	// Record, in watch order, when each pod starts terminating and when it is gone.
+	list, err := c.client.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	w, err := c.client.CoreV1().Pods(c.ns).Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	require.NoError(t, err)
+	var mu sync.Mutex
+	seq, terminating, deleted := 0, map[string]int{}, map[string]int{}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			seq++
+			if _, seen := terminating[pod.Name]; !seen && pod.DeletionTimestamp != nil {
+				terminating[pod.Name] = seq
+			}
+			if ev.Type == watch.Deleted {
+				deleted[pod.Name] = seq
+			}
+			mu.Unlock()
+		}
+	}()
+
+	d := c.drainer(c.client, evict.Options{Self: c.ns + "/reboot-manager"})
+	p := awaitDone(t, d, node, d.Start(node), time.Minute)
+	require.True(t, p.Drained, "progress: %s", p)
+	c.waitFor(10*time.Second, "the self pod's deletion watched", func(context.Context) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, ok := deleted["reboot-manager"]
+		return ok, nil
+	})
+	w.Stop()
+	<-watched
+	selfAt, ok := terminating["reboot-manager"]
+	require.True(t, ok, "self evicted")
+	for _, pod := range apps {
+		require.Contains(t, deleted, pod.Name)
+		assert.Less(t, deleted[pod.Name], selfAt, "pod %s gone before self is evicted", pod.Name)
+	}
+}
+
+// A drain waits for pod objects to be gone, not for evictions to be accepted; pods
+// already terminating when it starts (a drain resumed by a new process) are waited
+// for, not evicted again; and a pod replaced under the same name by another UID (as a
+// StatefulSet does) counts as gone, its replacement left alone.
+func TestDrainWaitsForPodObjects(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	node := c.addNode("r", true)
+	const finalizer = "evict.test/hold"
+	create := func(name string) *corev1.Pod {
+		spec := c.podSpec()
+		spec.NodeName = node
+		pod, err := c.client.CoreV1().Pods(c.ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}, Finalizers: []string{finalizer}},
+			Spec:       spec,
+		}, metav1.CreateOptions{})
+		require.NoError(t, err)
+		c.waitRunning(node, name, 1)
+		return pod
+	}
+	release := func(name string) {
+		_, err := c.client.CoreV1().Pods(c.ns).Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, name := range []string{"held", "db-0"} {
+			_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.Background(), name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+		}
+	})
+	create("held")
+	db := create("db-0")
+	// An earlier process evicted "held"; its finalizer keeps it terminating.
+	require.NoError(t, c.client.CoreV1().Pods(c.ns).Delete(ctx, "held", metav1.DeleteOptions{}))
+	c.cordon(node, true)
+
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{})
+	p := d.Start(node)
+	c.waitFor(30*time.Second, "db-0 evicted", func(ctx context.Context) (bool, error) {
+		pod, err := c.client.CoreV1().Pods(c.ns).Get(ctx, "db-0", metav1.GetOptions{})
+		return err == nil && pod.DeletionTimestamp != nil, err
+	})
+	time.Sleep(time.Second)
+	p, _ = d.Progress(node)
+	select {
+	case <-p.Done:
+		t.Fatalf("drained while evicted pods are still there: %s", p)
+	default:
+	}
+	assert.Equal(t, []string{c.ns + "/db-0", c.ns + "/held"}, p.Left)
+	assert.Equal(t, 1, counter.Count("create pods/eviction"), "the terminating pod is not evicted again")
+
+	// db-0 goes and comes back under the same name, as a StatefulSet's pod would.
+	release("db-0")
+	c.waitFor(30*time.Second, "db-0 gone", func(ctx context.Context) (bool, error) {
+		_, err := c.client.CoreV1().Pods(c.ns).Get(ctx, "db-0", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, err
+	})
+	replacement := create("db-0")
+	require.NotEqual(t, db.UID, replacement.UID)
+	c.waitFor(10*time.Second, "only held left", func(context.Context) (bool, error) {
+		p, _ = d.Progress(node)
+		return len(p.Left) == 1 && p.Left[0] == c.ns+"/held", nil
+	})
+	select {
+	case <-p.Done:
+		t.Fatalf("drained while a terminating pod is still there: %s", p)
+	default:
+	}
+
+	release("held")
+	p = awaitDone(t, d, node, p, 30*time.Second)
+	require.True(t, p.Drained, "progress: %s", p)
+	pod, err := c.client.CoreV1().Pods(c.ns).Get(ctx, "db-0", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, replacement.UID, pod.UID)
+	assert.Nil(t, pod.DeletionTimestamp, "the replacement is not evicted")
+	assert.Equal(t, 1, counter.Count("create pods/eviction"))
+	assert.Zero(t, counter.Count("delete pods"))
+}
+
+// Drains started before Run wait for it; after Run returns, Start starts nothing.
+func TestStartBeforeRunAndAfterStop(t *testing.T) {
+	client := fake.NewClientset()
+	d := evict.New(client, evict.Options{})
+	p := d.Start("n1")
+	require.NotNil(t, p.Done)
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-p.Done:
+		t.Fatal("a drain ran before Run")
+	default:
+	}
+	assert.Len(t, d.Drains(), 1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		d.Run(ctx)
+	}()
+	p = awaitDone(t, d, "n1", p, 10*time.Second)
+	assert.True(t, p.Drained, "a node without pods is drained: %s", p)
+	var listed bool
+	for _, a := range client.Actions() {
+		if a.GetVerb() == "list" && a.GetResource().Resource == "pods" {
+			listed = true
+		}
+		assert.NotEqual(t, "delete", a.GetVerb(), "%v", a)
+	}
+	assert.True(t, listed, "the node's pods were listed")
+
+	cancel()
+	<-ran
+	stopped := d.Start("n2")
+	assert.ErrorIs(t, stopped.Err, evict.ErrStopped)
+	require.NotNil(t, stopped.Done)
+	assert.True(t, d.Start("n1").Drained, "what ended before stays")
+	d.Forget("n1")
+	_, ok := d.Progress("n1")
+	assert.False(t, ok)
+	assert.True(t, strings.HasPrefix(p.String(), "drained"))
+}

@@ -1,0 +1,90 @@
+package evict
+
+import (
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Reasons of the Events a drain posts on its Node.
+const (
+	// ReasonDrainStarted (Normal): the drain began; the note counts the pods to evict.
+	ReasonDrainStarted = "DrainStarted"
+	// ReasonDrainUnmanagedPods (Warning): pods no controller recreates are evicted.
+	ReasonDrainUnmanagedPods = "DrainUnmanagedPods"
+	// ReasonDrainLocalData (Warning): pods with emptyDir volumes are evicted; their
+	// data is lost.
+	ReasonDrainLocalData = "DrainLocalData"
+	// ReasonDrainBlocked (Warning): a PodDisruptionBudget refused an eviction. Posted
+	// once per budget per drain, not per retry.
+	ReasonDrainBlocked = "DrainBlocked"
+	// ReasonDrainSucceeded (Normal): every pod that had to leave is gone.
+	ReasonDrainSucceeded = "DrainSucceeded"
+	// ReasonDrainFailed (Warning): the drain gave up (FailurePolicy Release).
+	ReasonDrainFailed = "DrainFailed"
+	// ReasonDrainForced (Warning): a pod was deleted without eviction (FailurePolicy
+	// Force), one Event per pod.
+	ReasonDrainForced = "DrainForced"
+)
+
+// Actions of those Events (events.k8s.io/v1 requires one).
+const (
+	actionDrain  = "Drain"
+	actionEvict  = "Evict"
+	actionDelete = "Delete"
+)
+
+// eventController is the reporting controller of the Drainer's own recorder.
+const eventController = "reboot-manager"
+
+// maxNote is the length limit of an Event's note.
+const maxNote = 1024
+
+// nodeRef is the object the drain's Events regard. Like the kubelet, it uses the
+// node's name as its UID, so no request is needed; `kubectl describe node` shows
+// Events referring to the node by name or by UID.
+func nodeRef(node string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
+}
+
+// podRef and budgetRef are the objects an Event is related to. The events library
+// merges Events that differ only in their notes into one series, so an Event about a
+// particular pod or budget names it as related.
+func podRef(key string, uid types.UID) *corev1.ObjectReference {
+	ns, name, _ := strings.Cut(key, "/")
+	return &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: name, UID: uid}
+}
+
+func budgetRef(key string) *corev1.ObjectReference {
+	ns, name, _ := strings.Cut(key, "/")
+	return &corev1.ObjectReference{Kind: "PodDisruptionBudget", APIVersion: "policy/v1", Namespace: ns, Name: name}
+}
+
+// event posts an Event on the drain's node, if there is a recorder; related may be
+// nil.
+func (dr *drain) event(related *corev1.ObjectReference, eventType, reason, action, format string, args ...any) {
+	r := dr.d.recorder
+	if r == nil {
+		return
+	}
+	note := fmt.Sprintf(format, args...)
+	if len(note) > maxNote {
+		note = note[:maxNote-3] + "..."
+	}
+	if related == nil {
+		r.Eventf(nodeRef(dr.node), nil, eventType, reason, action, "%s", note)
+		return
+	}
+	r.Eventf(nodeRef(dr.node), related, eventType, reason, action, "%s", note)
+}
+
+// listNames joins names for a note, eliding after a few.
+func listNames(names []string) string {
+	const most = 10
+	if len(names) <= most {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:most], ", "), len(names)-most)
+}

@@ -1,0 +1,121 @@
+package evict
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/tools/events"
+)
+
+// FailurePolicy says what a drain does once Options.Timeout has passed and pods are
+// still on the node.
+type FailurePolicy int
+
+const (
+	// KeepRefusing, the default, never gives up and never deletes: the drain keeps
+	// retrying evictions and reports what blocks it, and the node is not rebooted until
+	// every pod has left. Timeout does not apply.
+	KeepRefusing FailurePolicy = iota
+	// Release gives up after Timeout: Progress.Failed is set and Done closed, so that
+	// the lock releases the node (and uncordons it). Nothing is deleted.
+	Release
+	// Force, after Timeout, DELETEs the pods whose evictions are still refused, with
+	// each pod's own grace period, and then waits for them to be gone.
+	Force
+)
+
+// String returns the policy's name as ParseFailurePolicy accepts it.
+func (p FailurePolicy) String() string {
+	switch p {
+	case KeepRefusing:
+		return "KeepRefusing"
+	case Release:
+		return "Release"
+	case Force:
+		return "Force"
+	default:
+		return fmt.Sprintf("FailurePolicy(%d)", int(p))
+	}
+}
+
+// ParseFailurePolicy reads a policy name, in any case, with or without dashes:
+// "KeepRefusing", "keep-refusing", "release", "force".
+func ParseFailurePolicy(s string) (FailurePolicy, error) {
+	switch strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), "-", "")) {
+	case "keeprefusing", "":
+		return KeepRefusing, nil
+	case "release":
+		return Release, nil
+	case "force":
+		return Force, nil
+	}
+	return 0, fmt.Errorf("unknown drain failure policy %q (want KeepRefusing, Release or Force)", s)
+}
+
+// Options configure a Drainer. The zero value works; each field documents its default.
+type Options struct {
+	// Parallelism is how many evictions (or, under Force, deletions) one drain has in
+	// flight at once. Default 5.
+	Parallelism int
+	// EvictionsPerSecond caps the eviction and deletion requests of all drains
+	// together, client side (the client's own QPS limit applies as well). Default 10.
+	EvictionsPerSecond float64
+	// BackoffBase and BackoffMax bound the wait before a pod's next eviction attempt
+	// after a refusal or an error: BackoffBase·2^(n-1) after n failures, capped at
+	// BackoffMax, of which a random 50% to 100% is waited. Defaults 1s and 30s. A
+	// PodDisruptionBudget whose status starts allowing disruptions cuts the wait short.
+	BackoffBase, BackoffMax time.Duration
+	// FailurePolicy is what a drain does once Timeout has passed. Default KeepRefusing.
+	FailurePolicy FailurePolicy
+	// Timeout is how long after its start a drain may run before Release or Force
+	// act. Default 15 minutes. Unused under KeepRefusing.
+	Timeout time.Duration
+	// Self is "namespace/name" of reboot-manager's own pod. When it runs on the node
+	// being drained it is evicted last, once every other pod has left, so that the
+	// drain gets as far as it can before this process is stopped. Default: none.
+	Self string
+	// Logger receives one info line per drain state change; per-retry detail is at
+	// debug level. Default: discard.
+	Logger *slog.Logger
+	// Recorder posts the Events on the Node. Default: a recorder of the Drainer's own,
+	// posting events.k8s.io/v1 Events through the Drainer's client as
+	// "reboot-manager" while Run runs.
+	Recorder events.EventRecorder
+}
+
+// Defaults of Options.
+const (
+	DefaultParallelism        = 5
+	DefaultEvictionsPerSecond = 10
+	DefaultBackoffBase        = time.Second
+	DefaultBackoffMax         = 30 * time.Second
+	DefaultTimeout            = 15 * time.Minute
+)
+
+// withDefaults returns o with every zero field set to its default.
+func (o Options) withDefaults() Options {
+	if o.Parallelism <= 0 {
+		o.Parallelism = DefaultParallelism
+	}
+	if o.EvictionsPerSecond <= 0 {
+		o.EvictionsPerSecond = DefaultEvictionsPerSecond
+	}
+	if o.BackoffBase <= 0 {
+		o.BackoffBase = DefaultBackoffBase
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = DefaultBackoffMax
+	}
+	if o.BackoffMax < o.BackoffBase {
+		o.BackoffMax = o.BackoffBase
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
