@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -65,6 +66,10 @@ type Lock struct {
 	factory informers.SharedInformerFactory
 	nodes   cache.SharedIndexInformer
 	changed signal
+	// stopping is closed when Start's context ends: waiting requests answer at once.
+	stopping <-chan struct{}
+	// unmatched counts requests whose ID matched no node or several, by endpoint.
+	unmatched *prometheus.CounterVec
 }
 
 var _ fleetlock.Locker = (*Lock)(nil)
@@ -86,7 +91,14 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Lock{client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal()}
+	l := &Lock{
+		client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal(),
+		stopping: make(chan struct{}),
+		unmatched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rebootmanager_unmatched_ids_total",
+			Help: "Requests whose Zincati ID matched no node (reason unknown) or several (reason ambiguous).",
+		}, []string{"endpoint", "reason"}),
+	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
 	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup}); err != nil {
@@ -120,6 +132,7 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 // Start starts the node cache and waits until it has synced. The cache runs until
 // ctx ends.
 func (l *Lock) Start(ctx context.Context) error {
+	l.stopping = ctx.Done()
 	l.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced) {
 		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
@@ -137,6 +150,7 @@ func (l *Lock) HasSynced() bool { return l.nodes.HasSynced() }
 func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 	node, err := l.resolve(p.ID)
 	if err != nil {
+		l.countUnmatched("pre-reboot", err)
 		return err
 	}
 	now := time.Now()
@@ -155,6 +169,7 @@ func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 // it. A node that holds nothing, or that no node matches, costs no API request.
 func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool, error) {
 	node, err := l.resolve(p.ID)
+	l.countUnmatched("steady-state", err)
 	if errors.Is(err, fleetlock.ErrUnknownNode) {
 		return false, nil
 	}
@@ -222,6 +237,15 @@ func (l *Lock) get(ctx context.Context, name string) (*corev1.Node, error) {
 		return nil, apiError("get node", err)
 	}
 	return n, nil
+}
+
+func (l *Lock) countUnmatched(endpoint string, err error) {
+	switch {
+	case errors.Is(err, fleetlock.ErrUnknownNode):
+		l.unmatched.WithLabelValues(endpoint, "unknown").Inc()
+	case errors.Is(err, fleetlock.ErrAmbiguousNode):
+		l.unmatched.WithLabelValues(endpoint, "ambiguous").Inc()
+	}
 }
 
 // slots returns the group's slot count, at least 1 for a sane configuration.

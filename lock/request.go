@@ -202,6 +202,10 @@ func (r *request) withdraw(ctx context.Context) *corev1.Node {
 
 // awaitDrain starts or resumes the holder's drain and waits for it to finish.
 func (r *request) awaitDrain(ctx context.Context) error {
+	if grantBeforeDrain {
+		r.drainer.Start(r.name)
+		return nil
+	}
 	for {
 		p := r.drainer.Start(r.name)
 		switch {
@@ -264,6 +268,8 @@ func (r *request) sleep(ctx context.Context, wake <-chan struct{}, every time.Du
 	select {
 	case <-ctx.Done():
 		return apiError("request", ctx.Err())
+	case <-r.stopping:
+		return errExpired // shutting down: answer "not yet" now
 	case <-wake:
 	case <-t.C:
 	}

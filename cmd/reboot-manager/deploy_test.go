@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock"
+)
+
+func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
+
+var built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// binary builds reboot-manager once per test binary.
+func binary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "reboot-manager-bin-")
+		if err == nil {
+			built.path, err = fleetsim.BuildServer(dir)
+		}
+		built.err = err
+	})
+	require.NoError(t, built.err)
+	return built.path
+}
+
+func startServer(t *testing.T, kubeconfig string, args ...string) *fleetsim.Server {
+	t.Helper()
+	logs := &fleetsim.LogBuffer{}
+	s, err := fleetsim.StartServer(binary(t), kubeconfig, logs, append([]string{"--log-format=text", "--log-level=debug"}, args...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = s.Stop()
+		if t.Failed() || os.Getenv("SHOW_LOGS") != "" {
+			t.Logf("reboot-manager logs:\n%s", logs.String())
+		}
+	})
+	return s
+}
+
+func metrics(t *testing.T, s *fleetsim.Server) string {
+	t.Helper()
+	m, err := s.Metrics()
+	require.NoError(t, err)
+	return m
+}
+
+// The manifest installs with kubectl; the binary, authenticated as the manifest's
+// ServiceAccount, completes a full cycle for a node running PDB-protected pods; its
+// metrics show the same holders after a restart; and the ClusterRole holds nothing
+// spare: without the one verb the cycle needs to take the lock, nothing is granted.
+func TestDeployedCycle(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	bin, err := controlplane.BinDir()
+	require.NoError(t, err)
+	kubectl := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig=" + env.Kubeconfig}, args...)...).CombinedOutput()
+		require.NoError(t, err, "kubectl %s:\n%s", strings.Join(args, " "), out)
+	}
+	kubectl("apply", "-f", "../../kubernetes/deployment.yaml")
+	_, kubeconfig := env.ServiceAccountClient(t, "reboot-manager", "reboot-manager")
+
+	// Two nodes, a Deployment spread over them under a PDB that allows one disruption.
+	ns := env.Namespace(t)
+	labels := map[string]string{"deploy-test": ns}
+	var ids []string
+	for _, name := range []string{"deploy-a", "deploy-b"} {
+		machineID := simkubelet.RandomID()
+		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: machineID, Labels: labels})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		id, err := fleetlock.ZincatiID(machineID)
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	createGuardedDeployment(t, env, ns, labels, 2)
+	waitPods(t, env, ns, "deploy-a", 1)
+
+	s := startServer(t, kubeconfig, "--wait=30s")
+	client := fleetlock.Client{BaseURL: s.FleetLock}
+	a := fleetlock.ClientParams{ID: ids[0], Group: "default"}
+
+	resp, err := client.PreReboot(ctx, a)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "pre-reboot: %+v", resp.Reply)
+	assert.Equal(t, fleetlock.KindLockGranted, resp.Reply.Kind)
+	node, err := env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.True(t, node.Spec.Unschedulable, "cordoned")
+	assert.Equal(t, string(lock.StateRebooting), node.Annotations[lock.AnnotationStatus])
+	assert.Zero(t, countPods(t, env, ns, "deploy-a"), "granted only once the pods are gone")
+
+	// Restart: the metrics, computed from the cluster, show the same holder.
+	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="deploy-a"}`)
+	require.NoError(t, s.Stop(), "clean exit on SIGTERM")
+	s = startServer(t, kubeconfig, "--wait=30s")
+	client.BaseURL = s.FleetLock
+	m := metrics(t, s)
+	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="deploy-a"}`)
+	assert.Contains(t, m, `rebootmanager_group_holders{group="default"} 1`)
+
+	resp, err = client.SteadyState(ctx, a)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "steady-state: %+v", resp.Reply)
+	assert.Equal(t, fleetlock.KindLockReleased, resp.Reply.Kind)
+	node, err = env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, node.Spec.Unschedulable, "uncordoned")
+	assert.Contains(t, metrics(t, s), `rebootmanager_group_holders{group="default"} 0`)
+
+	// Without "patch" on nodes the lock cannot be taken: refused, nothing changes.
+	kubectl("patch", "clusterrole", "reboot-manager", "--type=json",
+		`-p=[{"op":"replace","path":"/rules/0/verbs","value":["get","list","watch"]}]`)
+	t.Cleanup(func() { kubectl("apply", "-f", "../../kubernetes/deployment.yaml") })
+	resp, err = client.PreReboot(ctx, a)
+	require.NoError(t, err)
+	assert.False(t, resp.OK(), "granted without the right to patch nodes: %+v", resp.Reply)
+	assert.Equal(t, fleetlock.KindAPIUnavailable, resp.Reply.Kind)
+	node, err = env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, node.Spec.Unschedulable)
+	assert.Empty(t, node.Annotations[lock.AnnotationGroup])
+}
+
+func createGuardedDeployment(t *testing.T, env *controlplane.Env, ns string, nodeLabels map[string]string, replicas int32) {
+	t.Helper()
+	ctx := context.Background()
+	podLabels := map[string]string{"app": "web"}
+	_, err := env.Client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
+				Spec: corev1.PodSpec{
+					NodeSelector: nodeLabels,
+					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
+						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.ScheduleAnyway,
+						LabelSelector: &metav1.LabelSelector{MatchLabels: podLabels},
+					}},
+					Containers: []corev1.Container{{Name: "web", Image: "registry.invalid/web:1"}},
+				},
+			},
+		},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	maxUnavailable := intstr.FromInt32(1)
+	_, err = env.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable: &maxUnavailable,
+			Selector:       &metav1.LabelSelector{MatchLabels: podLabels},
+		},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
+func countPods(t *testing.T, env *controlplane.Env, ns, node string) int {
+	t.Helper()
+	pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	require.NoError(t, err)
+	return len(pods.Items)
+}
+
+func waitPods(t *testing.T, env *controlplane.Env, ns, node string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for _, p := range pods.Items {
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					ready++
+				}
+			}
+		}
+		return ready >= n
+	}, time.Minute, 50*time.Millisecond, "%d ready pods on %s", n, node)
+}

@@ -1,0 +1,141 @@
+// Command reboot-manager is a FleetLock reboot coordinator for Kubernetes: Zincati on
+// every node asks it before rebooting into an OS update. See the README for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// config is everything the flags and the environment say.
+type config struct {
+	kubeconfig     string
+	listenAddress  string
+	metricsAddress string
+	pathPrefix     string
+	defaultSlots   int
+	groupSlots     map[string]int
+	wait           time.Duration
+	staleClaimAge  time.Duration
+	drain          evict.Options
+	logFormat      string
+	logLevel       slog.Level
+	showVersion    bool
+}
+
+// groupName is the form of a FleetLock group, as Zincati validates it.
+var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
+
+// parseConfig reads the flags, with environment overrides where Kubernetes users
+// expect them (KUBECONFIG; POD_NAMESPACE and POD_NAME from the downward API).
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	c := config{groupSlots: map[string]int{}}
+	fs := flag.NewFlagSet("reboot-manager", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else the in-cluster configuration)")
+	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address of the FleetLock HTTP server")
+	fs.StringVar(&c.metricsAddress, "metrics-address", ":9090", "address serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.pathPrefix, "path-prefix", "", "path the FleetLock routes are served under, e.g. /fleetlock (Zincati's base_url path)")
+	fs.IntVar(&c.defaultSlots, "default-slots", 1, "nodes of a group that may reboot at once, for groups without --group-slots")
+	fs.Func("group-slots", "GROUP=N: nodes of GROUP that may reboot at once (repeatable)", func(s string) error {
+		group, n, ok := strings.Cut(s, "=")
+		if !ok || !groupName.MatchString(group) {
+			return fmt.Errorf("want GROUP=N with GROUP matching %s, got %q", groupName, s)
+		}
+		slots, err := strconv.Atoi(n)
+		if err != nil || slots < 0 {
+			return fmt.Errorf("want GROUP=N with N a whole number >= 0, got %q", s)
+		}
+		if _, dup := c.groupSlots[group]; dup {
+			return fmt.Errorf("group %q given twice", group)
+		}
+		c.groupSlots[group] = slots
+		return nil
+	})
+	fs.DurationVar(&c.wait, "wait", 2*time.Minute, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (Zincati waits 30m)")
+	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", time.Minute, "age after which a claim left by a crashed replica is removed")
+	fs.IntVar(&c.drain.Parallelism, "eviction-parallelism", evict.DefaultParallelism, "evictions in flight per drain")
+	fs.Float64Var(&c.drain.EvictionsPerSecond, "evictions-per-second", evict.DefaultEvictionsPerSecond, "eviction requests per second, all drains together")
+	fs.DurationVar(&c.drain.Timeout, "drain-timeout", evict.DefaultTimeout, "how long a drain may run before --drain-failure-policy acts (not with KeepRefusing)")
+	fs.Func("drain-failure-policy", "what a drain does after --drain-timeout: KeepRefusing (default: never give up, never delete), Release (release the lock and uncordon), Force (DELETE the pods evictions could not move)", func(s string) (err error) {
+		c.drain.FailurePolicy, err = evict.ParseFailurePolicy(s)
+		return err
+	})
+	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
+	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case c.defaultSlots < 0:
+		return c, fmt.Errorf("--default-slots must be >= 0, got %d", c.defaultSlots)
+	case c.wait <= 0 || c.wait > 25*time.Minute:
+		return c, fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
+	case c.staleClaimAge <= 0:
+		return c, fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
+	case c.logFormat != "json" && c.logFormat != "text":
+		return c, fmt.Errorf("--log-format must be json or text, got %q", c.logFormat)
+	}
+	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
+		c.drain.Self = ns + "/" + name
+	}
+	return c, nil
+}
+
+// slots returns the slot count of a group.
+func (c config) slots(group string) int {
+	if n, ok := c.groupSlots[group]; ok {
+		return n
+	}
+	return c.defaultSlots
+}
+
+func (c config) logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func main() {
+	c, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reboot-manager:", err)
+		os.Exit(2)
+	}
+	if c.showVersion {
+		fmt.Printf("reboot-manager %s %s\n", version, runtime.Version())
+		return
+	}
+	log := c.logger(os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("reboot-manager stopped", "err", err)
+		os.Exit(1)
+	}
+}

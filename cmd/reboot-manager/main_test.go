@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, ":8080", c.listenAddress)
+	assert.Equal(t, ":9090", c.metricsAddress)
+	assert.Equal(t, 1, c.defaultSlots)
+	assert.Equal(t, 2*time.Minute, c.wait)
+	assert.Equal(t, "json", c.logFormat)
+	assert.Equal(t, slog.LevelInfo, c.logLevel)
+	assert.Equal(t, evict.KeepRefusing, c.drain.FailurePolicy)
+	assert.Empty(t, c.kubeconfig)
+	assert.Empty(t, c.drain.Self)
+}
+
+func TestParseConfig(t *testing.T) {
+	c, err := parseConfig([]string{
+		"--group-slots", "workers=3", "--group-slots=Infra.x=0", "--default-slots=2",
+		"--drain-failure-policy=release", "--log-level=debug", "--log-format=text", "--wait=5m",
+	}, env(map[string]string{"KUBECONFIG": "/k", "POD_NAMESPACE": "rm", "POD_NAME": "rm-1"}), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 3, c.slots("workers"))
+	assert.Equal(t, 0, c.slots("Infra.x"))
+	assert.Equal(t, 2, c.slots("default"))
+	assert.Equal(t, evict.Release, c.drain.FailurePolicy)
+	assert.Equal(t, slog.LevelDebug, c.logLevel)
+	assert.Equal(t, "/k", c.kubeconfig)
+	assert.Equal(t, "rm/rm-1", c.drain.Self)
+
+	c, err = parseConfig([]string{"--kubeconfig=/flag"}, env(map[string]string{"KUBECONFIG": "/env"}), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "/flag", c.kubeconfig, "the flag wins over KUBECONFIG")
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--group-slots=workers"}, "want GROUP=N"},
+		{[]string{"--group-slots=bad_name=1"}, "want GROUP=N"},
+		{[]string{"--group-slots=w=-1"}, "N a whole number >= 0"},
+		{[]string{"--group-slots=w=1", "--group-slots=w=2"}, `group "w" given twice`},
+		{[]string{"--default-slots=-1"}, "--default-slots must be >= 0"},
+		{[]string{"--wait=0s"}, "--wait must be above 0"},
+		{[]string{"--wait=31m"}, "Zincati's 30-minute timeout"},
+		{[]string{"--log-format=xml"}, "--log-format must be json or text"},
+		{[]string{"--log-level=loud"}, "log-level"},
+		{[]string{"--drain-failure-policy=yolo"}, "unknown drain failure policy"},
+		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, err := parseConfig(tc.args, env(nil), io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"--help"}, env(nil), &out)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	for _, f := range []string{"kubeconfig", "listen-address", "metrics-address", "default-slots", "group-slots", "log-format", "log-level", "version"} {
+		assert.Contains(t, out.String(), "-"+f, "--help lists --%s", f)
+	}
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/lock"
+)
+
+// shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM; held
+// requests answer at once ("not yet") when the server stops.
+const shutdownGrace = 10 * time.Second
+
+// run serves until ctx ends, then shuts down: it stops taking requests, lets those in
+// flight answer, and stops the drains, which the next replica resumes from the state
+// recorded on the nodes.
+func run(ctx context.Context, c config, log *slog.Logger) error {
+	restConfig, err := kubeConfig(c.kubeconfig)
+	if err != nil {
+		return err
+	}
+	restConfig.UserAgent = "reboot-manager/" + version
+	client, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return err
+	}
+
+	c.drain.Logger = log
+	drainer := evict.New(client, c.drain)
+	drainCtx, stopDrains := context.WithCancel(context.WithoutCancel(ctx))
+	var drainsDone sync.WaitGroup
+	drainsDone.Go(func() { drainer.Run(drainCtx) })
+	defer func() {
+		stopDrains()
+		drainsDone.Wait()
+	}()
+
+	lk, err := lock.New(client, drainer, lock.Options{
+		Slots: c.slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(),
+		lk,
+	)
+
+	metrics := http.NewServeMux()
+	metrics.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	metrics.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !lk.HasSynced() {
+			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+
+	handler := fleetlock.NewHandler(lk, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
+	servers := []*http.Server{
+		newServer(c.metricsAddress, metrics, 30*time.Second, log),
+		// A held pre-reboot request may take up to --wait: the write deadline is longer.
+		newServer(c.listenAddress, handler, c.wait+time.Minute, log),
+	}
+	serveErr := make(chan error, len(servers))
+	var listeners []net.Listener
+	for _, s := range servers {
+		ln, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", s.Addr, err)
+		}
+		listeners = append(listeners, ln)
+	}
+	for i, s := range servers {
+		go func() { serveErr <- s.Serve(listeners[i]) }()
+	}
+	log.Info("reboot-manager started", "version", version,
+		"fleetlock", listeners[1].Addr().String(), "metrics", listeners[0].Addr().String(),
+		"defaultSlots", c.defaultSlots, "wait", c.wait)
+
+	lockCtx, stopLock := context.WithCancel(ctx)
+	defer stopLock()
+	if err := lk.Start(lockCtx); err != nil {
+		return shutdown(servers, err, log)
+	}
+	log.Info("node cache synced; serving FleetLock requests")
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return shutdown(servers, nil, log)
+	case err := <-serveErr:
+		return shutdown(servers, err, log)
+	}
+}
+
+// shutdown stops the servers, letting in-flight requests finish, and returns cause.
+func shutdown(servers []*http.Server, cause error, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.Shutdown(ctx); err != nil {
+			log.Warn("server did not shut down cleanly", "addr", s.Addr, "err", err)
+		}
+	}
+	if errors.Is(cause, http.ErrServerClosed) {
+		return nil
+	}
+	return cause
+}
+
+// newServer returns an HTTP server hardened against slow and oversized clients.
+func newServer(addr string, h http.Handler, writeTimeout time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
+// kubeConfig loads a kubeconfig file when one is named, else the in-cluster config.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --kubeconfig or KUBECONFIG, and not in a cluster: %w", err)
+	}
+	return cfg, nil
+}
+
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rebootmanager_build_info",
+		Help: "Always 1; the labels tell the version and the Go version it was built with.",
+	}, []string{"version", "goversion"})
+	g.WithLabelValues(version, runtime.Version()).Set(1)
+	return g
+}
