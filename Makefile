@@ -19,11 +19,16 @@ help: ## list the targets
 
 .PHONY: build
 build: ## build bin/reboot-manager
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/reboot-manager
 
 .PHONY: controlplane
 controlplane: ## build the test control plane (etcd, kube-apiserver, ...) into .cache/ if missing
 	@hack/controlplane.sh >/dev/null
+
+.PHONY: demo
+demo: build ## roll an OS update over a simulated fleet on a local control plane; writes rollout.svg
+	@bin=$$(hack/controlplane.sh); \
+	CONTROLPLANE_BIN=$$bin $(GO) run ./cmd/fleetsim --reboot-manager=$(BIN)/reboot-manager $(DEMO_FLAGS)
 
 .PHONY: test
 test: ## unit and integration tests (builds the control plane first if missing)

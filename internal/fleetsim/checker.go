@@ -1,0 +1,225 @@
+package fleetsim
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/reboot-manager/reboot-manager/lock"
+)
+
+// Violation is one broken promise, seen by the checker.
+type Violation struct {
+	Time time.Time
+	What string
+}
+
+func (v Violation) String() string { return v.Time.Format("15:04:05.000") + " " + v.What }
+
+// checker follows the fleet's nodes and budgets through watches and records
+// violations.
+type checker struct {
+	f      *Fleet
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+
+	mu         sync.Mutex
+	holding    map[string]string // node → group, for nodes holding the lock
+	bootIDs    map[string]string
+	bootIDSeen map[string]int // boot ID changes per node
+	violations []Violation
+	mostHeld   map[string]int // group → most nodes holding at once
+}
+
+func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	c := &checker{
+		f: f, cancel: cancel,
+		holding: map[string]string{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
+		mostHeld: map[string]int{},
+	}
+	nodes, err := f.client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{LabelSelector: labelFleet + "=" + f.opts.Name})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	pdbs, err := f.client.PolicyV1().PodDisruptionBudgets(f.opts.Namespace).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		cancel()
+		nodes.Stop()
+		return nil, err
+	}
+	c.done.Go(func() { c.follow(nodes, c.nodeEvent) })
+	c.done.Go(func() { c.follow(pdbs, c.budgetEvent) })
+	return c, nil
+}
+
+func (c *checker) follow(w watch.Interface, handle func(watch.Event)) {
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		handle(ev)
+	}
+}
+
+func (c *checker) stop() {
+	c.cancel()
+	c.done.Wait()
+}
+
+func (c *checker) violate(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.violations = append(c.violations, Violation{Time: time.Now(), What: fmt.Sprintf(format, args...)})
+}
+
+// nodeEvent counts the holders of each group at every change, in the order the API
+// server applied the changes.
+func (c *checker) nodeEvent(ev watch.Event) {
+	n, ok := ev.Object.(*corev1.Node)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	holds := ev.Type != watch.Deleted && n.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting)
+	group := n.Annotations[lock.AnnotationGroup]
+	if holds && c.holding[n.Name] == "" {
+		if sn := c.f.node(n.Name); sn != nil {
+			sn.mark(&sn.locked)
+			c.f.emit(sn, PhaseDraining, "holds a slot; draining")
+		}
+	}
+	if holds {
+		c.holding[n.Name] = group
+	} else {
+		delete(c.holding, n.Name)
+	}
+	count := 0
+	for _, g := range c.holding {
+		if g == group {
+			count++
+		}
+	}
+	c.mostHeld[group] = max(c.mostHeld[group], count)
+	if slots := c.f.slots(group); holds && count > slots {
+		c.violations = append(c.violations, Violation{time.Now(), fmt.Sprintf("group %s: %d nodes hold the lock, %d slots", group, count, slots)})
+	}
+	if id := n.Status.NodeInfo.BootID; id != "" {
+		if old, seen := c.bootIDs[n.Name]; seen && old != id {
+			c.bootIDSeen[n.Name]++
+		}
+		c.bootIDs[n.Name] = id
+	}
+}
+
+// budgetEvent checks that no budget has fewer healthy pods than it requires.
+func (c *checker) budgetEvent(ev watch.Event) {
+	pdb, ok := ev.Object.(*policyv1.PodDisruptionBudget)
+	if !ok || ev.Type == watch.Deleted || pdb.Status.ObservedGeneration != pdb.Generation {
+		return
+	}
+	if pdb.Status.CurrentHealthy < pdb.Status.DesiredHealthy {
+		c.violate("PodDisruptionBudget %s: %d healthy pods, %d required", pdb.Name, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy)
+	}
+}
+
+// granted checks a node the moment its Zincati was told to reboot: it holds the lock,
+// it is cordoned, and no pod that a drain must move is left on it.
+func (c *checker) granted(ctx context.Context, n *simNode) {
+	node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+	if err != nil {
+		c.violate("%s: cannot check the grant: %v", n.name, err)
+		return
+	}
+	if node.Annotations[lock.AnnotationStatus] != string(lock.StateRebooting) {
+		c.violate("%s: told to reboot without holding the lock", n.name)
+	}
+	if !node.Spec.Unschedulable {
+		c.violate("%s: told to reboot while schedulable", n.name)
+	}
+	pods, err := c.f.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name})
+	if err != nil {
+		c.violate("%s: cannot check the grant: %v", n.name, err)
+		return
+	}
+	var left []string
+	for _, p := range pods.Items {
+		if mustLeave(&p) {
+			left = append(left, p.Namespace+"/"+p.Name)
+		}
+	}
+	if len(left) > 0 {
+		sort.Strings(left)
+		c.violate("%s: told to reboot with pods left to evict: %v", n.name, left)
+	}
+}
+
+// mustLeave reports whether a drain must move the pod: everything but mirror pods,
+// DaemonSet pods and finished pods.
+func mustLeave(p *corev1.Pod) bool {
+	if _, mirror := p.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
+		return false
+	}
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	if ref := metav1.GetControllerOf(p); ref != nil && ref.Kind == "DaemonSet" {
+		return false
+	}
+	return true
+}
+
+// final checks what can only be checked at the end: every node rebooted exactly once
+// and nodes cordoned before the rollout are cordoned still.
+func (c *checker) final(ctx context.Context) {
+	for _, n := range c.f.nodes {
+		n.mu.Lock()
+		reboots := n.reboots
+		n.mu.Unlock()
+		c.mu.Lock()
+		seen := c.bootIDSeen[n.name]
+		c.mu.Unlock()
+		if reboots != 1 || seen != 1 {
+			c.violate("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
+		}
+		node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if err != nil {
+			c.violate("%s: %v", n.name, err)
+			continue
+		}
+		if n.cordoned && !node.Spec.Unschedulable {
+			c.violate("%s: cordoned by the operator before the rollout, uncordoned after it", n.name)
+		}
+		if !n.cordoned && node.Spec.Unschedulable {
+			c.violate("%s: left cordoned after the rollout", n.name)
+		}
+		if s := node.Annotations[lock.AnnotationStatus]; s != "" && s != string(lock.StateReady) {
+			c.violate("%s: lock state %s after the rollout", n.name, s)
+		}
+	}
+}
+
+func (f *Fleet) node(name string) *simNode {
+	for _, n := range f.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+func (f *Fleet) slots(group string) int {
+	for _, g := range f.opts.Groups {
+		if g.Name == group {
+			return g.Slots
+		}
+	}
+	return 0
+}
