@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,8 @@ type Lock struct {
 	changed signal
 	// stopping is closed when Start's context ends: waiting requests answer at once.
 	stopping <-chan struct{}
+	// apiErr is the last API server health probe's error, nil while it answers.
+	apiErr atomic.Pointer[error]
 	// unmatched counts requests whose ID matched no node or several, by endpoint.
 	unmatched *prometheus.CounterVec
 }
@@ -112,7 +115,11 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 		},
 		UpdateFunc: func(oldObj, newObj any) {
 			o, n := oldObj.(*corev1.Node), newObj.(*corev1.Node)
-			if lockOf(o) != lockOf(n) {
+			was, is := lockOf(o), lockOf(n)
+			if was.holding() && !is.holding() {
+				l.drainer.Forget(n.Name) // released, by us or by someone else
+			}
+			if was != is {
 				l.changed.fire()
 			}
 		},
@@ -136,6 +143,53 @@ func (l *Lock) Start(ctx context.Context) error {
 	l.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced) {
 		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
+	}
+	go l.probe(ctx)
+	return nil
+}
+
+// healthInterval is how often the API server's /readyz is probed.
+const healthInterval = 2 * time.Second
+
+// probe asks the API server's /readyz every healthInterval until ctx ends. While it
+// fails, requests are refused with api_unavailable: the cache they would be answered
+// from may be stale, and no write could be made anyway.
+func (l *Lock) probe(ctx context.Context) {
+	t := time.NewTicker(healthInterval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, healthInterval)
+		err := l.client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(pctx).Error()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch was := l.apiErr.Swap(&err); {
+		case err != nil && (was == nil || *was == nil):
+			l.log.Warn("API server unreachable: refusing requests", "err", err)
+		case err == nil && was != nil && *was != nil:
+			l.log.Info("API server reachable again")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Healthy returns nil while the node cache is synced and the API server answers.
+func (l *Lock) Healthy() error {
+	if !l.nodes.HasSynced() {
+		return errors.New("node cache not synced")
+	}
+	return l.apiDown()
+}
+
+// apiDown returns an *APIError while the last health probe failed.
+func (l *Lock) apiDown() error {
+	if p := l.apiErr.Load(); p != nil && *p != nil {
+		return apiError("API server health", *p)
 	}
 	return nil
 }
@@ -168,6 +222,9 @@ func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 // SteadyState releases the lock the node holds, if any, uncordoning it if we cordoned
 // it. A node that holds nothing, or that no node matches, costs no API request.
 func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool, error) {
+	if err := l.apiDown(); err != nil {
+		return false, err
+	}
 	node, err := l.resolve(p.ID)
 	l.countUnmatched("steady-state", err)
 	if errors.Is(err, fleetlock.ErrUnknownNode) {

@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
 // request is one pre-reboot request working for one node.
@@ -54,6 +56,9 @@ func (r *request) run(ctx context.Context, n *corev1.Node) error {
 		if lockOf(n).State == StateRebooting {
 			return r.awaitDrain(ctx)
 		}
+		if err := r.apiDown(); err != nil {
+			return err
+		}
 		if r.claim == nil || r.claimAging() {
 			claimed, err := r.write(ctx, n, write{state: StateClaiming, group: r.group})
 			if apierrors.IsConflict(err) && conflicts < maxConflicts {
@@ -83,7 +88,7 @@ func (r *request) run(ctx context.Context, n *corev1.Node) error {
 				return err
 			}
 		case wait:
-			if err := r.sleep(ctx, r.changed.wait(), 200*time.Millisecond, r.tieExpires); err != nil {
+			if err := r.sleep(ctx, 200*time.Millisecond, r.tieExpires, r.changed.wait(), nil); err != nil {
 				return orHeld(err, held)
 			}
 		case withdraw:
@@ -210,8 +215,7 @@ func (r *request) awaitDrain(ctx context.Context) error {
 		p := r.drainer.Start(r.name)
 		switch {
 		case p.Drained:
-			r.log.Info("reboot allowed: node drained")
-			return nil
+			return r.allow(ctx)
 		case p.Failed:
 			// The drain gave up under the "release" failure policy: give the slot back
 			// and undo our cordon, so that the node serves again and the group moves on.
@@ -224,10 +228,50 @@ func (r *request) awaitDrain(ctx context.Context) error {
 			}
 			return &DrainError{Progress: p}
 		}
-		if err := r.sleep(ctx, p.Done, time.Second, r.expires); err != nil {
+		if err := r.sleep(ctx, time.Second, r.expires, p.Done, r.changed.wait()); err != nil {
 			return orDrain(err, p)
 		}
+		if n, ok := r.cached(); ok && lockOf(n).State != StateRebooting {
+			// Released while draining (an operator?): confirm, then stop.
+			if err := r.stillHolding(ctx); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// cached returns the node as the cache shows it.
+func (r *request) cached() (*corev1.Node, bool) {
+	obj, ok, err := r.nodes.GetIndexer().GetByKey(r.name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	return obj.(*corev1.Node), true
+}
+
+// stillHolding reads the node from the API server and returns an error matching
+// fleetlock.ErrLockHeld if it no longer holds the lock (an operator released it).
+func (r *request) stillHolding(ctx context.Context) error {
+	n, err := r.get(ctx, r.name)
+	if err != nil {
+		return err
+	}
+	if lockOf(n).State != StateRebooting {
+		r.drainer.Forget(r.name)
+		return fmt.Errorf("node %s: reboot lock released while it drained: %w", r.name, fleetlock.ErrLockHeld)
+	}
+	return nil
+}
+
+// allow makes sure, with a read from the API server, that the node still holds the
+// lock (an operator may have released it while it drained) before telling it to
+// reboot. With the API server unreachable, nothing is allowed.
+func (r *request) allow(ctx context.Context) error {
+	if err := r.stillHolding(ctx); err != nil {
+		return err
+	}
+	r.log.Info("reboot allowed: node drained")
+	return nil
 }
 
 // awaitFreeSlot waits, without any API request, until the cache shows a slot that may
@@ -246,15 +290,15 @@ func (r *request) awaitFreeSlot(ctx context.Context) error {
 		if taken < r.slots(r.group) {
 			return nil
 		}
-		if err := r.sleep(ctx, r.changed.wait(), 5*time.Second, r.expires); err != nil {
+		if err := r.sleep(ctx, 5*time.Second, r.expires, r.changed.wait(), nil); err != nil {
 			return err
 		}
 	}
 }
 
-// sleep waits until wake is signalled or about every passes (0: never), and fails
-// when deadline passes or ctx ends.
-func (r *request) sleep(ctx context.Context, wake <-chan struct{}, every time.Duration, deadline time.Time) error {
+// sleep waits until wake or wake2 is signalled (a nil channel never is) or about
+// every passes (0: never), and fails when deadline passes or ctx ends.
+func (r *request) sleep(ctx context.Context, every time.Duration, deadline time.Time, wake, wake2 <-chan struct{}) error {
 	left := time.Until(deadline)
 	if left <= 0 {
 		return errExpired
@@ -271,6 +315,7 @@ func (r *request) sleep(ctx context.Context, wake <-chan struct{}, every time.Du
 	case <-r.stopping:
 		return errExpired // shutting down: answer "not yet" now
 	case <-wake:
+	case <-wake2:
 	case <-t.C:
 	}
 	return nil

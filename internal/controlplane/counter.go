@@ -30,7 +30,11 @@ func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 
 // requestKey names a request by verb and resource: "get nodes", "list nodes" (a GET of
 // a collection), "watch pods", "create pods/eviction", "patch nodes".
+// Other paths (/readyz, /version) are named by method and path: "GET /readyz".
 func requestKey(req *http.Request) string {
+	if !strings.HasPrefix(req.URL.Path, "/api/") && !strings.HasPrefix(req.URL.Path, "/apis/") {
+		return req.Method + " " + req.URL.Path
+	}
 	// /api/v1/namespaces/ns/pods/name/eviction or /apis/g/v/nodes/name
 	parts := strings.Split(strings.Trim(req.URL.Path, "/"), "/")
 	if len(parts) > 0 && parts[0] == "apis" && len(parts) > 2 {

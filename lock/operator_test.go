@@ -1,0 +1,105 @@
+package lock
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+)
+
+// endlessDrainer's drains never finish; it records what was forgotten.
+type endlessDrainer struct {
+	mu     sync.Mutex
+	done   map[string]chan struct{}
+	forgot []string
+}
+
+func (d *endlessDrainer) Start(node string) evict.Progress {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done[node] == nil {
+		d.done[node] = make(chan struct{})
+	}
+	return evict.Progress{Node: node, PodsLeft: 1, Done: d.done[node]}
+}
+
+func (d *endlessDrainer) Forget(node string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.forgot = append(d.forgot, node)
+	if c := d.done[node]; c != nil {
+		close(c)
+		delete(d.done, node)
+	}
+}
+
+func (d *endlessDrainer) forgotten() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.forgot...)
+}
+
+// An operator's writes on a holder mid-drain are respected: a manual release
+// (kubectl annotate rebootmanager/status=Ready) stops the wait and the drain and is not
+// undone; their own annotations and an uncordon survive our later writes.
+func TestOperatorWritesMidDrain(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	f := newFleet(t, env, "operator", 2, simkubelet.NodeOptions{})
+	released, annotated := f.names[0], f.names[1]
+	drainer := &endlessDrainer{done: map[string]chan struct{}{}}
+	l, err := New(env.Client, drainer, Options{Wait: 20 * time.Second, Slots: func(string) int { return 2 }})
+	require.NoError(t, err)
+	lctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	require.NoError(t, l.Start(lctx))
+	awaitCached(t, l, f)
+
+	errs := make(chan error, 1)
+	go func() { errs <- l.PreReboot(ctx, f.params(released, "default")) }()
+	awaitState(t, l, released, StateRebooting)
+	start := time.Now()
+	patch(t, env, released, `{"metadata":{"annotations":{"rebootmanager/status":"Ready"}}}`)
+	select {
+	case err := <-errs:
+		assert.ErrorIs(t, err, fleetlock.ErrLockHeld)
+		assert.ErrorContains(t, err, "released while it drained")
+		assert.Less(t, time.Since(start), 3*time.Second, "the held request notices the release promptly")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held request did not notice the manual release")
+	}
+	assert.Contains(t, drainer.forgotten(), released, "its drain is stopped")
+	st, _ := nodeLockState(t, env.Client, released)
+	assert.Equal(t, StateReady, st.State, "the manual release is not undone")
+
+	// Another holder: the operator adds a note and uncordons it mid-drain.
+	go func() { errs <- l.PreReboot(ctx, f.params(annotated, "default")) }()
+	awaitState(t, l, annotated, StateRebooting)
+	patch(t, env, annotated, `{"metadata":{"annotations":{"ops.example.com/reason":"kernel"}},"spec":{"unschedulable":false}}`)
+	time.Sleep(1500 * time.Millisecond) // a wake-up or two of the held request
+	n, err := env.Client.CoreV1().Nodes().Get(ctx, annotated, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, n.Spec.Unschedulable, "the operator's uncordon is not overwritten")
+	assert.Equal(t, string(StateRebooting), n.Annotations[AnnotationStatus], "still the holder")
+	require.NoError(t, l.Release(ctx, annotated))
+	n, err = env.Client.CoreV1().Nodes().Get(ctx, annotated, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "kernel", n.Annotations["ops.example.com/reason"], "the operator's annotation survives our writes")
+	assert.Error(t, <-errs, "never told to reboot: its drain never finished")
+}
+
+func patch(t *testing.T, env *controlplane.Env, node, body string) {
+	t.Helper()
+	_, err := env.Client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(body), metav1.PatchOptions{})
+	require.NoError(t, err)
+}
