@@ -3,7 +3,9 @@ package fleetlock
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,7 +18,9 @@ const maxReplyBytes = 64 << 10
 // Client sends FleetLock requests as Zincati does: POST, headers
 // "fleet-lock-protocol: true" and "accept: */*" (reqwest's default), the body
 // pretty-printed with a 2-space indent, no Content-Type, no User-Agent and,
-// with the default HTTPClient, no Accept-Encoding.
+// with the default HTTPClient, no Accept-Encoding. A user:password@ in BaseURL
+// is sent as HTTP Basic credentials ("authorization: Basic ..."), percent-decoded
+// and removed from the URL, as Zincati's reqwest does; it never appears in errors.
 type Client struct {
 	// BaseURL is Zincati's base_url; endpoints are resolved against it like
 	// Zincati's Url::join: "http://h/base/" gives /base/v1/..., "http://h/base"
@@ -60,7 +64,7 @@ func (c *Client) SteadyState(ctx context.Context, p ClientParams) (Response, err
 
 // post sends one FleetLock request to the endpoint ref resolved against BaseURL.
 func (c *Client) post(ctx context.Context, ref string, p ClientParams) (Response, error) {
-	u, err := endpointURL(c.BaseURL, ref)
+	u, user, err := endpointURL(c.BaseURL, ref)
 	if err != nil {
 		return Response{}, err
 	}
@@ -68,13 +72,17 @@ func (c *Client) post(ctx context.Context, ref string, p ClientParams) (Response
 	if err != nil {
 		return Response{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return Response{}, fmt.Errorf("fleetlock: building request: %w", err)
 	}
 	// Lower-case names on the wire, as Zincati's hyper writes them.
 	req.Header[ProtocolHeader] = []string{"true"}
 	req.Header["accept"] = []string{"*/*"}
+	if user != nil {
+		pass, _ := user.Password()
+		req.Header["authorization"] = []string{"Basic " + base64.StdEncoding.EncodeToString([]byte(user.Username()+":"+pass))}
+	}
 	req.Header.Set("User-Agent", "") // an empty value makes net/http send none
 	hc := c.HTTPClient
 	if hc == nil {
@@ -96,16 +104,30 @@ func (c *Client) post(ctx context.Context, ref string, p ClientParams) (Response
 	return out, nil
 }
 
-// endpointURL resolves ref against base as RFC 3986 (and Zincati's Url::join) do.
-func endpointURL(base, ref string) (string, error) {
+// endpointURL resolves ref against base as RFC 3986 (and Zincati's Url::join)
+// do. The userinfo of base, if it names a user or a password, is returned apart
+// and left out of the URL.
+func endpointURL(base, ref string) (*url.URL, *url.Userinfo, error) {
 	b, err := url.Parse(base)
 	if err != nil {
-		return "", fmt.Errorf("fleetlock: base URL: %w", err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may hold a password
+		}
+		return nil, nil, fmt.Errorf("fleetlock: base URL: %w", err)
 	}
 	if b.Scheme != "http" && b.Scheme != "https" || b.Host == "" {
-		return "", fmt.Errorf("fleetlock: base URL %q: want http(s)://host[/path]", base)
+		return nil, nil, fmt.Errorf("fleetlock: base URL %q: want http(s)://host[/path]", b.Redacted())
 	}
-	return b.ResolveReference(&url.URL{Path: ref}).String(), nil
+	u := b.ResolveReference(&url.URL{Path: ref})
+	user := u.User
+	u.User = nil
+	if user != nil {
+		if _, hasPassword := user.Password(); user.Username() == "" && !hasPassword {
+			user = nil
+		}
+	}
+	return u, user, nil
 }
 
 // requestBody is the request body as Zincati's serde_json::to_string_pretty writes it.

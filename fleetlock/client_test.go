@@ -70,6 +70,23 @@ func TestClientWire(t *testing.T) {
 	assert.Equal(t, want, <-raw)
 }
 
+// TestClientWireBasicAuth: credentials from BaseURL go on the wire as
+// Zincati's hyper writes them (lower-case name), and not in the request line.
+func TestClientWireBasicAuth(t *testing.T) {
+	addr, raw := captureOne(t)
+	c := &Client{BaseURL: "http://zincati:p%40ss@" + addr + "/"}
+	_, err := c.PreReboot(context.Background(), ClientParams{ID: testID, Group: "default"})
+	require.NoError(t, err)
+	want := "POST /v1/pre-reboot HTTP/1.1\r\n" +
+		"Host: " + addr + "\r\n" +
+		"Content-Length: " + strconv.Itoa(len(validBody)) + "\r\n" +
+		"accept: */*\r\n" +
+		"authorization: Basic emluY2F0aTpwQHNz\r\n" + // base64("zincati:p@ss")
+		"fleet-lock-protocol: true\r\n" +
+		"\r\n" + validBody
+	assert.Equal(t, want, <-raw)
+}
+
 // TestClientHeaders checks what a Go server sees from the Client.
 func TestClientHeaders(t *testing.T) {
 	var got *http.Request
@@ -100,16 +117,83 @@ func TestEndpointURL(t *testing.T) {
 		{"https://h:8443/a/b/", "https://h:8443/a/b/v1/pre-reboot"},
 		{"http://h/a/b", "http://h/a/v1/pre-reboot"},
 		{"http://h/base/?q=1", "http://h/base/v1/pre-reboot"},
+		{"https://u:p@h/base/", "https://h/base/v1/pre-reboot"},
+		{"http://@h/", "http://h/v1/pre-reboot"},
 	}
 	for _, tt := range tests {
-		got, err := endpointURL(tt.base, "v1/pre-reboot")
+		got, _, err := endpointURL(tt.base, "v1/pre-reboot")
 		require.NoError(t, err, tt.base)
-		assert.Equal(t, tt.want, got, tt.base)
+		assert.Equal(t, tt.want, got.String(), tt.base)
 	}
-	for _, bad := range []string{"", "h/base/", "ftp://h/", "http://", "http://h/%zz", ":"} {
-		_, err := endpointURL(bad, "v1/pre-reboot")
-		assert.Error(t, err, bad)
+	for _, bad := range []string{"", "h/base/", "ftp://h/", "http://", "http://h/%zz", ":", "ftp://u:secret@h/", "http://u:secret@h/%zz"} {
+		_, _, err := endpointURL(bad, "v1/pre-reboot")
+		if assert.Error(t, err, bad) {
+			assert.NotContains(t, err.Error(), "secret", "the password stays out of errors")
+		}
 	}
+}
+
+// TestClientBasicAuth: user:password@ in BaseURL is sent as Basic credentials,
+// percent-decoded, as Zincati's reqwest does, and never shows in errors.
+func TestClientBasicAuth(t *testing.T) {
+	type seen struct {
+		user, pass string
+		ok         bool
+		authLines  int
+		uri        string
+	}
+	got := make(chan seen, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		got <- seen{u, p, ok, len(r.Header.Values("Authorization")), r.RequestURI}
+		_, _ = io.WriteString(w, `{"kind":"lock_granted","value":"ok"}`)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, tt := range []struct {
+		base string
+		want seen
+	}{
+		{"http://node:p%40ss%3Aw0rd@" + host + "/fl/", seen{"node", "p@ss:w0rd", true, 1, "/fl/v1/pre-reboot"}},
+		{"http://node@" + host + "/", seen{"node", "", true, 1, "/v1/pre-reboot"}},
+		{"http://:only-password@" + host + "/", seen{"", "only-password", true, 1, "/v1/pre-reboot"}},
+		{"http://@" + host + "/", seen{"", "", false, 0, "/v1/pre-reboot"}},
+		{"http://" + host + "/", seen{"", "", false, 0, "/v1/pre-reboot"}},
+	} {
+		resp, err := (&Client{BaseURL: tt.base}).PreReboot(context.Background(), ClientParams{"a", "g"})
+		require.NoError(t, err, tt.base)
+		assert.True(t, resp.OK(), tt.base)
+		assert.Equal(t, tt.want, <-got, tt.base)
+	}
+
+	// The Client against the handler: the Locker sees the credentials in the Peer.
+	var peer Peer
+	h := httptest.NewServer(NewHandler(peerLocker{&peer}, Options{}))
+	defer h.Close()
+	resp, err := (&Client{BaseURL: "http://zincati:s3cret@" + strings.TrimPrefix(h.URL, "http://") + "/"}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	require.NoError(t, err)
+	assert.True(t, resp.OK())
+	assert.True(t, peer.HasBasicAuth)
+	assert.Equal(t, "zincati", peer.Username)
+	assert.Equal(t, "s3cret", peer.Password)
+
+	// A connection error names the URL without the password.
+	_, err = (&Client{BaseURL: "http://zincati:s3cret@127.0.0.1:1/"}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "s3cret")
+	assert.Contains(t, err.Error(), "127.0.0.1:1")
+}
+
+// peerLocker grants everything and records the Peer of the last call.
+type peerLocker struct{ peer *Peer }
+
+func (l peerLocker) PreReboot(ctx context.Context, _ ClientParams) error {
+	*l.peer, _ = PeerFrom(ctx)
+	return nil
+}
+
+func (l peerLocker) SteadyState(ctx context.Context, p ClientParams) (bool, error) {
+	return false, l.PreReboot(ctx, p)
 }
 
 func TestClientResponses(t *testing.T) {

@@ -63,6 +63,9 @@
 //	lock_granted        200     pre-reboot: Locker.PreReboot returned nil
 //	lock_released       200     steady-state: the node's lock was released
 //	lock_not_held       200     steady-state: the node held no lock
+//	unauthorized        401     ErrUnauthorized; header WWW-Authenticate:
+//	                            Basic realm="reboot-manager"
+//	forbidden           403     ErrForbidden
 //	lock_held           409     ErrLockHeld
 //	drain_in_progress   409     ErrDrainInProgress
 //	drain_blocked       409     ErrDrainBlocked
@@ -86,6 +89,16 @@
 // logged. All replies are computed by one function (outcome) from one table
 // (kinds); adding a kind means adding a constant, a sentinel and a row.
 //
+// # Peer
+//
+// The handler does not decide who may ask: the Locker does. Before calling it,
+// the handler puts what it knows of the requester beyond the body into the
+// context, as a Peer: the TCP peer address, the X-Forwarded-For header, the
+// HTTP Basic credentials and whether the request came over TLS. A Locker reads
+// it with PeerFrom and refuses with an error wrapping ErrUnauthorized (no or
+// wrong credentials) or ErrForbidden (known, but not allowed). Peer never
+// prints its password.
+//
 // # Base URL
 //
 // Zincati resolves "v1/pre-reboot" against its configured base_url with
@@ -97,6 +110,10 @@
 //
 // With Options.PathPrefix "/fleetlock", configure Zincati with the trailing
 // slash. Client resolves BaseURL the same way.
+//
+// Zincati (its HTTP library, reqwest) sends the user:password@ of base_url as
+// HTTP Basic credentials, percent-decoded, and removes it from the URL; Client
+// does the same.
 //
 // # Logs and metrics
 //

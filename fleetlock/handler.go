@@ -24,6 +24,68 @@ type Locker interface {
 	SteadyState(ctx context.Context, p ClientParams) (released bool, err error)
 }
 
+// Peer is what the handler knows of the party behind a request, beyond its body.
+// The handler stores it in the context it passes to the Locker; read it with
+// PeerFrom. This package only carries it: deciding who may ask is the Locker's
+// business. Its String, GoString and LogValue methods leave the password out.
+type Peer struct {
+	// RemoteAddr is the TCP peer, "IP:port" (http.Request.RemoteAddr).
+	RemoteAddr string
+	// ForwardedFor is the X-Forwarded-For header, its lines joined with ", " in
+	// order, or "" without one. Anyone can send it: believe it only from a
+	// proxy you trust.
+	ForwardedFor string
+	// Username and Password are the HTTP Basic credentials, when HasBasicAuth.
+	Username, Password string
+	// HasBasicAuth reports whether the request carried an Authorization
+	// header with well-formed Basic credentials.
+	HasBasicAuth bool
+	// TLS reports whether the request came over TLS.
+	TLS bool
+}
+
+// String describes p without its password.
+func (p Peer) String() string {
+	return fmt.Sprintf("{RemoteAddr:%s ForwardedFor:%q Username:%q HasBasicAuth:%t TLS:%t}",
+		p.RemoteAddr, p.ForwardedFor, p.Username, p.HasBasicAuth, p.TLS)
+}
+
+// GoString is String, so that %#v does not print the password either.
+func (p Peer) GoString() string { return "fleetlock.Peer" + p.String() }
+
+// LogValue implements slog.LogValuer, without the password.
+func (p Peer) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("remoteAddr", p.RemoteAddr), slog.String("forwardedFor", p.ForwardedFor),
+		slog.String("username", p.Username), slog.Bool("hasBasicAuth", p.HasBasicAuth), slog.Bool("tls", p.TLS))
+}
+
+// peerKey is the context key of the Peer.
+type peerKey struct{}
+
+// ContextWithPeer returns ctx carrying p. The handler calls it for every
+// request; it is exported for Lockers tested or called without the handler.
+func ContextWithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
+// PeerFrom returns the Peer of the request ctx belongs to; ok is false when
+// ctx carries none (the Locker was not called by the handler).
+func PeerFrom(ctx context.Context) (p Peer, ok bool) {
+	p, ok = ctx.Value(peerKey{}).(Peer)
+	return p, ok
+}
+
+// peerOf extracts the Peer of r.
+func peerOf(r *http.Request) Peer {
+	p := Peer{
+		RemoteAddr:   r.RemoteAddr,
+		ForwardedFor: strings.Join(r.Header.Values("X-Forwarded-For"), ", "),
+		TLS:          r.TLS != nil,
+	}
+	p.Username, p.Password, p.HasBasicAuth = r.BasicAuth()
+	return p
+}
+
 // Options configures NewHandler. The zero value is valid.
 type Options struct {
 	// PathPrefix is mounted before /v1/..., e.g. "/fleetlock". Default "" (root).
@@ -45,6 +107,9 @@ type Options struct {
 	// registration error panics.
 	Registerer prometheus.Registerer
 }
+
+// authChallenge is the WWW-Authenticate header of unauthorized replies.
+const authChallenge = `Basic realm="reboot-manager"`
 
 // Endpoint label values.
 const (
@@ -140,6 +205,7 @@ func (h *handler) steadyState(r *http.Request) (ClientParams, Kind, error) {
 func (h *handler) wrap(endpoint string, fn endpointFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		r = r.WithContext(ContextWithPeer(r.Context(), peerOf(r)))
 		p, success, err := fn(r)
 		status, rep := outcome(success, err)
 		h.write(w, status, rep)
@@ -171,6 +237,8 @@ func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
 		hd.Set("Allow", http.MethodPost)
 	case KindAPIUnavailable:
 		hd.Set("Retry-After", h.retryAfter)
+	case KindUnauthorized:
+		hd.Set("WWW-Authenticate", authChallenge)
 	}
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(rep) // the client is gone if this fails

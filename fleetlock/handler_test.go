@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -337,4 +338,64 @@ rebootmanager_fleetlock_requests_total{endpoint="steady-state",kind="lock_not_he
 		bad.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "rebootmanager_fleetlock_requests_total", Help: "x"}))
 		NewHandler(&stubLocker{}, Options{Registerer: bad})
 	})
+}
+
+// TestHandlerPeer: the Locker finds the requester's address, forwarded-for
+// header, Basic credentials and TLS state in its context, on both endpoints.
+func TestHandlerPeer(t *testing.T) {
+	var peer Peer
+	h := NewHandler(peerLocker{&peer}, Options{})
+	for _, path := range []string{"/v1/pre-reboot", "/v1/steady-state"} {
+		peer = Peer{}
+		r := httptest.NewRequest("POST", path, strings.NewReader(validBody))
+		r.RemoteAddr = "192.0.2.7:4242"
+		r.Header = validHeader.Clone()
+		r.Header.Add("X-Forwarded-For", "198.51.100.1, 10.0.0.2")
+		r.Header.Add("X-Forwarded-For", "10.0.0.3")
+		r.SetBasicAuth("zincati", "s3cret")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		require.Equal(t, 200, rec.Code, rec.Body.String())
+		assert.Equal(t, Peer{
+			RemoteAddr: "192.0.2.7:4242", ForwardedFor: "198.51.100.1, 10.0.0.2, 10.0.0.3",
+			Username: "zincati", Password: "s3cret", HasBasicAuth: true,
+		}, peer, path)
+	}
+
+	// No credentials, a malformed Authorization header, and TLS.
+	for _, auth := range []string{"", "Bearer abc", "Basic !!!"} {
+		peer = Peer{}
+		hdr := validHeader.Clone()
+		if auth != "" {
+			hdr.Set("Authorization", auth)
+		}
+		serve(h, "POST", "/v1/pre-reboot", hdr, validBody)
+		assert.False(t, peer.HasBasicAuth, auth)
+		assert.Empty(t, peer.ForwardedFor)
+		assert.NotEmpty(t, peer.RemoteAddr)
+	}
+	srv := httptest.NewTLSServer(h)
+	defer srv.Close()
+	resp, err := (&Client{BaseURL: srv.URL, HTTPClient: srv.Client()}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	require.NoError(t, err)
+	assert.True(t, resp.OK())
+	assert.True(t, peer.TLS)
+
+	_, ok := PeerFrom(context.Background())
+	assert.False(t, ok, "no Peer outside the handler")
+	got, ok := PeerFrom(ContextWithPeer(context.Background(), Peer{Username: "u"}))
+	assert.True(t, ok)
+	assert.Equal(t, "u", got.Username)
+}
+
+// TestPeerHidesPassword: printing or logging a Peer leaves the password out.
+func TestPeerHidesPassword(t *testing.T) {
+	p := Peer{RemoteAddr: "192.0.2.7:1", Username: "zincati", Password: "s3cret", HasBasicAuth: true}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "peer", p)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "peer", p)
+	for _, s := range []string{fmt.Sprint(p), fmt.Sprintf("%v %+v %#v %s", p, p, p, p), buf.String()} {
+		assert.NotContains(t, s, "s3cret")
+		assert.Contains(t, s, "zincati")
+	}
 }

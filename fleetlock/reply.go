@@ -41,6 +41,12 @@ const (
 	KindLockReleased Kind = "lock_released"
 	// KindLockNotHeld (200): steady-state found no lock held by the node.
 	KindLockNotHeld Kind = "lock_not_held"
+	// KindUnauthorized (401): the request carries no credentials or wrong ones;
+	// ErrUnauthorized. The reply has the header WWW-Authenticate.
+	KindUnauthorized Kind = "unauthorized"
+	// KindForbidden (403): the requester may not act for this node or group;
+	// ErrForbidden.
+	KindForbidden Kind = "forbidden"
 	// KindLockHeld (409): another node holds the lock; ErrLockHeld.
 	KindLockHeld Kind = "lock_held"
 	// KindDrainInProgress (409): the node is being drained; ErrDrainInProgress.
@@ -68,6 +74,10 @@ const (
 // Errors a Locker returns, wrapped (fmt.Errorf("...: %w", ErrLockHeld)) or
 // matched by a typed error's Is method. Any other error is an internal_error.
 var (
+	// ErrUnauthorized means the request carries no credentials, or wrong ones.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrForbidden means the requester is known but may not make this request.
+	ErrForbidden = errors.New("forbidden")
 	// ErrLockHeld means another node holds the reboot lock.
 	ErrLockHeld = errors.New("reboot lock held by another node")
 	// ErrDrainInProgress means the node is being drained; ask again later.
@@ -105,6 +115,8 @@ var kinds = []kindSpec{
 	{KindLockGranted, http.StatusOK, nil, "reboot lock granted: reboot now"},
 	{KindLockReleased, http.StatusOK, nil, "reboot lock released"},
 	{KindLockNotHeld, http.StatusOK, nil, "no reboot lock held"},
+	{KindUnauthorized, http.StatusUnauthorized, ErrUnauthorized, ""},
+	{KindForbidden, http.StatusForbidden, ErrForbidden, ""},
 	{KindLockHeld, http.StatusConflict, ErrLockHeld, ""},
 	{KindDrainInProgress, http.StatusConflict, ErrDrainInProgress, ""},
 	{KindDrainBlocked, http.StatusConflict, ErrDrainBlocked, ""},

@@ -30,6 +30,8 @@ func TestOutcome(t *testing.T) {
 		{"released", KindLockReleased, nil, 200, KindLockReleased, ""},
 		{"not held", KindLockNotHeld, nil, 200, KindLockNotHeld, ""},
 		{"sentinel", KindLockGranted, ErrLockHeld, 409, KindLockHeld, ErrLockHeld.Error()},
+		{"unauthorized", KindLockGranted, fmt.Errorf("credentials required: %w", ErrUnauthorized), 401, KindUnauthorized, "credentials required: unauthorized"},
+		{"forbidden typed", KindLockReleased, isErr{ErrForbidden}, 403, KindForbidden, "typed: forbidden"},
 		{"wrapped", KindLockGranted, fmt.Errorf("node b holds it: %w", ErrLockHeld), 409, KindLockHeld, "node b holds it: " + ErrLockHeld.Error()},
 		{"typed Is", KindLockGranted, isErr{ErrDrainBlocked}, 409, KindDrainBlocked, "typed: " + ErrDrainBlocked.Error()},
 		{"joined", KindLockGranted, errors.Join(opaque, ErrAmbiguousNode), 422, KindAmbiguousNode, ""},
@@ -66,7 +68,7 @@ func TestKindsTable(t *testing.T) {
 		assert.Equal(t, s.err == nil, status >= 200 && status < 300, "only success kinds may be 2xx: %s", s.kind)
 		assert.NotEqual(t, 3, status/100, s.kind)
 	}
-	assert.Len(t, seen, 14)
+	assert.Len(t, seen, 16)
 }
 
 // TestEveryKindOverHTTP produces every kind through the handler and checks the
@@ -84,6 +86,8 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindLockGranted, 200, locker(nil, false), "POST", "/v1/pre-reboot", validBody},
 		{KindLockReleased, 200, locker(nil, true), "POST", "/v1/steady-state", validBody},
 		{KindLockNotHeld, 200, locker(nil, false), "POST", "/v1/steady-state", validBody},
+		{KindUnauthorized, 401, locker(ErrUnauthorized, false), "POST", "/v1/pre-reboot", validBody},
+		{KindForbidden, 403, locker(ErrForbidden, true), "POST", "/v1/steady-state", validBody},
 		{KindLockHeld, 409, locker(ErrLockHeld, false), "POST", "/v1/pre-reboot", validBody},
 		{KindDrainInProgress, 409, locker(ErrDrainInProgress, false), "POST", "/v1/pre-reboot", validBody},
 		{KindDrainBlocked, 409, locker(ErrDrainBlocked, false), "POST", "/v1/pre-reboot", validBody},
@@ -103,6 +107,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 			rep := assertReply(t, rec, tt.status, tt.kind)
 			assert.Equal(t, tt.kind == KindMethodNotAllowed, rec.Header().Get("Allow") == "POST")
 			assert.Equal(t, tt.kind == KindAPIUnavailable, rec.Header().Get("Retry-After") == "10")
+			assert.Equal(t, tt.kind == KindUnauthorized, rec.Header().Get("WWW-Authenticate") == `Basic realm="reboot-manager"`)
 			if tt.kind == KindInternalError {
 				assert.NotContains(t, rep.Value, "boom")
 			}
@@ -117,6 +122,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 // TestNothingGrantsReboot: pre-reboot is 2xx only when the Locker returns nil.
 func TestNothingGrantsReboot(t *testing.T) {
 	errs := []error{
+		ErrUnauthorized, ErrForbidden, isErr{ErrForbidden},
 		ErrLockHeld, ErrDrainInProgress, ErrDrainBlocked, ErrUnknownNode, ErrAmbiguousNode, ErrUnavailable,
 		fmt.Errorf("x: %w", ErrLockHeld), isErr{ErrDrainInProgress}, errors.New(""), errors.New("other"),
 		context.Canceled, context.DeadlineExceeded, &detail{nil, ""}, errors.Join(nil, errors.New("j")),

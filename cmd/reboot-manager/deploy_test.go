@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -134,6 +136,10 @@ func TestDeployedCycle(t *testing.T) {
 	assert.False(t, node.Spec.Unschedulable, "uncordoned")
 	assert.Contains(t, metrics(t, s), `rebootmanager_group_holders{group="default"} 0`)
 
+	// Every verb the ClusterRole grants was exercised by the cycle, and nothing else was
+	// asked for: the role is what the code uses, no more.
+	assertRoleMatchesUse(t, env, "system:serviceaccount:reboot-manager:reboot-manager")
+
 	// Without "patch" on nodes the lock cannot be taken: refused, nothing changes.
 	kubectl("patch", "clusterrole", "reboot-manager", "--type=json",
 		`-p=[{"op":"replace","path":"/rules/0/verbs","value":["get","list","watch"]}]`)
@@ -146,6 +152,64 @@ func TestDeployedCycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, node.Spec.Unschedulable)
 	assert.Empty(t, node.Annotations[lock.AnnotationGroup])
+}
+
+// assertRoleMatchesUse compares the requests user made (from the API server's audit
+// log) with the rules of the manifest's ClusterRole.
+func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
+	t.Helper()
+	b, err := os.ReadFile(env.AuditLog)
+	require.NoError(t, err)
+	used := map[string]bool{}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var ev struct {
+			Verb string `json:"verb"`
+			User struct {
+				Username string `json:"username"`
+			} `json:"user"`
+			ObjectRef *struct {
+				Resource    string `json:"resource"`
+				Subresource string `json:"subresource"`
+				APIGroup    string `json:"apiGroup"`
+			} `json:"objectRef"`
+		}
+		if json.Unmarshal(line, &ev) != nil || ev.User.Username != user || ev.ObjectRef == nil {
+			continue
+		}
+		r := ev.ObjectRef.Resource
+		if ev.ObjectRef.Subresource != "" {
+			r += "/" + ev.ObjectRef.Subresource
+		}
+		used[ev.ObjectRef.APIGroup+" "+r+" "+ev.Verb] = true
+	}
+	role, err := env.Client.RbacV1().ClusterRoles().Get(context.Background(), "reboot-manager", metav1.GetOptions{})
+	require.NoError(t, err)
+	granted := map[string]bool{}
+	for _, rule := range role.Rules {
+		for _, g := range rule.APIGroups {
+			for _, r := range rule.Resources {
+				for _, v := range rule.Verbs {
+					granted[g+" "+r+" "+v] = true
+				}
+			}
+		}
+	}
+	// Granted for paths a healthy cycle does not take: the events library patches an
+	// Event only to count a repeat within minutes (a series); the drain lists budgets
+	// only when a 429 names none, and informers list only when they cannot stream
+	// their initial state through the watch.
+	notExercised := map[string]bool{
+		"events.k8s.io events patch":       true,
+		"policy poddisruptionbudgets list": true,
+	}
+	for k := range granted {
+		if !notExercised[k] {
+			assert.True(t, used[k], "the ClusterRole grants %q, which the cycle never used", k)
+		}
+	}
+	for k := range used {
+		assert.True(t, granted[k], "the cycle used %q, which the ClusterRole does not grant", k)
+	}
 }
 
 func createGuardedDeployment(t *testing.T, env *controlplane.Env, ns string, nodeLabels map[string]string, replicas int32) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
 )
 
@@ -38,6 +40,13 @@ type config struct {
 	logFormat      string
 	logLevel       slog.Level
 	showVersion    bool
+
+	// Access control (docs/security.md); all off by default.
+	tlsCertFile         string
+	tlsKeyFile          string
+	basicAuthFile       string
+	verifySourceAddress bool
+	trustedProxies      []netip.Prefix
 }
 
 // groupName is the form of a FleetLock group, as Zincati validates it.
@@ -78,6 +87,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		c.drain.FailurePolicy, err = evict.ParseFailurePolicy(s)
 		return err
 	})
+	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "PEM certificate (chain) for the FleetLock server: with --tls-key-file it serves HTTPS; reloaded when the file changes")
+	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
+	fs.StringVar(&c.basicAuthFile, "basic-auth-file", "", "file of GROUP:USER:BCRYPT_HASH lines (GROUP * for any group): FleetLock requests need HTTP Basic credentials valid for their group; reloaded when it changes")
+	fs.BoolVar(&c.verifySourceAddress, "verify-source-address", false, "accept a node's requests only from one of the addresses in its status.addresses")
+	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For is believed by --verify-source-address (repeatable)", func(s string) error {
+		p, err := access.ParseTrustedProxies(s)
+		c.trustedProxies = append(c.trustedProxies, p...)
+		return err
+	})
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
@@ -95,6 +113,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
 	case c.logFormat != "json" && c.logFormat != "text":
 		return c, fmt.Errorf("--log-format must be json or text, got %q", c.logFormat)
+	case (c.tlsCertFile == "") != (c.tlsKeyFile == ""):
+		return c, fmt.Errorf("--tls-cert-file and --tls-key-file go together: give both or neither")
+	case len(c.trustedProxies) > 0 && !c.verifySourceAddress:
+		return c, fmt.Errorf("--trusted-proxies is only used by --verify-source-address, which is off")
 	}
 	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
 		c.drain.Self = ns + "/" + name

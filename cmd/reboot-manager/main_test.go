@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,25 @@ func TestParseConfigDefaults(t *testing.T) {
 	assert.Equal(t, evict.KeepRefusing, c.drain.FailurePolicy)
 	assert.Empty(t, c.kubeconfig)
 	assert.Empty(t, c.drain.Self)
+	assert.Empty(t, c.tlsCertFile, "access control is off by default")
+	assert.Empty(t, c.tlsKeyFile)
+	assert.Empty(t, c.basicAuthFile)
+	assert.False(t, c.verifySourceAddress)
+	assert.Empty(t, c.trustedProxies)
+}
+
+func TestParseConfigAccess(t *testing.T) {
+	c, err := parseConfig([]string{
+		"--tls-cert-file=/tls/tls.crt", "--tls-key-file=/tls/tls.key", "--basic-auth-file=/auth/credentials",
+		"--verify-source-address", "--trusted-proxies=10.1.0.0/16, 192.168.0.7", "--trusted-proxies=fd00::/8",
+	}, env(nil), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "/tls/tls.crt", c.tlsCertFile)
+	assert.Equal(t, "/tls/tls.key", c.tlsKeyFile)
+	assert.Equal(t, "/auth/credentials", c.basicAuthFile)
+	assert.True(t, c.verifySourceAddress)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.168.0.7/32"),
+		netip.MustParsePrefix("fd00::/8")}, c.trustedProxies)
 }
 
 func TestParseConfig(t *testing.T) {
@@ -65,6 +85,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{[]string{"--log-format=xml"}, "--log-format must be json or text"},
 		{[]string{"--log-level=loud"}, "log-level"},
 		{[]string{"--drain-failure-policy=yolo"}, "unknown drain failure policy"},
+		{[]string{"--tls-cert-file=/c"}, "--tls-cert-file and --tls-key-file go together"},
+		{[]string{"--tls-key-file=/k"}, "--tls-cert-file and --tls-key-file go together"},
+		{[]string{"--trusted-proxies=10.0.0.0/8"}, "--trusted-proxies is only used by --verify-source-address"},
+		{[]string{"--verify-source-address", "--trusted-proxies=10.0.0.0/33"}, `"10.0.0.0/33" is neither a CIDR`},
+		{[]string{"--verify-source-address", "--trusted-proxies=proxy.example"}, "neither a CIDR (10.0.0.0/8) nor an IP address"},
+		{[]string{"--verify-source-address=maybe"}, "verify-source-address"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {
@@ -77,7 +103,8 @@ func TestParseConfigErrors(t *testing.T) {
 	var out bytes.Buffer
 	_, err := parseConfig([]string{"--help"}, env(nil), &out)
 	assert.ErrorIs(t, err, flag.ErrHelp)
-	for _, f := range []string{"kubeconfig", "listen-address", "metrics-address", "default-slots", "group-slots", "log-format", "log-level", "version"} {
+	for _, f := range []string{"kubeconfig", "listen-address", "metrics-address", "default-slots", "group-slots", "log-format", "log-level", "version",
+		"tls-cert-file", "tls-key-file", "basic-auth-file", "verify-source-address", "trusted-proxies"} {
 		assert.Contains(t, out.String(), "-"+f, "--help lists --%s", f)
 	}
 }

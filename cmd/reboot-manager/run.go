@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -31,6 +33,27 @@ const shutdownGrace = 10 * time.Second
 // flight answer, and stops the drains, which the next replica resumes from the state
 // recorded on the nodes.
 func run(ctx context.Context, c config, log *slog.Logger) error {
+	// The access files first: an invalid one stops here, before anything else starts.
+	files := access.ReloadOptions{Logger: log}
+	var certs *access.CertificateFile
+	if c.tlsCertFile != "" {
+		var err error
+		if certs, err = access.LoadCertificateFile(c.tlsCertFile, c.tlsKeyFile, files); err != nil {
+			return fmt.Errorf("--tls-cert-file, --tls-key-file: %w", err)
+		}
+	}
+	guardOpts := access.Options{TrustedProxies: c.trustedProxies, Logger: log}
+	if c.basicAuthFile != "" {
+		creds, err := access.LoadCredentialsFile(c.basicAuthFile, files)
+		if err != nil {
+			return fmt.Errorf("--basic-auth-file: %w", err)
+		}
+		guardOpts.Credentials = creds
+		if certs == nil {
+			log.Warn("--basic-auth-file without --tls-cert-file: passwords cross the network in clear text")
+		}
+	}
+
 	restConfig, err := kubeConfig(c.kubeconfig)
 	if err != nil {
 		return err
@@ -58,31 +81,38 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 
+	if c.verifySourceAddress {
+		guardOpts.Nodes = lk
+	}
+	guard := access.NewGuard(lk, guardOpts)
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(),
 		lk,
+		guard,
 	)
 
 	metrics := http.NewServeMux()
 	metrics.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	metrics.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	metrics.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !lk.HasSynced() {
-			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+		if err := lk.Healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
 
-	handler := fleetlock.NewHandler(lk, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
-	servers := []*http.Server{
-		newServer(c.metricsAddress, metrics, 30*time.Second, log),
-		// A held pre-reboot request may take up to --wait: the write deadline is longer.
-		newServer(c.listenAddress, handler, c.wait+time.Minute, log),
+	handler := fleetlock.NewHandler(guard, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
+	// A held pre-reboot request may take up to --wait: the write deadline is longer.
+	fleetLockServer := newServer(c.listenAddress, handler, c.wait+time.Minute, log)
+	if certs != nil {
+		fleetLockServer.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
 	}
+	servers := []*http.Server{newServer(c.metricsAddress, metrics, 30*time.Second, log), fleetLockServer}
 	serveErr := make(chan error, len(servers))
 	var listeners []net.Listener
 	for _, s := range servers {
@@ -96,11 +126,19 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		listeners = append(listeners, ln)
 	}
 	for i, s := range servers {
-		go func() { serveErr <- s.Serve(listeners[i]) }()
+		go func() {
+			if s.TLSConfig != nil {
+				serveErr <- s.ServeTLS(listeners[i], "", "") // the certificate comes from GetCertificate
+				return
+			}
+			serveErr <- s.Serve(listeners[i])
+		}()
 	}
 	log.Info("reboot-manager started", "version", version,
 		"fleetlock", listeners[1].Addr().String(), "metrics", listeners[0].Addr().String(),
-		"defaultSlots", c.defaultSlots, "wait", c.wait)
+		"defaultSlots", c.defaultSlots, "wait", c.wait,
+		"tls", certs != nil, "basicAuth", c.basicAuthFile != "", "verifySourceAddress", c.verifySourceAddress,
+		"trustedProxies", len(c.trustedProxies))
 
 	lockCtx, stopLock := context.WithCancel(ctx)
 	defer stopLock()
