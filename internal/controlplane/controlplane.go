@@ -49,7 +49,9 @@ type ControlPlane struct {
 	// AuditLog is the path of the API server's audit log (JSON lines, level Metadata).
 	AuditLog string
 
-	procs []*process // in start order
+	procs   []*process // in start order
+	apiBin  string
+	apiArgs []string
 }
 
 // BinDir returns the folder holding the control-plane binaries: CONTROLPLANE_BIN when
@@ -121,24 +123,22 @@ func (cp *ControlPlane) start(ctx context.Context, bin string) error {
 	}
 	cp.procs = append(cp.procs, etcd)
 
-	api, err := startProcess(cp.Dir, filepath.Join(bin, "kube-apiserver"), "kube-apiserver",
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(ports[2]),
-		"--tls-cert-file="+certs.servingCert, "--tls-private-key-file="+certs.servingKey,
-		"--token-auth-file="+filepath.Join(cp.Dir, "tokens.csv"),
+	cp.apiBin = filepath.Join(bin, "kube-apiserver")
+	cp.apiArgs = []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + strconv.Itoa(ports[2]),
+		"--tls-cert-file=" + certs.servingCert, "--tls-private-key-file=" + certs.servingKey,
+		"--token-auth-file=" + filepath.Join(cp.Dir, "tokens.csv"),
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+certs.serviceAccountPub,
-		"--service-account-signing-key-file="+certs.serviceAccountKey,
+		"--service-account-key-file=" + certs.serviceAccountPub,
+		"--service-account-signing-key-file=" + certs.serviceAccountKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
-		"--audit-policy-file="+filepath.Join(cp.Dir, "audit-policy.yaml"),
-		"--audit-log-path="+cp.AuditLog, "--audit-log-mode=blocking",
-		"--profiling=false", "--v=0")
-	if err != nil {
-		return err
+		"--audit-policy-file=" + filepath.Join(cp.Dir, "audit-policy.yaml"),
+		"--audit-log-path=" + cp.AuditLog, "--audit-log-mode=blocking",
+		"--profiling=false", "--v=0",
 	}
-	cp.procs = append(cp.procs, api)
-	if err := cp.waitReady(ctx, api, etcd); err != nil {
+	if err := cp.StartAPIServer(ctx); err != nil {
 		return err
 	}
 
@@ -163,6 +163,29 @@ func (cp *ControlPlane) start(ctx context.Context, bin string) error {
 		_, err := cp.Client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, ignoreNotFound(err)
 	})
+}
+
+// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL), as an outage would;
+// everything else keeps running. StartAPIServer brings it back.
+func (cp *ControlPlane) StopAPIServer() {
+	for i, p := range cp.procs {
+		if p.name == "kube-apiserver" {
+			p.stop(10 * time.Second)
+			cp.procs = append(cp.procs[:i], cp.procs[i+1:]...)
+			return
+		}
+	}
+}
+
+// StartAPIServer starts kube-apiserver with its usual flags and port, and waits until
+// it is ready.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	api, err := startProcess(cp.Dir, cp.apiBin, "kube-apiserver", cp.apiArgs...)
+	if err != nil {
+		return err
+	}
+	cp.procs = append(cp.procs, api)
+	return cp.waitReady(ctx, api)
 }
 
 // writeFiles writes the token file, the audit policy and the admin kubeconfig, and

@@ -35,14 +35,25 @@ var shared struct {
 	err  error
 }
 
+// EnvOptions tune StartEnvWith. The zero value is what StartEnv and Shared use.
+type EnvOptions struct {
+	// Kubelet configures the simulated kubelet (e.g. its pods' TerminationDelay).
+	Kubelet simkubelet.Options
+}
+
 // StartEnv starts a control plane and a simulated kubelet; Stop stops both.
 func StartEnv(ctx context.Context) (*Env, error) {
+	return StartEnvWith(ctx, EnvOptions{})
+}
+
+// StartEnvWith is StartEnv with options.
+func StartEnvWith(ctx context.Context, opts EnvOptions) (*Env, error) {
 	cp, err := Start(ctx)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	kubelet, err := simkubelet.Start(ctx, cp.Client, simkubelet.Options{})
+	kubelet, err := simkubelet.Start(ctx, cp.Client, opts.Kubelet)
 	if err != nil {
 		cancel()
 		cp.Stop()

@@ -9,8 +9,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/reboot-manager/reboot-manager/lock"
 )
@@ -45,27 +49,63 @@ func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
 		holding: map[string]string{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
 		mostHeld: map[string]int{},
 	}
-	nodes, err := f.client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{LabelSelector: labelFleet + "=" + f.opts.Name})
-	if err != nil {
-		cancel()
-		return nil, err
+	selector := labelFleet + "=" + f.opts.Name
+	nodes := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return f.client.CoreV1().Nodes().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return f.client.CoreV1().Nodes().Watch(ctx, o)
+		},
 	}
-	pdbs, err := f.client.PolicyV1().PodDisruptionBudgets(f.opts.Namespace).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		cancel()
-		nodes.Stop()
-		return nil, err
+	pdbs := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return f.client.PolicyV1().PodDisruptionBudgets(f.opts.Namespace).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return f.client.PolicyV1().PodDisruptionBudgets(f.opts.Namespace).Watch(ctx, o)
+		},
 	}
-	c.done.Go(func() { c.follow(nodes, c.nodeEvent) })
-	c.done.Go(func() { c.follow(pdbs, c.budgetEvent) })
+	for _, w := range []struct {
+		lw     *cache.ListWatch
+		handle func(watch.Event)
+	}{{nodes, c.nodeEvent}, {pdbs, c.budgetEvent}} {
+		rw, err := c.follow(ctx, w.lw, w.handle)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		c.done.Go(func() {
+			defer rw.Stop()
+			for ev := range rw.ResultChan() {
+				w.handle(ev)
+			}
+		})
+	}
 	return c, nil
 }
 
-func (c *checker) follow(w watch.Interface, handle func(watch.Event)) {
-	defer w.Stop()
-	for ev := range w.ResultChan() {
-		handle(ev)
+// follow lists, hands every object to handle as an Added event, and returns a watch
+// from the list's resourceVersion that survives API server restarts without a gap.
+func (c *checker) follow(ctx context.Context, lw *cache.ListWatch, handle func(watch.Event)) (*watchtools.RetryWatcher, error) {
+	list, err := lw.ListWithContextFunc(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
 	}
+	items, err := meta.ExtractList(list)
+	if err != nil {
+		return nil, err
+	}
+	for _, obj := range items {
+		handle(watch.Event{Type: watch.Added, Object: obj})
+	}
+	rv, err := meta.NewAccessor().ResourceVersion(list)
+	if err != nil {
+		return nil, err
+	}
+	return watchtools.NewRetryWatcherWithContext(ctx, rv, lw)
 }
 
 func (c *checker) stop() {

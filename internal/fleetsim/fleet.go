@@ -49,6 +49,11 @@ type Options struct {
 	Jitter float64
 	// Downtime is how long a reboot keeps a node NotReady. Default 1s.
 	Downtime time.Duration
+	// TerminationGracePeriod is the terminationGracePeriodSeconds of the groups'
+	// Deployment pods, in whole seconds, rounded up. Default 1s. An evicted pod is gone
+	// after the shorter of it and the simulated kubelet's TerminationDelay, so together
+	// they set how long a drain takes.
+	TerminationGracePeriod time.Duration
 	// Endpoints are reboot-manager base URLs; requests go to them in turn, as through
 	// a Service in front of several replicas. Required.
 	Endpoints []string
@@ -123,6 +128,9 @@ func New(ctx context.Context, client kubernetes.Interface, kubelet *simkubelet.K
 	if opts.Downtime <= 0 {
 		opts.Downtime = time.Second
 	}
+	if opts.TerminationGracePeriod <= 0 {
+		opts.TerminationGracePeriod = time.Second
+	}
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
 	}
@@ -186,7 +194,7 @@ func (f *Fleet) createWorkload(ctx context.Context, g Group) error {
 						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.ScheduleAnyway,
 						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
 					}},
-					TerminationGracePeriodSeconds: new(int64(1)),
+					TerminationGracePeriodSeconds: new(int64((f.opts.TerminationGracePeriod + time.Second - 1) / time.Second)),
 					Containers:                    []corev1.Container{{Name: "web", Image: "registry.invalid/web:1"}},
 				},
 			},

@@ -2,8 +2,8 @@ package fleetsim_test
 
 import (
 	"context"
+	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,42 +17,85 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 
-// rollout rolls a fleet behind replicas reboot-manager processes built with tags.
-func rollout(t *testing.T, name string, groups []fleetsim.Group, replicas int, tags ...string) *fleetsim.Report {
+// harness is a namespace, reboot-manager replicas built from the tree, and a fleet.
+type harness struct {
+	env     *controlplane.Env
+	ns      string
+	bin     string
+	args    []string
+	servers []*fleetsim.Server
+	logs    []*fleetsim.LogBuffer
+}
+
+// newHarness starts replicas of reboot-manager, built with tags, configured for groups.
+func newHarness(t *testing.T, groups []fleetsim.Group, replicas int, tags []string, args ...string) *harness {
 	t.Helper()
 	env := controlplane.Shared(t)
-	ns := env.Namespace(t)
-	bin, err := fleetsim.BuildServer(t.TempDir(), tags...)
+	h := &harness{env: env, ns: env.Namespace(t)}
+	var err error
+	h.bin, err = fleetsim.BuildServer(t.TempDir(), tags...)
 	require.NoError(t, err)
-	args := []string{"--wait=20s", "--log-format=text", "--log-level=debug"}
+	h.args = append([]string{"--wait=20s", "--log-format=text", "--log-level=debug"}, args...)
 	for _, g := range groups {
-		args = append(args, "--group-slots="+g.Name+"="+itoa(g.Slots))
+		h.args = append(h.args, fmt.Sprintf("--group-slots=%s=%d", g.Name, g.Slots))
 	}
-	var endpoints []string
-	var logs []*fleetsim.LogBuffer
 	for range replicas {
-		l := &fleetsim.LogBuffer{}
-		s, err := fleetsim.StartServer(bin, env.Kubeconfig, l, args...)
-		require.NoError(t, err)
-		t.Cleanup(func() { assert.NoError(t, s.Stop(), "clean exit on SIGTERM") })
-		endpoints = append(endpoints, s.FleetLock)
-		logs = append(logs, l)
+		h.start(t)
 	}
 	t.Cleanup(func() {
+		for _, s := range h.servers {
+			_ = s.Stop()
+		}
 		if t.Failed() {
-			for i, l := range logs {
+			for i, l := range h.logs {
 				t.Logf("reboot-manager %d:\n%s", i, l.String())
 			}
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	f, err := fleetsim.New(ctx, env.Client, env.Kubelet, fleetsim.Options{
-		Name: name, Namespace: ns, Groups: groups, Poll: time.Second, Downtime: 500 * time.Millisecond,
-		Endpoints: endpoints, PreCordoned: 1, Log: t.Logf,
-	})
+	return h
+}
+
+// start starts one more replica.
+func (h *harness) start(t *testing.T) *fleetsim.Server {
+	t.Helper()
+	l := &fleetsim.LogBuffer{}
+	s, err := fleetsim.StartServer(h.bin, h.env.Kubeconfig, l, h.args...)
+	require.NoError(t, err)
+	h.servers = append(h.servers, s)
+	h.logs = append(h.logs, l)
+	return s
+}
+
+func (h *harness) endpoints() []string {
+	var e []string
+	for _, s := range h.servers {
+		e = append(e, s.FleetLock)
+	}
+	return e
+}
+
+// fleet creates a fleet served by the harness's replicas.
+func (h *harness) fleet(t *testing.T, ctx context.Context, opts fleetsim.Options) *fleetsim.Fleet {
+	t.Helper()
+	opts.Namespace = h.ns
+	if opts.Endpoints == nil {
+		opts.Endpoints = h.endpoints()
+	}
+	if opts.Poll == 0 {
+		opts.Poll = time.Second
+	}
+	if opts.Downtime == 0 {
+		opts.Downtime = 500 * time.Millisecond
+	}
+	opts.Log = t.Logf
+	f, err := fleetsim.New(ctx, h.env.Client, h.env.Kubelet, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Delete(context.Background()) })
+	return f
+}
+
+func roll(t *testing.T, ctx context.Context, f *fleetsim.Fleet) *fleetsim.Report {
+	t.Helper()
 	rep, err := f.Roll(ctx)
 	require.NoError(t, err)
 	t.Logf("\n%s", rep.Summary())
@@ -62,8 +105,11 @@ func rollout(t *testing.T, name string, groups []fleetsim.Group, replicas int, t
 // Two groups (1 and 2 slots), two replicas behind the simulated Zincatis, a pre-cordoned
 // node per group: every invariant holds and every node rebooted once.
 func TestRollout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
-	rep := rollout(t, "e2e", groups, 2)
+	h := newHarness(t, groups, 2, nil)
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "e2e", Groups: groups, PreCordoned: 1}))
 	assert.Empty(t, rep.Violations)
 	assert.Equal(t, 1, rep.MostHeld["a"])
 	assert.LessOrEqual(t, rep.MostHeld["b"], 2)
@@ -76,13 +122,14 @@ func TestRollout(t *testing.T) {
 // A server that tells nodes to reboot before their pods are gone (a test-only build)
 // is caught: the checks can fail.
 func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	groups := []fleetsim.Group{{Name: "u", Nodes: 3, Slots: 1}}
-	rep := rollout(t, "unsafe", groups, 1, "rebootmanager_unsafe_grant")
+	h := newHarness(t, groups, 1, []string{"rebootmanager_unsafe_grant"})
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "unsafe", Groups: groups, PreCordoned: 1}))
 	var caught bool
 	for _, v := range rep.Violations {
 		caught = caught || strings.Contains(v.What, "pods left to evict")
 	}
 	assert.True(t, caught, "violations: %v", rep.Violations)
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -208,6 +208,9 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 func (k *Kubelet) setNotReadyTaint(ctx context.Context, name string, present bool) (*corev1.Node, error) {
 	for {
 		node, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if retry(ctx, err) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -222,7 +225,7 @@ func (k *Kubelet) setNotReadyTaint(ctx context.Context, name string, present boo
 		}
 		node.Spec.Taints = taints
 		updated, err := k.client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
-		if !apierrors.IsConflict(err) {
+		if !apierrors.IsConflict(err) && !retry(ctx, err) {
 			return updated, err
 		}
 	}
@@ -263,9 +266,13 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 }
 
 // setNodeStatus sets the Ready condition and, when bootID is not empty, the boot ID.
+// Like a kubelet, it keeps trying while the API server is unreachable.
 func (k *Kubelet) setNodeStatus(ctx context.Context, name string, ready corev1.ConditionStatus, bootID string) error {
 	for {
 		node, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if retry(ctx, err) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -274,9 +281,23 @@ func (k *Kubelet) setNodeStatus(ctx context.Context, name string, ready corev1.C
 		}
 		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready)
 		_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		if !apierrors.IsConflict(err) {
+		if !apierrors.IsConflict(err) && !retry(ctx, err) {
 			return err
 		}
+	}
+}
+
+// retry reports whether err is worth another try after a pause (the API server is
+// unreachable or overloaded), and pauses.
+func retry(ctx context.Context, err error) bool {
+	if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) || apierrors.IsInvalid(err) || apierrors.IsForbidden(err) {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(200 * time.Millisecond):
+		return true
 	}
 }
 
