@@ -2,15 +2,9 @@ package access
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -20,30 +14,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/reboot-manager/reboot-manager/internal/selfsigned"
 )
 
-// selfSigned returns a PEM certificate for 127.0.0.1 named cn, and its PEM key.
-func selfSigned(t *testing.T, cn string, serial int64) (certPEM, keyPEM []byte) {
+func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := selfsigned.Certificate(cn)
 	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	return certPEM, keyPEM
 }
 
 // secretVolume writes files the way the kubelet updates a Secret volume: into a new
@@ -76,8 +55,8 @@ func (v *secretVolume) write(files map[string][]byte) {
 // a Secret volume is), new TLS handshakes get the new certificate, with no restart; a
 // certificate that does not match its key is not taken.
 func TestCertificateFileRotation(t *testing.T) {
-	cert1, key1 := selfSigned(t, "first", 1)
-	cert2, key2 := selfSigned(t, "second", 2)
+	cert1, key1 := selfSigned(t, "first")
+	cert2, key2 := selfSigned(t, "second")
 	vol := &secretVolume{t: t, dir: t.TempDir()}
 	vol.write(map[string][]byte{"tls.crt": cert1, "tls.key": key1})
 
@@ -137,8 +116,8 @@ func TestCertificateFileRotation(t *testing.T) {
 
 func TestLoadCertificateFileErrors(t *testing.T) {
 	dir := t.TempDir()
-	cert1, key1 := selfSigned(t, "first", 1)
-	_, key2 := selfSigned(t, "second", 2)
+	cert1, key1 := selfSigned(t, "first")
+	_, key2 := selfSigned(t, "second")
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		require.NoError(t, os.WriteFile(p, b, 0o600))

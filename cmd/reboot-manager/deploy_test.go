@@ -11,20 +11,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 
@@ -90,48 +84,42 @@ func TestDeployedCycle(t *testing.T) {
 
 	// Two nodes, a Deployment spread over them under a PDB that allows one disruption.
 	ns := env.Namespace(t)
-	labels := map[string]string{"deploy-test": ns}
-	var ids []string
-	for _, name := range []string{"deploy-a", "deploy-b"} {
-		machineID := simkubelet.RandomID()
-		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: machineID, Labels: labels})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
-		id, err := fleetlock.ZincatiID(machineID)
-		require.NoError(t, err)
-		ids = append(ids, id)
-	}
-	createGuardedDeployment(t, env, ns, labels, 2)
-	waitPods(t, env, ns, "deploy-a", 1)
+	f, err := fleetsim.New(ctx, env.Client, env.Kubelet, fleetsim.Options{
+		Name: "deploy", Namespace: ns, Groups: []fleetsim.Group{{Name: "default", Nodes: 2, Slots: 1}},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Delete(context.Background()) })
+	nodeA := f.Nodes()[0]
+	require.NotZero(t, webPods(t, env, ns, nodeA), "the Deployment runs on the node to reboot")
 
 	s := startServer(t, kubeconfig, "--wait=30s")
 	client := fleetlock.Client{BaseURL: s.FleetLock}
-	a := fleetlock.ClientParams{ID: ids[0], Group: "default"}
+	a := fleetlock.ClientParams{ID: f.ZincatiID(nodeA), Group: "default"}
 
 	resp, err := client.PreReboot(ctx, a)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "pre-reboot: %+v", resp.Reply)
 	assert.Equal(t, fleetlock.KindLockGranted, resp.Reply.Kind)
-	node, err := env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	node, err := env.Client.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.True(t, node.Spec.Unschedulable, "cordoned")
 	assert.Equal(t, string(lock.StateRebooting), node.Annotations[lock.AnnotationStatus])
-	assert.Zero(t, countPods(t, env, ns, "deploy-a"), "granted only once the pods are gone")
+	assert.Zero(t, webPods(t, env, ns, nodeA), "granted only once the pods are gone")
 
 	// Restart: the metrics, computed from the cluster, show the same holder.
-	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="deploy-a"}`)
+	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
 	require.NoError(t, s.Stop(), "clean exit on SIGTERM")
 	s = startServer(t, kubeconfig, "--wait=30s")
 	client.BaseURL = s.FleetLock
 	m := metrics(t, s)
-	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="deploy-a"}`)
+	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
 	assert.Contains(t, m, `rebootmanager_group_holders{group="default"} 1`)
 
 	resp, err = client.SteadyState(ctx, a)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "steady-state: %+v", resp.Reply)
 	assert.Equal(t, fleetlock.KindLockReleased, resp.Reply.Kind)
-	node, err = env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	node, err = env.Client.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.False(t, node.Spec.Unschedulable, "uncordoned")
 	assert.Contains(t, metrics(t, s), `rebootmanager_group_holders{group="default"} 0`)
@@ -148,7 +136,7 @@ func TestDeployedCycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, resp.OK(), "granted without the right to patch nodes: %+v", resp.Reply)
 	assert.Equal(t, fleetlock.KindAPIUnavailable, resp.Reply.Kind)
-	node, err = env.Client.CoreV1().Nodes().Get(ctx, "deploy-a", metav1.GetOptions{})
+	node, err = env.Client.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.False(t, node.Spec.Unschedulable)
 	assert.Empty(t, node.Annotations[lock.AnnotationGroup])
@@ -212,62 +200,12 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	}
 }
 
-func createGuardedDeployment(t *testing.T, env *controlplane.Env, ns string, nodeLabels map[string]string, replicas int32) {
+// webPods counts the pods of the fleet's Deployment on node.
+func webPods(t *testing.T, env *controlplane.Env, ns, node string) int {
 	t.Helper()
-	ctx := context.Background()
-	podLabels := map[string]string{"app": "web"}
-	_, err := env.Client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: podLabels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
-				Spec: corev1.PodSpec{
-					NodeSelector: nodeLabels,
-					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
-						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.ScheduleAnyway,
-						LabelSelector: &metav1.LabelSelector{MatchLabels: podLabels},
-					}},
-					Containers: []corev1.Container{{Name: "web", Image: "registry.invalid/web:1"}},
-				},
-			},
-		},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
-	maxUnavailable := intstr.FromInt32(1)
-	_, err = env.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, &policyv1.PodDisruptionBudget{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: policyv1.PodDisruptionBudgetSpec{
-			MaxUnavailable: &maxUnavailable,
-			Selector:       &metav1.LabelSelector{MatchLabels: podLabels},
-		},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
-}
-
-func countPods(t *testing.T, env *controlplane.Env, ns, node string) int {
-	t.Helper()
-	pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{
+		FieldSelector: "spec.nodeName=" + node, LabelSelector: "app=web-default",
+	})
 	require.NoError(t, err)
 	return len(pods.Items)
-}
-
-func waitPods(t *testing.T, env *controlplane.Env, ns, node string, n int) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
-		if err != nil {
-			return false
-		}
-		ready := 0
-		for _, p := range pods.Items {
-			for _, c := range p.Status.Conditions {
-				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-					ready++
-				}
-			}
-		}
-		return ready >= n
-	}, time.Minute, 50*time.Millisecond, "%d ready pods on %s", n, node)
 }

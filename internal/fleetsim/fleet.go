@@ -55,7 +55,7 @@ type Options struct {
 	// they set how long a drain takes.
 	TerminationGracePeriod time.Duration
 	// Endpoints are reboot-manager base URLs; requests go to them in turn, as through
-	// a Service in front of several replicas. Required.
+	// a Service in front of several replicas. Roll requires them.
 	Endpoints []string
 	// PreCordoned is how many nodes (the last ones of each group) an operator cordoned
 	// before the rollout; they must still be cordoned after it. Default 0.
@@ -133,9 +133,6 @@ func New(ctx context.Context, client kubernetes.Interface, kubelet *simkubelet.K
 	}
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
-	}
-	if len(opts.Endpoints) == 0 {
-		return nil, errors.New("fleetsim: no reboot-manager endpoint")
 	}
 	f := &Fleet{client: client, kubelet: kubelet, opts: opts}
 	for _, g := range opts.Groups {
@@ -266,6 +263,9 @@ func (f *Fleet) awaitWorkloads(ctx context.Context) error {
 // whole fleet has rebooted and released its slots, or ctx ends. The report holds the
 // timeline and every violation the checker saw.
 func (f *Fleet) Roll(ctx context.Context) (*Report, error) {
+	if len(f.opts.Endpoints) == 0 {
+		return nil, errors.New("fleetsim: no reboot-manager endpoint")
+	}
 	chk, err := startChecker(ctx, f)
 	if err != nil {
 		return nil, err
@@ -374,6 +374,14 @@ func (f *Fleet) Nodes() []string {
 		names[i] = n.name
 	}
 	return names
+}
+
+// ZincatiID returns the ID the Zincati of node sends, or "" for a node not in the fleet.
+func (f *Fleet) ZincatiID(node string) string {
+	if n := f.node(node); n != nil {
+		return n.zincatiID
+	}
+	return ""
 }
 
 // Delete removes the fleet's nodes (its workloads go with their namespace).
