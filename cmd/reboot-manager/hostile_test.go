@@ -70,6 +70,7 @@ func TestHostileClients(t *testing.T) {
 		}
 		slow := conns[0]
 		_, err := io.WriteString(slow, "POST /v1/pre-reboot HTTP/1.1\r\nHost: h\r\n") // never finishes its headers
+		require.NoError(t, err)
 
 		start := time.Now()
 		c := fleetlock.Client{BaseURL: s.FleetLock}
