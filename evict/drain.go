@@ -50,6 +50,8 @@ type drain struct {
 	timedOut  bool
 	forced    int
 	listErr   error // the last failure of the final check
+	// blockedSince is when a budget began to refuse this drain; zero while none does.
+	blockedSince time.Time
 }
 
 // target is a pod that must leave the node, identified by its UID: a pod of the same
@@ -484,6 +486,7 @@ func (d *Drainer) evict(ctx context.Context, namespace, name string, uid types.U
 
 // handle records the outcome of an attempt.
 func (dr *drain) handle(r result) {
+	dr.d.evictions.WithLabelValues(resultLabel(r)).Inc()
 	t := r.t
 	t.inflight = false
 	dr.inflight--
@@ -621,6 +624,13 @@ func (dr *drain) snapshot() Progress {
 		p.BlockedBy = append(p.BlockedBy, b)
 	}
 	sort.Strings(p.BlockedBy)
+	switch {
+	case len(p.BlockedBy) == 0:
+		dr.blockedSince = time.Time{}
+	case dr.blockedSince.IsZero():
+		dr.blockedSince = time.Now()
+	}
+	p.BlockedSince = dr.blockedSince
 	return p
 }
 

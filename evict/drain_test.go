@@ -2,11 +2,13 @@ package evict_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -246,6 +248,12 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 		assert.Contains(t, still, pod.UID, "pod %s stays while the budget refuses", pod.Name)
 	}
 	assert.Greater(t, counter.Count("create pods/eviction"), 4, "refused evictions are retried")
+	assert.False(t, p.BlockedSince.IsZero())
+	metrics := gather(t, d)
+	assert.Equal(t, 2.0, metrics[`rebootmanager_drain_pods_left{node="`+node+`"}`])
+	assert.Greater(t, metrics[`rebootmanager_drain_blocked_seconds{node="`+node+`"}`], 2.5, "blocked for the 3s slept")
+	assert.Equal(t, 1.0, metrics[`rebootmanager_drains{state="running"}`])
+	assert.Greater(t, metrics[`rebootmanager_evictions_total{result="refused"}`], 4.0)
 	c.waitEvents(node, evict.ReasonDrainBlocked)
 	time.Sleep(500 * time.Millisecond) // let any duplicate be posted
 	evs := c.nodeEvents(node)
@@ -274,6 +282,11 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, least, 1, "minAvailable 1 held while draining")
 	assert.Zero(t, counter.Count("delete pods"), "no DELETE in the default mode")
+	assert.True(t, p.BlockedSince.IsZero(), "no longer blocked")
+	metrics = gather(t, d)
+	assert.Equal(t, 1.0, metrics[`rebootmanager_drains{state="drained"}`])
+	assert.NotContains(t, metrics, `rebootmanager_drain_blocked_seconds{node="`+node+`"}`)
+	assert.Equal(t, 2.0, metrics[`rebootmanager_evictions_total{result="accepted"}`])
 	evs = c.waitEvents(node, evict.ReasonDrainSucceeded)
 	assert.Equal(t, 1, countReason(evs, evict.ReasonDrainBlocked))
 	for _, e := range evs {
@@ -569,4 +582,25 @@ func TestStartBeforeRunAndAfterStop(t *testing.T) {
 	_, ok := d.Progress("n1")
 	assert.False(t, ok)
 	assert.True(t, strings.HasPrefix(p.String(), "drained"))
+}
+
+// gather collects a Drainer's metrics as "name{labels}" → value.
+func gather(t *testing.T, d *evict.Drainer) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(d))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			out[f.GetName()+"{"+strings.Join(labels, ",")+"}"] = v
+		}
+	}
+	return out
 }

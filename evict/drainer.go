@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -47,6 +49,8 @@ type Drainer struct {
 	ending  map[string]*drain // forgotten drains not yet stopped, by node
 	stopped bool              // Run has returned
 	wg      sync.WaitGroup    // drain goroutines
+
+	evictions *prometheus.CounterVec
 }
 
 // New returns a Drainer that uses client. Drains may be started at once; they begin
@@ -62,6 +66,8 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 		running:  make(chan struct{}),
 		drains:   map[string]*drain{},
 		ending:   map[string]*drain{},
+
+		evictions: newEvictionsCounter(),
 	}
 	if d.recorder == nil {
 		d.broadcaster = events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})

@@ -23,6 +23,8 @@ type Progress struct {
 	// BlockedBy names the PodDisruptionBudgets (namespace/name) that refused the last
 	// evictions; empty when nothing blocks.
 	BlockedBy []string
+	// BlockedSince is when a budget began to refuse the evictions; zero while none does.
+	BlockedSince time.Time
 	// Err is the last error met, if any (an eviction refused, an API error).
 	Err error
 	// Done is closed when the drain ends, drained or failed (or stopped by Forget).

@@ -92,6 +92,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(),
 		lk,
+		drainer,
 		guard,
 	)
 

@@ -1,0 +1,73 @@
+package evict
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	drainsDesc = prometheus.NewDesc("rebootmanager_drains",
+		"Drains this process knows, by state: running, drained or failed.", []string{"state"}, nil)
+	podsLeftDesc = prometheus.NewDesc("rebootmanager_drain_pods_left",
+		"Pods still to leave the node, per running drain.", []string{"node"}, nil)
+	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_seconds",
+		"How long a PodDisruptionBudget has refused the drain's evictions, per blocked drain.", []string{"node"}, nil)
+)
+
+// newEvictionsCounter counts eviction (and, under Force, deletion) answers by result.
+func newEvictionsCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_evictions_total",
+		Help: "Answers to eviction requests by result: accepted, gone (the pod was already gone or replaced), refused (by a PodDisruptionBudget), failed, forced (deleted under the Force policy).",
+	}, []string{"result"})
+}
+
+// resultLabel is the evictions counter's label for an attempt's outcome.
+func resultLabel(r result) string {
+	switch {
+	case r.outcome == accepted && r.op == opDelete:
+		return "forced"
+	case r.outcome == accepted:
+		return "accepted"
+	case r.outcome == notFound || r.outcome == conflict:
+		return "gone"
+	case r.outcome == refused:
+		return "refused"
+	default:
+		return "failed"
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (d *Drainer) Describe(ch chan<- *prometheus.Desc) {
+	ch <- drainsDesc
+	ch <- podsLeftDesc
+	ch <- blockedDesc
+	d.evictions.Describe(ch)
+}
+
+// Collect implements prometheus.Collector: the drain gauges are computed from the
+// drains' progress at scrape time.
+func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
+	d.evictions.Collect(ch)
+	states := map[string]int{"running": 0, "drained": 0, "failed": 0}
+	for _, p := range d.Drains() {
+		switch {
+		case p.Drained:
+			states["drained"]++
+			continue
+		case p.Failed:
+			states["failed"]++
+			continue
+		}
+		states["running"]++
+		ch <- prometheus.MustNewConstMetric(podsLeftDesc, prometheus.GaugeValue, float64(p.PodsLeft), p.Node)
+		if !p.BlockedSince.IsZero() {
+			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, time.Since(p.BlockedSince).Seconds(), p.Node)
+		}
+	}
+	for s, n := range states {
+		ch <- prometheus.MustNewConstMetric(drainsDesc, prometheus.GaugeValue, float64(n), s)
+	}
+}
