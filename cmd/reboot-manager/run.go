@@ -34,24 +34,9 @@ const shutdownGrace = 10 * time.Second
 // recorded on the nodes.
 func run(ctx context.Context, c config, log *slog.Logger) error {
 	// The access files first: an invalid one stops here, before anything else starts.
-	files := access.ReloadOptions{Logger: log}
-	var certs *access.CertificateFile
-	if c.tlsCertFile != "" {
-		var err error
-		if certs, err = access.LoadCertificateFile(c.tlsCertFile, c.tlsKeyFile, files); err != nil {
-			return fmt.Errorf("--tls-cert-file, --tls-key-file: %w", err)
-		}
-	}
-	guardOpts := access.Options{TrustedProxies: c.trustedProxies, Logger: log}
-	if c.basicAuthFile != "" {
-		creds, err := access.LoadCredentialsFile(c.basicAuthFile, files)
-		if err != nil {
-			return fmt.Errorf("--basic-auth-file: %w", err)
-		}
-		guardOpts.Credentials = creds
-		if certs == nil {
-			log.Warn("--basic-auth-file without --tls-cert-file: passwords cross the network in clear text")
-		}
+	certs, guardOpts, err := loadAccess(c, log)
+	if err != nil {
+		return err
 	}
 
 	restConfig, err := kubeConfig(c.kubeconfig)
@@ -96,16 +81,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		guard,
 	)
 
-	metrics := http.NewServeMux()
-	metrics.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
-	metrics.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	metrics.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := lk.Healthy(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	metrics := metricsMux(registry, lk)
 
 	handler := fleetlock.NewHandler(guard, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
 	// A held pre-reboot request may take up to --wait: the write deadline is longer.
@@ -155,6 +131,45 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	case err := <-serveErr:
 		return shutdown(servers, err, log)
 	}
+}
+
+// loadAccess loads the TLS certificate and the credentials the flags name.
+func loadAccess(c config, log *slog.Logger) (*access.CertificateFile, access.Options, error) {
+	files := access.ReloadOptions{Logger: log}
+	opts := access.Options{TrustedProxies: c.trustedProxies, Logger: log}
+	var certs *access.CertificateFile
+	if c.tlsCertFile != "" {
+		var err error
+		if certs, err = access.LoadCertificateFile(c.tlsCertFile, c.tlsKeyFile, files); err != nil {
+			return nil, opts, fmt.Errorf("--tls-cert-file, --tls-key-file: %w", err)
+		}
+	}
+	if c.basicAuthFile != "" {
+		creds, err := access.LoadCredentialsFile(c.basicAuthFile, files)
+		if err != nil {
+			return nil, opts, fmt.Errorf("--basic-auth-file: %w", err)
+		}
+		opts.Credentials = creds
+		if certs == nil {
+			log.Warn("--basic-auth-file without --tls-cert-file: passwords cross the network in clear text")
+		}
+	}
+	return certs, opts, nil
+}
+
+// metricsMux serves /metrics from registry, /healthz, and /readyz from the lock's health.
+func metricsMux(registry *prometheus.Registry, lk *lock.Lock) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := lk.Healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
 }
 
 // shutdown stops the servers, letting in-flight requests finish, and returns cause.
