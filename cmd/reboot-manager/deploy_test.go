@@ -89,8 +89,15 @@ func TestDeployedCycle(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Delete(context.Background()) })
-	nodeA := f.Nodes()[0]
-	require.NotZero(t, webPods(t, env, ns, nodeA), "the Deployment runs on the node to reboot")
+	// The spread is a preference: reboot a node the scheduler gave a web pod.
+	var nodeA string
+	for _, n := range f.Nodes() {
+		if webPods(t, env, ns, n) > 0 {
+			nodeA = n
+			break
+		}
+	}
+	require.NotEmpty(t, nodeA, "the Deployment runs on some node")
 
 	s := startServer(t, kubeconfig, "--wait=30s")
 	client := fleetlock.Client{BaseURL: s.FleetLock}
