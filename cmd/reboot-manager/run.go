@@ -44,6 +44,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	restConfig.UserAgent = "reboot-manager/" + version
+	// client-go's default of 5 requests/s throttles the lock when many waiters re-claim
+	// a freed slot at once, and the drains' own eviction limit (--evictions-per-second)
+	// must not be capped below itself. The API server's priority and fairness still
+	// protects it.
+	restConfig.QPS, restConfig.Burst = 50, 100
 	client, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
 		return err
