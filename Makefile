@@ -37,6 +37,11 @@ test: ## unit and integration tests (builds the control plane first if missing)
 	echo "control plane binaries: $$bin ($$(( $$(date +%s) - start ))s)"; \
 	CONTROLPLANE_BIN=$$bin $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+.PHONY: bench
+bench: ## rollout makespan, no-op check-ins, cache memory, contention (docs/performance.md; BENCH_FLAGS=-help)
+	@bin=$$(hack/controlplane.sh); \
+	CONTROLPLANE_BIN=$$bin $(GO) run ./internal/bench $(BENCH_FLAGS)
+
 $(STATICCHECK):
 	@mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -1,0 +1,224 @@
+package lock
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+)
+
+// gatedDrainer is a Drainer whose drains end when the test calls finish.
+type gatedDrainer struct {
+	mu      sync.Mutex
+	drains  map[string]chan struct{} // node → closed when its drain is over
+	started chan string              // receives a node's name when its drain starts
+}
+
+func newGatedDrainer() *gatedDrainer {
+	return &gatedDrainer{drains: map[string]chan struct{}{}, started: make(chan string, 16)}
+}
+
+func (d *gatedDrainer) Start(node string) evict.Progress {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	done, ok := d.drains[node]
+	if !ok {
+		done = make(chan struct{})
+		d.drains[node] = done
+		d.started <- node
+	}
+	select {
+	case <-done:
+		return evict.Progress{Node: node, Drained: true, Done: done}
+	default:
+		return evict.Progress{Node: node, PodsLeft: 1, Pods: 1, Done: done}
+	}
+}
+
+func (d *gatedDrainer) Forget(node string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.drains, node)
+}
+
+// finish ends node's drain, which must have started.
+func (d *gatedDrainer) finish(node string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	close(d.drains[node])
+}
+
+func startLockWith(t *testing.T, client kubernetes.Interface, drainer Drainer, opts Options) *Lock {
+	t.Helper()
+	l, err := New(client, drainer, opts)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	require.NoError(t, l.Start(ctx))
+	return l
+}
+
+// result is what a PreReboot call returned, and when.
+type result struct {
+	err error
+	at  time.Time
+}
+
+func preRebootAsync(l *Lock, f fleet, name string) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		err := l.PreReboot(context.Background(), f.params(name, "default"))
+		ch <- result{err, time.Now()}
+	}()
+	return ch
+}
+
+// A held pre-reboot request answers "reboot now" the moment its drain ends, not at
+// the next poll of Zincati.
+func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
+	env := controlplane.Shared(t)
+	f := newFleet(t, env, "hold-drain", 1, simkubelet.NodeOptions{})
+	name := f.names[0]
+	drainer := newGatedDrainer()
+	l := startLockWith(t, env.Client, drainer, Options{Wait: 30 * time.Second})
+	awaitCached(t, l, f)
+
+	asked := time.Now()
+	res := preRebootAsync(l, f, name)
+	select {
+	case started := <-drainer.started:
+		require.Equal(t, name, started)
+	case r := <-res:
+		t.Fatalf("answered before its drain started: %v", r.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drain did not start")
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("answered while draining: %v", r.err)
+	case <-time.After(2 * time.Second):
+	}
+	finished := time.Now()
+	drainer.finish(name)
+	select {
+	case r := <-res:
+		require.NoError(t, r.err, "granted once drained")
+		latency := r.at.Sub(finished)
+		t.Logf("asked at 0s, drain finished at %s, answered %s later", finished.Sub(asked).Round(time.Millisecond), latency.Round(time.Microsecond))
+		assert.Less(t, latency, time.Second, "answered within a second of the drain's end")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer 10s after the drain finished")
+	}
+	st, unschedulable := nodeLockState(t, env.Client, name)
+	assert.Equal(t, StateRebooting, st.State)
+	assert.True(t, unschedulable)
+}
+
+// A request held while another node holds the only slot is granted as soon as that
+// node's steady-state releases it.
+func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	f := newFleet(t, env, "hold-slot", 2, simkubelet.NodeOptions{})
+	l := startLock(t, env.Client, Options{Wait: 30 * time.Second})
+	awaitCached(t, l, f)
+	// The waiter's name comes first: alphabetical order gives it no way past a holder.
+	waiter, holder := f.names[0], f.names[1]
+	require.NoError(t, l.PreReboot(ctx, f.params(holder, "default")))
+	awaitState(t, l, holder, StateRebooting)
+
+	res := preRebootAsync(l, f, waiter)
+	select {
+	case r := <-res:
+		t.Fatalf("answered while the slot was held: %v", r.err)
+	case <-time.After(2 * time.Second):
+	}
+	st, _ := nodeLockState(t, env.Client, waiter)
+	assert.Equal(t, StateReady, st.State, "a waiter behind a holder keeps no claim while it waits")
+
+	releasing := time.Now()
+	released, err := l.SteadyState(ctx, f.params(holder, "default"))
+	require.NoError(t, err)
+	require.True(t, released)
+	releasedAt := time.Now()
+	select {
+	case r := <-res:
+		require.NoError(t, r.err, "granted once the slot is free")
+		latency := r.at.Sub(releasedAt)
+		t.Logf("release took %s; the waiter was granted %s after it returned", releasedAt.Sub(releasing).Round(time.Microsecond), latency.Round(time.Microsecond))
+		assert.Less(t, latency, time.Second, "granted within a second of the release")
+	case <-time.After(10 * time.Second):
+		t.Fatal("not granted 10s after the release")
+	}
+	st, _ = nodeLockState(t, env.Client, waiter)
+	assert.Equal(t, StateRebooting, st.State)
+}
+
+// A held request that runs out of time answers "not yet" and leaves no claim and no
+// lock label behind, whether it was waiting for a holder (its claim withdrawn before
+// the wait) or for a later claimant to withdraw (its claim withdrawn on the way out).
+func TestHeldRequestTimesOutWithoutClaim(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	assertNoClaim := func(t *testing.T, name string) {
+		t.Helper()
+		n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, StateReady, lockOf(n).State, "no claim left on %s", name)
+		assert.NotContains(t, n.Labels, LabelLock, "no lock label left on %s", name)
+	}
+
+	t.Run("behind a holder", func(t *testing.T) {
+		f := newFleet(t, env, "held-holder", 3, simkubelet.NodeOptions{})
+		l := startLock(t, env.Client, Options{Wait: 500 * time.Millisecond})
+		awaitCached(t, l, f)
+		holder := f.names[1]
+		require.NoError(t, l.PreReboot(ctx, f.params(holder, "default")))
+		awaitState(t, l, holder, StateRebooting)
+		for _, waiter := range []string{f.names[0], f.names[2]} { // a name before the holder's, one after
+			start := time.Now()
+			err := l.PreReboot(ctx, f.params(waiter, "default"))
+			took := time.Since(start)
+			var held *HeldError
+			require.ErrorAs(t, err, &held, "%s", waiter)
+			assert.Equal(t, []string{holder}, held.Holders)
+			assert.GreaterOrEqual(t, took, 500*time.Millisecond, "held for Wait")
+			assert.Less(t, took, 5*time.Second)
+			assertNoClaim(t, waiter)
+		}
+	})
+
+	t.Run("behind a later claimant", func(t *testing.T) {
+		// A live claim by a later name: the request keeps its own claim and waits for
+		// the later one to withdraw, which it never does here. The wait for later
+		// claimants lasts at least tieWait, whatever Options.Wait says.
+		f := newFleet(t, env, "held-tie", 2, simkubelet.NodeOptions{})
+		asker, later := f.names[0], f.names[1]
+		n, err := env.Client.CoreV1().Nodes().Get(ctx, later, metav1.GetOptions{})
+		require.NoError(t, err)
+		_, err = env.Client.CoreV1().Nodes().Patch(ctx, later, "application/merge-patch+json",
+			write{resourceVersion: n.ResourceVersion, state: StateClaiming, group: "default", since: time.Now()}.patch(),
+			metav1.PatchOptions{})
+		require.NoError(t, err)
+		l := startLock(t, env.Client, Options{Wait: 500 * time.Millisecond})
+		awaitCached(t, l, f)
+		start := time.Now()
+		err = l.PreReboot(ctx, f.params(asker, "default"))
+		took := time.Since(start)
+		var held *HeldError
+		require.ErrorAs(t, err, &held)
+		assert.GreaterOrEqual(t, took, tieWait, "waited tieWait for the later claimant")
+		assertNoClaim(t, asker)
+		st, _ := nodeLockState(t, env.Client, later)
+		assert.Equal(t, StateClaiming, st.State, "someone else's live claim is left alone")
+	})
+}
