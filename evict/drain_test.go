@@ -3,6 +3,7 @@ package evict_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -115,8 +116,11 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	require.Len(t, mustGo, 5)
 	require.Len(t, mustStay, 3)
 
-	c.cordon(b, false)
-	c.cordon(cn, false)
+	// The other nodes stay cordoned until the budget has refused an eviction: with
+	// room for replacements, the API server's own retry (it waits ~500 ms on a
+	// conflict) can outlast a replacement becoming ready, and the budget never refuses.
+	c.cordon(b, true)
+	c.cordon(cn, true)
 	c.cordon(a, true)
 	cfg, counter := c.env.CountingConfig()
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 200 * time.Millisecond, BackoffMax: 2 * time.Second})
@@ -128,6 +132,13 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	again := d.Start(a)
 	assert.Equal(t, p.Started, again.Started, "Start is idempotent")
 	assert.Equal(t, p.Done, again.Done, "Start is idempotent")
+
+	c.waitFor(time.Minute, "the drain blocked by budget web", func(context.Context) (bool, error) {
+		now, _ := d.Progress(a)
+		return slices.Contains(now.BlockedBy, c.ns+"/web"), nil
+	})
+	c.cordon(b, false)
+	c.cordon(cn, false)
 
 	p = awaitDone(t, d, a, p, 2*time.Minute)
 	after := c.nodePods(a) // a fresh LIST, as soon as the drain says done
