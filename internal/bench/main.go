@@ -47,6 +47,7 @@ type config struct {
 	rollout      rolloutConfig
 	baselineWait time.Duration
 	baseline     bool
+	verbose      bool
 }
 
 var benchmarks = []string{"memory", "noop", "contention", "rollout"}
@@ -74,11 +75,12 @@ func main() {
 	fs.DurationVar(&c.rollout.downtime, "downtime", 5*time.Second, "rollout: how long a reboot keeps a node NotReady")
 	fs.DurationVar(&c.rollout.wait, "wait", 2*time.Minute, "rollout: reboot-manager --wait (request holding)")
 	fs.DurationVar(&c.baselineWait, "baseline-wait", time.Millisecond, "rollout: reboot-manager --wait of the baseline, holding disabled")
+	fs.BoolVar(&c.verbose, "v", false, "rollout: also print each node's wait, drain, reboot and requests")
 	fs.BoolVar(&c.baseline, "baseline", true, "rollout: also roll with holding disabled (the slow part: about poll x nodes)")
 	fs.StringVar(&c.rollout.rebootManagerBin, "reboot-manager", "", "rollout, memory: the reboot-manager binary (default: build it)")
 	fs.BoolVar(&c.rollout.inProcess, "in-process", false, "rollout: serve from this process (lock, drainer, handler as cmd/reboot-manager wires them) instead of the binary; counts API requests")
-	fs.IntVar(&c.rollout.qps, "qps", 0, "rollout -in-process: the client's QPS limit (0: client-go's default 5, as the binary)")
-	fs.IntVar(&c.rollout.burst, "burst", 0, "rollout -in-process: the client's burst (0: client-go's default 10)")
+	fs.IntVar(&c.rollout.qps, "qps", 50, "rollout -in-process: the client's QPS limit, as cmd/reboot-manager sets it (0: client-go's default, 5)")
+	fs.IntVar(&c.rollout.burst, "burst", 100, "rollout -in-process: the client's burst, as cmd/reboot-manager sets it (0: client-go's default, 10)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	_ = fs.Parse(os.Args[1:])
 	if *cpuProfile != "" {
@@ -214,6 +216,9 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			return err
 		}
 		held.print(p, held.ideal())
+		if c.verbose {
+			p.line("%s", held.report.Summary())
+		}
 		sum.held = &held
 		if c.baseline {
 			bc := rc
@@ -223,6 +228,9 @@ func run(ctx context.Context, c config, out io.Writer) error {
 				return err
 			}
 			polled.print(p, held.ideal())
+			if c.verbose {
+				p.line("%s", polled.report.Summary())
+			}
 			sum.polled = &polled
 			p.line("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
 		}

@@ -33,8 +33,8 @@ type rolloutConfig struct {
 	rebootManagerBin string
 	// inProcess serves from this process (the lock, the drainer and the FleetLock
 	// handler wired as cmd/reboot-manager wires them) instead of the binary, with a
-	// client limited to qps and burst (0: client-go's defaults, 5 and 10, which the
-	// binary uses), and counts its API requests.
+	// client limited to qps and burst (0: client-go's defaults, 5 and 10; the binary
+	// sets 50 and 100), and counts its API requests.
 	inProcess  bool
 	qps, burst int
 }
