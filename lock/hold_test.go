@@ -222,3 +222,52 @@ func TestHeldRequestTimesOutWithoutClaim(t *testing.T) {
 		assert.Equal(t, StateClaiming, st.State, "someone else's live claim is left alone")
 	})
 }
+
+// When a slot frees, only the first of a replica's waiters in name order re-claims:
+// the handover costs the winner's claim and promotion, not a claim, a LIST and a
+// withdrawal for every waiter.
+func TestHandoverWakesOnlyTheFirstWaiter(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	const waiters = 8
+	f := newFleet(t, env, "hold-herd", waiters+1, simkubelet.NodeOptions{})
+	cfg, counter := env.CountingConfig()
+	l := startLock(t, kubernetes.NewForConfigOrDie(cfg), Options{Wait: time.Minute})
+	awaitCached(t, l, f)
+	holder := f.names[waiters] // the last name: every waiter comes before it
+	require.NoError(t, l.PreReboot(ctx, f.params(holder, "default")))
+	awaitState(t, l, holder, StateRebooting)
+
+	results := make([]<-chan result, waiters)
+	for i := range waiters {
+		results[i] = preRebootAsync(l, f, f.names[i])
+	}
+	// Every waiter claims once on arrival, sees the holder and withdraws.
+	require.Eventually(t, func() bool {
+		objs, _ := l.nodes.GetIndexer().ByIndex(byGroup, "default")
+		return len(objs) == 1 // the holder alone carries the lock label
+	}, 10*time.Second, 50*time.Millisecond)
+	time.Sleep(time.Second)
+
+	before := resourceRequests(counter)
+	released, err := l.SteadyState(ctx, f.params(holder, "default"))
+	require.NoError(t, err)
+	require.True(t, released)
+	select {
+	case r := <-results[0]:
+		require.NoError(t, r.err, "the first name is granted")
+	case <-time.After(10 * time.Second):
+		t.Fatal("not granted 10s after the release")
+	}
+	time.Sleep(time.Second) // what the others would do, they do at once
+	after := resourceRequests(counter)
+	patches := after["patch nodes"] - before["patch nodes"]
+	lists := after["list nodes"] - before["list nodes"]
+	t.Logf("handover to the first of %d waiters: %d node patches (release included), %d LISTs", waiters, patches, lists)
+	assert.LessOrEqual(t, patches, 3, "release, claim, promote")
+	assert.LessOrEqual(t, lists, 1, "the winner's check")
+	for i := 1; i < waiters; i++ {
+		st, _ := nodeLockState(t, env.Client, f.names[i])
+		assert.Equal(t, StateReady, st.State, "%s keeps waiting without a claim", f.names[i])
+	}
+}

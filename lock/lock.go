@@ -67,6 +67,10 @@ type Lock struct {
 	factory informers.SharedInformerFactory
 	nodes   cache.SharedIndexInformer
 	changed signal
+	// contenders counts this replica's requests that seek a slot, by group and node
+	// name: a waiter lets those before it in name order try first (awaitFreeSlot).
+	contendersMu sync.Mutex
+	contenders   map[string]map[string]int
 	// stopping is closed when Start's context ends: waiting requests answer at once.
 	stopping <-chan struct{}
 	// apiErr is the last API server health probe's error, nil while it answers.
@@ -96,7 +100,8 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	}
 	l := &Lock{
 		client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal(),
-		stopping: make(chan struct{}),
+		contenders: map[string]map[string]int{},
+		stopping:   make(chan struct{}),
 		unmatched: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rebootmanager_unmatched_ids_total",
 			Help: "Requests whose Zincati ID matched no node (reason unknown) or several (reason ambiguous).",

@@ -24,7 +24,8 @@ type request struct {
 	expires     time.Time // when the request stops waiting for a slot or its drain
 	tieExpires  time.Time // when it stops waiting for later claimants to withdraw
 
-	claim *corev1.Node // the node as our claim left it; nil while we hold no claim
+	claim      *corev1.Node // the node as our claim left it; nil while we hold no claim
+	contending bool         // counted in Lock.contenders
 }
 
 // testHookAfterCheck, set by tests, runs between the check and what follows it, to
@@ -47,13 +48,16 @@ const (
 // request expires. Whatever happens, it leaves no claim of its own behind: a claim
 // lives only while a request works on it.
 func (r *request) run(ctx context.Context, n *corev1.Node) error {
+	r.contend(true)
 	defer func() {
 		if r.claim != nil {
 			r.withdraw(context.WithoutCancel(ctx))
 		}
+		r.contend(false)
 	}()
 	for conflicts := 0; ; { // conflicts in a row
 		if lockOf(n).State == StateRebooting {
+			r.contend(false)
 			return r.awaitDrain(ctx)
 		}
 		if err := r.apiDown(); err != nil {
@@ -275,25 +279,67 @@ func (r *request) allow(ctx context.Context) error {
 }
 
 // awaitFreeSlot waits, without any API request, until the cache shows a slot that may
-// be free for us: fewer holders and earlier claimants than slots.
+// be free for us: fewer nodes of the group before us than slots, counting the holders,
+// the live claims by earlier names, and this replica's other requests seeking a slot
+// for earlier names. The last keeps a herd from forming: when a slot frees, only the
+// first waiters of each replica re-claim, not all of them.
 func (r *request) awaitFreeSlot(ctx context.Context) error {
 	for {
-		taken := 0
+		wake := r.changed.wait() // before the scan, so that no change is missed
+		taken := r.earlierContenders()
 		objs, _ := r.nodes.GetIndexer().ByIndex(byGroup, r.group)
 		for _, o := range objs {
 			n := o.(*corev1.Node)
 			st := lockOf(n)
 			if n.Name != r.name && (st.State == StateRebooting || st.State == StateClaiming && n.Name < r.name && !r.isStale(st)) {
-				taken++
+				taken[n.Name] = true
 			}
 		}
-		if taken < r.slots(r.group) {
+		if len(taken) < r.slots(r.group) {
 			return nil
 		}
-		if err := r.sleep(ctx, 5*time.Second, r.expires, r.changed.wait(), nil); err != nil {
+		if err := r.sleep(ctx, 5*time.Second, r.expires, wake, nil); err != nil {
 			return err
 		}
 	}
+}
+
+// contend counts the request in, or out of, this replica's requests seeking a slot.
+// Counting out wakes the waiters that it held back.
+func (r *request) contend(on bool) {
+	if r.contending == on {
+		return
+	}
+	r.contending = on
+	r.contendersMu.Lock()
+	g := r.contenders[r.group]
+	if on {
+		if g == nil {
+			g = map[string]int{}
+			r.contenders[r.group] = g
+		}
+		g[r.name]++
+	} else if g[r.name]--; g[r.name] == 0 {
+		delete(g, r.name)
+	}
+	r.contendersMu.Unlock()
+	if !on {
+		r.changed.fire()
+	}
+}
+
+// earlierContenders returns the names, before ours, of this replica's other requests
+// of our group that seek a slot.
+func (r *request) earlierContenders() map[string]bool {
+	r.contendersMu.Lock()
+	defer r.contendersMu.Unlock()
+	out := map[string]bool{}
+	for name := range r.contenders[r.group] {
+		if name < r.name {
+			out[name] = true
+		}
+	}
+	return out
 }
 
 // sleep waits until wake or wake2 is signalled (a nil channel never is) or about
