@@ -69,6 +69,14 @@
 //	lock_held           409     ErrLockHeld
 //	drain_in_progress   409     ErrDrainInProgress
 //	drain_blocked       409     ErrDrainBlocked
+//	paused              409     ErrPaused
+//	node_held           409     ErrNodeHeld
+//	window_closed       409     ErrWindowClosed
+//	reboot_gap          409     ErrRebootGap
+//	alert_firing        409     ErrAlertFiring
+//	pods_blocking       409     ErrPodsBlocking
+//	group_not_ready     409     ErrGroupNotReady
+//	node_not_ready      409     ErrNodeNotReady (steady-state)
 //	unknown_node        422     ErrUnknownNode
 //	ambiguous_node      422     ErrAmbiguousNode
 //	invalid_request     400     bad header or body

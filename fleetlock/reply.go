@@ -53,6 +53,26 @@ const (
 	KindDrainInProgress Kind = "drain_in_progress"
 	// KindDrainBlocked (409): draining the node cannot proceed; ErrDrainBlocked.
 	KindDrainBlocked Kind = "drain_blocked"
+	// KindPaused (409): an operator paused all reboots; ErrPaused.
+	KindPaused Kind = "paused"
+	// KindNodeHeld (409): an operator holds this node's reboot; ErrNodeHeld.
+	KindNodeHeld Kind = "node_held"
+	// KindWindowClosed (409): the group's reboot windows are closed; ErrWindowClosed.
+	KindWindowClosed Kind = "window_closed"
+	// KindRebootGap (409): the group's minimum gap since its last reboot has not
+	// passed; ErrRebootGap.
+	KindRebootGap Kind = "reboot_gap"
+	// KindAlertFiring (409): a matching alert fires, or the alert check failed;
+	// ErrAlertFiring.
+	KindAlertFiring Kind = "alert_firing"
+	// KindPodsBlocking (409): pods matching a blocker's selector exist; ErrPodsBlocking.
+	KindPodsBlocking Kind = "pods_blocking"
+	// KindGroupNotReady (409): another node of the group is not Ready;
+	// ErrGroupNotReady.
+	KindGroupNotReady Kind = "group_not_ready"
+	// KindNodeNotReady (409): steady-state from a node not Ready again yet, with the
+	// health gate on: the slot stays held; ErrNodeNotReady.
+	KindNodeNotReady Kind = "node_not_ready"
 	// KindUnknownNode (422): no Kubernetes node matches the ID; ErrUnknownNode.
 	KindUnknownNode Kind = "unknown_node"
 	// KindAmbiguousNode (422): several nodes match the ID; ErrAmbiguousNode.
@@ -84,6 +104,22 @@ var (
 	ErrDrainInProgress = errors.New("node drain in progress")
 	// ErrDrainBlocked means draining the node cannot currently proceed.
 	ErrDrainBlocked = errors.New("node drain blocked")
+	// ErrPaused means an operator paused all reboots.
+	ErrPaused = errors.New("reboots paused")
+	// ErrNodeHeld means an operator holds this node's reboot.
+	ErrNodeHeld = errors.New("node held by an operator")
+	// ErrWindowClosed means no reboot window of the group is open.
+	ErrWindowClosed = errors.New("reboot window closed")
+	// ErrRebootGap means the group's last reboot ended too recently.
+	ErrRebootGap = errors.New("too soon after the group's last reboot")
+	// ErrAlertFiring means a matching alert fires, or alerts could not be checked.
+	ErrAlertFiring = errors.New("alert firing")
+	// ErrPodsBlocking means pods matching a blocker's selector exist.
+	ErrPodsBlocking = errors.New("blocking pods exist")
+	// ErrGroupNotReady means another node of the group is not Ready.
+	ErrGroupNotReady = errors.New("another node of the group is not ready")
+	// ErrNodeNotReady means the node is not Ready again after its reboot.
+	ErrNodeNotReady = errors.New("node not ready yet")
 	// ErrUnknownNode means no Kubernetes node matches the client ID.
 	ErrUnknownNode = errors.New("no node matches the client id")
 	// ErrAmbiguousNode means more than one Kubernetes node matches the client ID.
@@ -120,6 +156,14 @@ var kinds = []kindSpec{
 	{KindLockHeld, http.StatusConflict, ErrLockHeld, ""},
 	{KindDrainInProgress, http.StatusConflict, ErrDrainInProgress, ""},
 	{KindDrainBlocked, http.StatusConflict, ErrDrainBlocked, ""},
+	{KindPaused, http.StatusConflict, ErrPaused, ""},
+	{KindNodeHeld, http.StatusConflict, ErrNodeHeld, ""},
+	{KindWindowClosed, http.StatusConflict, ErrWindowClosed, ""},
+	{KindRebootGap, http.StatusConflict, ErrRebootGap, ""},
+	{KindAlertFiring, http.StatusConflict, ErrAlertFiring, ""},
+	{KindPodsBlocking, http.StatusConflict, ErrPodsBlocking, ""},
+	{KindGroupNotReady, http.StatusConflict, ErrGroupNotReady, ""},
+	{KindNodeNotReady, http.StatusConflict, ErrNodeNotReady, ""},
 	{KindUnknownNode, http.StatusUnprocessableEntity, ErrUnknownNode, ""},
 	{KindAmbiguousNode, http.StatusUnprocessableEntity, ErrAmbiguousNode, ""},
 	{KindInvalidRequest, http.StatusBadRequest, errInvalidRequest, ""},

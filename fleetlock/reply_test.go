@@ -68,7 +68,7 @@ func TestKindsTable(t *testing.T) {
 		assert.Equal(t, s.err == nil, status >= 200 && status < 300, "only success kinds may be 2xx: %s", s.kind)
 		assert.NotEqual(t, 3, status/100, s.kind)
 	}
-	assert.Len(t, seen, 16)
+	assert.Len(t, seen, 24)
 }
 
 // TestEveryKindOverHTTP produces every kind through the handler and checks the
@@ -91,6 +91,14 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindLockHeld, 409, locker(ErrLockHeld, false), "POST", "/v1/pre-reboot", validBody},
 		{KindDrainInProgress, 409, locker(ErrDrainInProgress, false), "POST", "/v1/pre-reboot", validBody},
 		{KindDrainBlocked, 409, locker(ErrDrainBlocked, false), "POST", "/v1/pre-reboot", validBody},
+		{KindPaused, 409, locker(ErrPaused, false), "POST", "/v1/pre-reboot", validBody},
+		{KindNodeHeld, 409, locker(ErrNodeHeld, false), "POST", "/v1/pre-reboot", validBody},
+		{KindWindowClosed, 409, locker(ErrWindowClosed, false), "POST", "/v1/pre-reboot", validBody},
+		{KindRebootGap, 409, locker(ErrRebootGap, false), "POST", "/v1/pre-reboot", validBody},
+		{KindAlertFiring, 409, locker(ErrAlertFiring, false), "POST", "/v1/pre-reboot", validBody},
+		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
+		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
+		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
 		{KindUnknownNode, 422, locker(ErrUnknownNode, false), "POST", "/v1/steady-state", validBody},
 		{KindAmbiguousNode, 422, locker(ErrAmbiguousNode, false), "POST", "/v1/pre-reboot", validBody},
 		{KindInvalidRequest, 400, locker(nil, false), "POST", "/v1/pre-reboot", "{}"},
