@@ -14,7 +14,8 @@ const (
 	// AnnotationStatus is the node's lock state: Ready, Claiming or Rebooting. The key
 	// and the values Ready and Rebooting are those of the original reboot manager.
 	AnnotationStatus = "rebootmanager/status"
-	// AnnotationGroup is the FleetLock group a claim or a hold counts against.
+	// AnnotationGroup is the FleetLock group a claim or a hold counts against; a node in
+	// state Ready keeps the group of its last claim or hold.
 	AnnotationGroup = "rebootmanager/group"
 	// AnnotationSince is when the current state began (RFC 3339).
 	AnnotationSince = "rebootmanager/since"
@@ -27,6 +28,12 @@ const (
 	// for nodes whose Zincati is configured with identity.node_uuid. Without it the ID
 	// is derived from status.nodeInfo.machineID.
 	AnnotationZincatiID = "rebootmanager/zincati-id"
+	// AnnotationReleased is when the node last released a slot (RFC 3339); with
+	// AnnotationGroup, which a release leaves in place, it tells a group's last reboot.
+	AnnotationReleased = "rebootmanager/released"
+	// AnnotationHold, set by an operator (any value, best a reason), refuses the node's
+	// pre-reboot with node_held; a current holder keeps its slot.
+	AnnotationHold = "rebootmanager/hold"
 	// LabelLock is set to "true" on claiming and holding nodes, so that the check can
 	// list exactly them with a label selector.
 	LabelLock = "rebootmanager/lock"
@@ -49,6 +56,7 @@ type nodeLock struct {
 	Since            time.Time
 	BootID           string
 	WasUnschedulable bool
+	Released         time.Time // when the node last released a slot
 }
 
 func lockOf(n *corev1.Node) nodeLock {
@@ -58,6 +66,7 @@ func lockOf(n *corev1.Node) nodeLock {
 		l.State = StateReady
 	}
 	l.Since, _ = time.Parse(time.RFC3339Nano, a[AnnotationSince])
+	l.Released, _ = time.Parse(time.RFC3339Nano, a[AnnotationReleased])
 	// Only a recorded "false" means we cordoned the node: when in doubt, leave it cordoned.
 	l.WasUnschedulable = a[AnnotationWasUnschedulable] != "false"
 	return l
@@ -77,6 +86,7 @@ type write struct {
 	bootID          string
 	wasUnsched      *bool
 	unschedulable   *bool
+	released        bool // a release: record since as the release time
 }
 
 func (w write) patch() []byte {
@@ -94,17 +104,24 @@ func (w write) patch() []byte {
 	if w.wasUnsched != nil {
 		was = strconv.FormatBool(*w.wasUnsched)
 	}
+	since := w.since.UTC().Format(time.RFC3339Nano)
+	annotations := map[string]any{
+		AnnotationStatus:           string(w.state),
+		AnnotationSince:            since,
+		AnnotationBootID:           str(w.bootID),
+		AnnotationWasUnschedulable: was,
+	}
+	if w.state != StateReady {
+		annotations[AnnotationGroup] = w.group // Ready keeps the last group
+	}
+	if w.released {
+		annotations[AnnotationReleased] = since
+	}
 	p := map[string]any{
 		"metadata": map[string]any{
 			"resourceVersion": w.resourceVersion,
 			"labels":          map[string]any{LabelLock: label},
-			"annotations": map[string]any{
-				AnnotationStatus:           string(w.state),
-				AnnotationGroup:            str(w.group),
-				AnnotationSince:            w.since.UTC().Format(time.RFC3339Nano),
-				AnnotationBootID:           str(w.bootID),
-				AnnotationWasUnschedulable: was,
-			},
+			"annotations":     annotations,
 		},
 	}
 	if w.unschedulable != nil {

@@ -70,11 +70,18 @@ func TestWritePatch(t *testing.T) {
 	assert.Equal(t, map[string]any{LabelLock: nil}, md["labels"], "release removes the label")
 	ann := md["annotations"].(map[string]any)
 	assert.Equal(t, "Ready", ann[AnnotationStatus])
-	for _, k := range []string{AnnotationGroup, AnnotationBootID, AnnotationWasUnschedulable} {
+	for _, k := range []string{AnnotationBootID, AnnotationWasUnschedulable} {
 		assert.Contains(t, ann, k)
 		assert.Nil(t, ann[k], "%s removed", k)
 	}
+	assert.NotContains(t, ann, AnnotationGroup, "Ready keeps the last group")
+	assert.NotContains(t, ann, AnnotationReleased, "a withdrawal is no release")
 	assert.NotContains(t, got, "spec", "no cordon change unless asked")
+
+	got = nil
+	require.NoError(t, json.Unmarshal(write{resourceVersion: "44", state: StateReady, since: since, released: true}.patch(), &got))
+	ann = got["metadata"].(map[string]any)["annotations"].(map[string]any)
+	assert.Equal(t, "2026-11-21T10:00:00.000000005Z", ann[AnnotationReleased], "a release records its time")
 }
 
 func TestLockOf(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
@@ -49,6 +51,18 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for the times written on nodes. Default time.Now.
 	Now func() time.Time
+	// Gate, if set, is asked before a node that holds nothing takes a slot.
+	Gate Gate
+	// ReleaseWhenReady, if set and true, makes steady-state release a holder only once
+	// its Node is Ready (the request is held for up to Wait, then answered
+	// node_not_ready). Called on every steady-state, so it may change at run time.
+	ReleaseWhenReady func() bool
+	// StaleHolderAfter, if set and above 0, releases a holder that rebooted and has
+	// been Ready that long without calling steady-state. Called every 15 seconds.
+	StaleHolderAfter func() time.Duration
+	// Recorder, if set, posts Events on Nodes: refusals, reboots not observed, stale
+	// holders released.
+	Recorder events.EventRecorder
 }
 
 // tieWait is the least time a request waits for later claimants to withdraw, whatever
@@ -77,6 +91,13 @@ type Lock struct {
 	apiErr atomic.Pointer[error]
 	// unmatched counts requests whose ID matched no node or several, by endpoint.
 	unmatched *prometheus.CounterVec
+	// refusals counts pre-reboot requests a Gate refused, by reason.
+	refusals *prometheus.CounterVec
+	// releases counts steady-state releases, by group and whether the reboot was seen.
+	releases *prometheus.CounterVec
+	// lastRefusal is the reason last posted as an Event, by node.
+	refusedMu   sync.Mutex
+	lastRefusal map[string]string
 }
 
 var _ fleetlock.Locker = (*Lock)(nil)
@@ -98,6 +119,12 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.ReleaseWhenReady == nil {
+		opts.ReleaseWhenReady = func() bool { return false }
+	}
+	if opts.StaleHolderAfter == nil {
+		opts.StaleHolderAfter = func() time.Duration { return 0 }
+	}
 	l := &Lock{
 		client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal(),
 		contenders: map[string]map[string]int{},
@@ -106,10 +133,19 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 			Name: "rebootmanager_unmatched_ids_total",
 			Help: "Requests whose Zincati ID matched no node (reason unknown) or several (reason ambiguous).",
 		}, []string{"endpoint", "reason"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rebootmanager_refusals_total",
+			Help: "Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers), by reason.",
+		}, []string{"reason"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rebootmanager_releases_total",
+			Help: "Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).",
+		}, []string{"group", "rebooted"}),
+		lastRefusal: map[string]string{},
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
-	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup}); err != nil {
+	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup, byMember: memberGroup}); err != nil {
 		return nil, err
 	}
 	_, err := l.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -150,6 +186,7 @@ func (l *Lock) Start(ctx context.Context) error {
 		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
 	}
 	go l.probe(ctx)
+	go l.staleLoop(ctx)
 	return nil
 }
 
@@ -221,7 +258,9 @@ func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 		expires:    now.Add(l.opts.Wait),
 		tieExpires: now.Add(max(l.opts.Wait, tieWait)),
 	}
-	return r.run(ctx, node)
+	err = r.run(ctx, node)
+	l.noteOutcome(node.Name, err)
+	return err
 }
 
 // SteadyState releases the lock the node holds, if any, uncordoning it if we cordoned
@@ -241,7 +280,12 @@ func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool,
 	if lockOf(node).State != StateRebooting {
 		return false, nil
 	}
-	err = l.release(ctx, node, l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group))
+	if l.opts.ReleaseWhenReady() {
+		if err := l.awaitReady(ctx, node.Name); err != nil {
+			return false, err
+		}
+	}
+	err = l.release(ctx, node, l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group), releaseSteadyState)
 	if errors.Is(err, ErrNotHolder) {
 		return false, nil
 	}
@@ -255,18 +299,18 @@ func (l *Lock) Release(ctx context.Context, node string) error {
 	if err != nil {
 		return apiError("get node", err)
 	}
-	return l.release(ctx, n, l.log.With("node", node))
+	return l.release(ctx, n, l.log.With("node", node), releaseManual)
 }
 
 // release clears node's lock in one conditioned write, which also uncordons the node
 // if we cordoned it: there is never a moment with one done and not the other.
-func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger) error {
+func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger, why releaseCause) error {
 	for range maxConflicts {
 		st := lockOf(n)
 		if st.State != StateRebooting {
 			return ErrNotHolder
 		}
-		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: l.opts.Now()}
+		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: l.opts.Now(), released: true}
 		if !st.WasUnschedulable {
 			w.unschedulable = new(false)
 		}
@@ -281,11 +325,31 @@ func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger) er
 			return apiError("release lock", err)
 		}
 		l.drainer.Forget(n.Name)
-		log.Info("reboot lock released", "uncordoned", !st.WasUnschedulable, "heldFor", l.opts.Now().Sub(st.Since).Round(time.Second))
+		rebooted := st.BootID == "" || n.Status.NodeInfo.BootID != st.BootID
+		log.Info("reboot lock released", "by", string(why), "uncordoned", !st.WasUnschedulable,
+			"heldFor", l.opts.Now().Sub(st.Since).Round(time.Second), "rebooted", rebooted)
+		if why == releaseSteadyState {
+			l.releases.WithLabelValues(st.Group, strconv.FormatBool(rebooted)).Inc()
+			if !rebooted {
+				log.Warn("released without a reboot: the boot ID is the one at the grant", "bootID", st.BootID)
+				l.event(n.Name, corev1.EventTypeWarning, "RebootNotObserved", "Release",
+					"steady-state released the slot, but the node's boot ID is still "+st.BootID+": the node did not reboot")
+			}
+		}
 		return nil
 	}
 	return apiError("release lock", errTooManyConflicts)
 }
+
+// releaseCause says who released a slot.
+type releaseCause string
+
+const (
+	releaseSteadyState releaseCause = "steady-state"
+	releaseManual      releaseCause = "operator"
+	releaseStale       releaseCause = "stale-holder"
+	releaseDrainFailed releaseCause = "drain-failure-policy"
+)
 
 var errTooManyConflicts = errors.New("node kept changing: too many conflicts")
 

@@ -45,6 +45,8 @@ func (l *Lock) Describe(ch chan<- *prometheus.Desc) {
 	ch <- claimsDesc
 	ch <- heldSinceDesc
 	l.unmatched.Describe(ch)
+	l.refusals.Describe(ch)
+	l.releases.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. Everything but the unmatched-ID counter is
@@ -52,6 +54,8 @@ func (l *Lock) Describe(ch chan<- *prometheus.Desc) {
 // same on every replica.
 func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 	l.unmatched.Collect(ch)
+	l.refusals.Collect(ch)
+	l.releases.Collect(ch)
 	if !l.nodes.HasSynced() {
 		return
 	}

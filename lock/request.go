@@ -63,6 +63,11 @@ func (r *request) run(ctx context.Context, n *corev1.Node) error {
 		if err := r.apiDown(); err != nil {
 			return err
 		}
+		if r.claim == nil {
+			if err := r.admit(n); err != nil {
+				return err
+			}
+		}
 		if r.claim == nil || r.claimAging() {
 			claimed, err := r.write(ctx, n, write{state: StateClaiming, group: r.group})
 			if apierrors.IsConflict(err) && conflicts < maxConflicts {
@@ -88,6 +93,9 @@ func (r *request) run(ctx context.Context, n *corev1.Node) error {
 		}
 		switch v {
 		case promote:
+			if err := r.admit(n); err != nil {
+				return err // the deferred withdrawal removes our claim
+			}
 			if n, err = r.promote(ctx); err != nil {
 				return err
 			}
@@ -225,7 +233,7 @@ func (r *request) awaitDrain(ctx context.Context) error {
 			// and undo our cordon, so that the node serves again and the group moves on.
 			n, err := r.get(ctx, r.name)
 			if err == nil {
-				err = r.release(ctx, n, r.log)
+				err = r.release(ctx, n, r.log, releaseDrainFailed)
 			}
 			if err != nil && !errors.Is(err, ErrNotHolder) {
 				return err
