@@ -1,0 +1,284 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the configuration file (YAML or JSON). docs/operations.md shows an
+// example; the zero value (no file) is one slot per group, no windows, no gap, the
+// health gate on, no stale-holder release and no blockers.
+type Config struct {
+	// Defaults apply to every group, and to each field a group leaves out.
+	Defaults Group `json:"defaults"`
+	// Groups are per-group settings, by FleetLock group name.
+	Groups map[string]Group `json:"groups,omitempty"`
+	// ReleaseWhenReady makes steady-state release a node's slot only once its Node is
+	// Ready again (the request is held until then, for up to --wait). Default true.
+	ReleaseWhenReady *bool `json:"releaseWhenReady,omitempty"`
+	// StaleHolderAfter releases a holder that rebooted (new boot ID) and has been Ready
+	// this long without calling steady-state (its Zincati cannot reach us). 0: never.
+	StaleHolderAfter Duration `json:"staleHolderAfter,omitempty"`
+	// Blockers refuse new grants while they find something wrong.
+	Blockers Blockers `json:"blockers"`
+}
+
+// Group is the settings of one group. A field left out takes Defaults' value.
+type Group struct {
+	// Slots is how many nodes of the group may reboot at once; 0 stops the group's
+	// reboots. Default 1.
+	Slots *int `json:"slots,omitempty"`
+	// Windows are when new reboots may start; none: any time. A node granted inside a
+	// window finishes its reboot after the window closes.
+	Windows []Window `json:"windows,omitempty"`
+	// MinGap is the least time between a release in the group and the next grant.
+	MinGap Duration `json:"minGap,omitempty"`
+}
+
+// Blockers are the checks that refuse new grants (never touching current holders).
+type Blockers struct {
+	// Alerts blocks while Prometheus reports a firing alert matching the filter.
+	Alerts *AlertsBlocker `json:"alerts,omitempty"`
+	// Pods blocks while pods matching a selector exist.
+	Pods []PodsBlocker `json:"pods,omitempty"`
+	// PodsInterval is how often the pods of Pods are listed. Default 15s.
+	PodsInterval Duration `json:"podsInterval,omitempty"`
+	// NotReadyNodes blocks a group while another of its nodes is not Ready.
+	NotReadyNodes bool `json:"notReadyNodes,omitempty"`
+}
+
+// AlertsBlocker queries Prometheus' alerts API (GET <url>/api/v1/alerts).
+type AlertsBlocker struct {
+	// URL is Prometheus' base URL, such as http://prometheus.monitoring:9090.
+	URL string `json:"url"`
+	// Match maps label names to regular expressions (anchored, RE2) that a firing
+	// alert's labels must all match, such as {severity: "critical|page"}. An alert
+	// without the label does not match. Empty: every firing alert blocks.
+	Match map[string]string `json:"match,omitempty"`
+	// Interval is how often Prometheus is asked. Default 30s.
+	Interval Duration `json:"interval,omitempty"`
+
+	match map[string]*regexp.Regexp
+}
+
+// PodsBlocker blocks while pods matching Selector exist (any phase but Succeeded and
+// Failed), on the cluster or on the node asking.
+type PodsBlocker struct {
+	// Selector is a label selector, such as app=backup.
+	Selector string `json:"selector"`
+	// Namespace limits the search; empty: all namespaces.
+	Namespace string `json:"namespace,omitempty"`
+	// Scope is "cluster" (any such pod blocks every grant, the default) or "node" (a
+	// pod blocks only the grant of the node it runs on).
+	Scope string `json:"scope,omitempty"`
+
+	selector labels.Selector
+}
+
+// Pod blocker scopes.
+const (
+	ScopeCluster = "cluster"
+	ScopeNode    = "node"
+)
+
+// How often Prometheus is asked for alerts, and pods are listed, by default.
+const (
+	DefaultAlertsInterval = 30 * time.Second
+	DefaultPodsInterval   = 15 * time.Second
+)
+
+// Duration is a time.Duration written as Go writes durations ("90s", "10m", "1h30m").
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("a duration is a string such as \"10m\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"10m\"", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("%q is negative", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// groupName is what Zincati accepts as a group (and fleetlock checks).
+var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
+
+// Parse reads and checks a configuration file. An error names the field, as a path
+// such as groups.workers.windows[0].timeZone.
+func Parse(data []byte) (*Config, error) {
+	var c Config
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("not YAML or JSON: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, decodeError(err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// decodeError names the field of a decoding error.
+func decodeError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return fmt.Errorf("%s: want %s, got %s", te.Field, te.Type, te.Value)
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return fmt.Errorf("unknown field %s", msg)
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: "); ok {
+		return errors.New(msg)
+	}
+	return err
+}
+
+// Validate checks every field and prepares windows, matchers and selectors; Parse
+// calls it. An error names the field.
+func (c *Config) Validate() error {
+	if err := c.Defaults.compile("defaults"); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(c.Groups))
+	for name := range c.Groups {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if !groupName.MatchString(name) || len(name) > 253 {
+			return fmt.Errorf("groups.%s: not a FleetLock group name (letters, digits, '.' and '-')", name)
+		}
+		g := c.Groups[name]
+		if err := g.compile("groups." + name); err != nil {
+			return err
+		}
+		c.Groups[name] = g
+	}
+	if a := c.Blockers.Alerts; a != nil {
+		if !strings.HasPrefix(a.URL, "http://") && !strings.HasPrefix(a.URL, "https://") {
+			return fmt.Errorf("blockers.alerts.url: %q is not an http(s) URL", a.URL)
+		}
+		a.match = map[string]*regexp.Regexp{}
+		for label, expr := range a.Match {
+			re, err := regexp.Compile("^(?:" + expr + ")$")
+			if err != nil {
+				return fmt.Errorf("blockers.alerts.match.%s: %w", label, err)
+			}
+			a.match[label] = re
+		}
+		if a.Interval.Duration == 0 {
+			a.Interval.Duration = DefaultAlertsInterval
+		}
+		if a.Interval.Duration < time.Second {
+			return fmt.Errorf("blockers.alerts.interval: %s is under a second", a.Interval)
+		}
+	}
+	if c.Blockers.PodsInterval.Duration == 0 {
+		c.Blockers.PodsInterval.Duration = DefaultPodsInterval
+	}
+	if c.Blockers.PodsInterval.Duration < time.Second {
+		return fmt.Errorf("blockers.podsInterval: %s is under a second", c.Blockers.PodsInterval)
+	}
+	for i := range c.Blockers.Pods {
+		p := &c.Blockers.Pods[i]
+		field := fmt.Sprintf("blockers.pods[%d]", i)
+		sel, err := labels.Parse(p.Selector)
+		if err != nil || sel.Empty() {
+			return fmt.Errorf("%s.selector: %q is not a non-empty label selector", field, p.Selector)
+		}
+		p.selector = sel
+		switch p.Scope {
+		case "":
+			p.Scope = ScopeCluster
+		case ScopeCluster, ScopeNode:
+		default:
+			return fmt.Errorf("%s.scope: %q is not %q or %q", field, p.Scope, ScopeCluster, ScopeNode)
+		}
+	}
+	return nil
+}
+
+func (g *Group) compile(field string) error {
+	if g.Slots != nil && *g.Slots < 0 {
+		return fmt.Errorf("%s.slots: %d is negative", field, *g.Slots)
+	}
+	for i := range g.Windows {
+		if err := g.Windows[i].compile(); err != nil {
+			return fmt.Errorf("%s.windows[%d].%w", field, i, err)
+		}
+	}
+	return nil
+}
+
+// Group returns the settings in force for a group: its own, with Defaults filling in
+// what it leaves out.
+func (c *Config) Group(name string) Group {
+	g, d := c.Groups[name], c.Defaults
+	if g.Slots == nil {
+		g.Slots = d.Slots
+	}
+	if g.Slots == nil {
+		g.Slots = new(1)
+	}
+	if g.Windows == nil {
+		g.Windows = d.Windows
+	}
+	if g.MinGap.Duration == 0 {
+		g.MinGap = d.MinGap
+	}
+	return g
+}
+
+// groupNames returns "default" and the configured groups, sorted.
+func (c *Config) groupNames() []string {
+	names := []string{"default"}
+	for name := range c.Groups {
+		if name != "default" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// releaseWhenReady is ReleaseWhenReady with its default.
+func (c *Config) releaseWhenReady() bool {
+	return c.ReleaseWhenReady == nil || *c.ReleaseWhenReady
+}
+
+// WindowOpen reports whether a new reboot of the group may start at t, and the
+// group's windows.
+func (g Group) WindowOpen(t time.Time) bool {
+	if len(g.Windows) == 0 {
+		return true
+	}
+	for i := range g.Windows {
+		if g.Windows[i].open(t) {
+			return true
+		}
+	}
+	return false
+}
