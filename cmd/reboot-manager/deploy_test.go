@@ -99,7 +99,12 @@ func TestDeployedCycle(t *testing.T) {
 	}
 	require.NotEmpty(t, nodeA, "the Deployment runs on some node")
 
-	s := startServer(t, kubeconfig, "--wait=30s")
+	// The policy file as the manifest mounts it.
+	cm, err := env.Client.CoreV1().ConfigMaps("reboot-manager").Get(ctx, "reboot-manager-config", metav1.GetOptions{})
+	require.NoError(t, err)
+	configFile := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(configFile, []byte(cm.Data["config.yaml"]), 0o600))
+	s := startServer(t, kubeconfig, "--wait=30s", "--config="+configFile)
 	client := fleetlock.Client{BaseURL: s.FleetLock}
 	a := fleetlock.ClientParams{ID: f.ZincatiID(nodeA), Group: "default"}
 
@@ -116,7 +121,7 @@ func TestDeployedCycle(t *testing.T) {
 	// Restart: the metrics, computed from the cluster, show the same holder.
 	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
 	require.NoError(t, s.Stop(), "clean exit on SIGTERM")
-	s = startServer(t, kubeconfig, "--wait=30s")
+	s = startServer(t, kubeconfig, "--wait=30s", "--config="+configFile)
 	client.BaseURL = s.FleetLock
 	m := metrics(t, s)
 	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
@@ -146,11 +151,11 @@ func TestDeployedCycle(t *testing.T) {
 	node, err = env.Client.CoreV1().Nodes().Get(ctx, nodeA, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.False(t, node.Spec.Unschedulable)
-	assert.Empty(t, node.Annotations[lock.AnnotationGroup])
+	assert.Equal(t, string(lock.StateReady), node.Annotations[lock.AnnotationStatus], "no claim left")
 }
 
 // assertRoleMatchesUse compares the requests user made (from the API server's audit
-// log) with the rules of the manifest's ClusterRole.
+// log) with the rules of the manifest's ClusterRole and Role.
 func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	t.Helper()
 	b, err := os.ReadFile(env.AuditLog)
@@ -179,8 +184,12 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	}
 	role, err := env.Client.RbacV1().ClusterRoles().Get(context.Background(), "reboot-manager", metav1.GetOptions{})
 	require.NoError(t, err)
+	rules := role.Rules
+	nsRole, err := env.Client.RbacV1().Roles("reboot-manager").Get(context.Background(), "reboot-manager", metav1.GetOptions{})
+	require.NoError(t, err)
+	rules = append(rules, nsRole.Rules...)
 	granted := map[string]bool{}
-	for _, rule := range role.Rules {
+	for _, rule := range rules {
 		for _, g := range rule.APIGroups {
 			for _, r := range rule.Resources {
 				for _, v := range rule.Verbs {
@@ -196,14 +205,15 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	notExercised := map[string]bool{
 		"events.k8s.io events patch":       true,
 		"policy poddisruptionbudgets list": true,
+		" configmaps list":                 true,
 	}
 	for k := range granted {
 		if !notExercised[k] {
-			assert.True(t, used[k], "the ClusterRole grants %q, which the cycle never used", k)
+			assert.True(t, used[k], "the roles grant %q, which the cycle never used", k)
 		}
 	}
 	for k := range used {
-		assert.True(t, granted[k], "the cycle used %q, which the ClusterRole does not grant", k)
+		assert.True(t, granted[k], "the cycle used %q, which the roles do not grant", k)
 	}
 }
 

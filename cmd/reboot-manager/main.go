@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -21,6 +22,9 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/policy"
+
+	_ "time/tzdata" // reboot windows name IANA time zones; the image may have no tzdata
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -34,6 +38,9 @@ type config struct {
 	pathPrefix     string
 	defaultSlots   int
 	groupSlots     map[string]int
+	configFile     string
+	namespace      string
+	pauseConfigMap string
 	wait           time.Duration
 	staleClaimAge  time.Duration
 	drain          evict.Options
@@ -78,6 +85,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		c.groupSlots[group] = slots
 		return nil
 	})
+	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows and minimum gap per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
+	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
+	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
 	fs.DurationVar(&c.wait, "wait", 2*time.Minute, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (Zincati waits 30m)")
 	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", time.Minute, "age after which a claim left by a crashed replica is removed")
 	fs.IntVar(&c.drain.Parallelism, "eviction-parallelism", evict.DefaultParallelism, "evictions in flight per drain")
@@ -102,7 +112,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	slotFlags := false
+	fs.Visit(func(f *flag.Flag) { slotFlags = slotFlags || f.Name == "default-slots" || f.Name == "group-slots" })
 	switch {
+	case c.configFile != "" && slotFlags:
+		return c, fmt.Errorf("--default-slots and --group-slots go in the --config file (defaults.slots, groups.NAME.slots), not beside it")
 	case fs.NArg() > 0:
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case c.defaultSlots < 0:
@@ -121,15 +135,22 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
 		c.drain.Self = ns + "/" + name
 	}
+	if c.namespace == "" {
+		c.namespace = cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager")
+	}
 	return c, nil
 }
 
-// slots returns the slot count of a group.
-func (c config) slots(group string) int {
-	if n, ok := c.groupSlots[group]; ok {
-		return n
+// slotsConfig is the policy that --default-slots and --group-slots describe.
+func (c config) slotsConfig() *policy.Config {
+	p := &policy.Config{Defaults: policy.Group{Slots: new(c.defaultSlots)}, Groups: map[string]policy.Group{}}
+	for g, n := range c.groupSlots {
+		p.Groups[g] = policy.Group{Slots: new(n)}
 	}
-	return c.defaultSlots
+	if err := p.Validate(); err != nil {
+		panic(err) // the flags were checked
+	}
+	return p
 }
 
 func (c config) logger(w io.Writer) *slog.Logger {

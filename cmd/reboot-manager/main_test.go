@@ -57,9 +57,11 @@ func TestParseConfig(t *testing.T) {
 		"--drain-failure-policy=release", "--log-level=debug", "--log-format=text", "--wait=5m",
 	}, env(map[string]string{"KUBECONFIG": "/k", "POD_NAMESPACE": "rm", "POD_NAME": "rm-1"}), io.Discard)
 	require.NoError(t, err)
-	assert.Equal(t, 3, c.slots("workers"))
-	assert.Equal(t, 0, c.slots("Infra.x"))
-	assert.Equal(t, 2, c.slots("default"))
+	slots := c.slotsConfig()
+	assert.Equal(t, 3, *slots.Group("workers").Slots)
+	assert.Equal(t, 0, *slots.Group("Infra.x").Slots)
+	assert.Equal(t, 2, *slots.Group("default").Slots)
+	assert.Equal(t, "rm", c.namespace, "the pause ConfigMap's namespace from POD_NAMESPACE")
 	assert.Equal(t, evict.Release, c.drain.FailurePolicy)
 	assert.Equal(t, slog.LevelDebug, c.logLevel)
 	assert.Equal(t, "/k", c.kubeconfig)
@@ -68,6 +70,8 @@ func TestParseConfig(t *testing.T) {
 	c, err = parseConfig([]string{"--kubeconfig=/flag"}, env(map[string]string{"KUBECONFIG": "/env"}), io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, "/flag", c.kubeconfig, "the flag wins over KUBECONFIG")
+	assert.Equal(t, "reboot-manager", c.namespace)
+	assert.Equal(t, 1, *c.slotsConfig().Group("any").Slots)
 }
 
 func TestParseConfigErrors(t *testing.T) {
@@ -92,6 +96,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{[]string{"--verify-source-address", "--trusted-proxies=proxy.example"}, "neither a CIDR (10.0.0.0/8) nor an IP address"},
 		{[]string{"--verify-source-address=maybe"}, "verify-source-address"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--config=/p.yaml", "--default-slots=2"}, "go in the --config file"},
+		{[]string{"--config=/p.yaml", "--group-slots=w=2"}, "go in the --config file"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -104,7 +110,8 @@ func TestParseConfigErrors(t *testing.T) {
 	_, err := parseConfig([]string{"--help"}, env(nil), &out)
 	assert.ErrorIs(t, err, flag.ErrHelp)
 	for _, f := range []string{"kubeconfig", "listen-address", "metrics-address", "default-slots", "group-slots", "log-format", "log-level", "version",
-		"tls-cert-file", "tls-key-file", "basic-auth-file", "verify-source-address", "trusted-proxies"} {
+		"tls-cert-file", "tls-key-file", "basic-auth-file", "verify-source-address", "trusted-proxies",
+		"config", "namespace", "pause-configmap"} {
 		assert.Contains(t, out.String(), "-"+f, "--help lists --%s", f)
 	}
 }

@@ -16,13 +16,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/internal/reload"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/policy"
 )
 
 // shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM; held
@@ -33,8 +37,12 @@ const shutdownGrace = 10 * time.Second
 // flight answer, and stops the drains, which the next replica resumes from the state
 // recorded on the nodes.
 func run(ctx context.Context, c config, log *slog.Logger) error {
-	// The access files first: an invalid one stops here, before anything else starts.
+	// The files first: an invalid one stops here, before anything else starts.
 	certs, guardOpts, err := loadAccess(c, log)
+	if err != nil {
+		return err
+	}
+	policyConfig, err := loadPolicy(c, log)
 	if err != nil {
 		return err
 	}
@@ -54,7 +62,22 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 
+	// One Event recorder for the drains and the lock.
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	eventsCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEvents()
+	if err := broadcaster.StartRecordingToSinkWithContext(eventsCtx); err != nil {
+		return err
+	}
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
+
+	pol := policy.New(policy.Options{
+		Config: policyConfig, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
+	})
+
 	c.drain.Logger = log
+	c.drain.Recorder = recorder
 	drainer := evict.New(client, c.drain)
 	drainCtx, stopDrains := context.WithCancel(context.WithoutCancel(ctx))
 	var drainsDone sync.WaitGroup
@@ -65,7 +88,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}()
 
 	lk, err := lock.New(client, drainer, lock.Options{
-		Slots: c.slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
+		Slots: pol.Slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
+		Gate: pol, ReleaseWhenReady: pol.ReleaseWhenReady, StaleHolderAfter: pol.StaleHolderAfter,
+		Recorder: recorder,
 	})
 	if err != nil {
 		return err
@@ -84,6 +109,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		lk,
 		drainer,
 		guard,
+		pol,
 	)
 
 	metrics := metricsMux(registry, lk)
@@ -118,12 +144,15 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	log.Info("reboot-manager started", "version", version,
 		"fleetlock", listeners[1].Addr().String(), "metrics", listeners[0].Addr().String(),
-		"defaultSlots", c.defaultSlots, "wait", c.wait,
+		"config", c.configFile, "wait", c.wait,
 		"tls", certs != nil, "basicAuth", c.basicAuthFile != "", "verifySourceAddress", c.verifySourceAddress,
 		"trustedProxies", len(c.trustedProxies))
 
 	lockCtx, stopLock := context.WithCancel(ctx)
 	defer stopLock()
+	if err := pol.Start(lockCtx); err != nil {
+		return shutdown(servers, err, log)
+	}
 	if err := lk.Start(lockCtx); err != nil {
 		return shutdown(servers, err, log)
 	}
@@ -160,6 +189,26 @@ func loadAccess(c config, log *slog.Logger) (*access.CertificateFile, access.Opt
 		}
 	}
 	return certs, opts, nil
+}
+
+// loadPolicy returns the policy configuration in force: the --config file's, reloaded
+// when it changes, or the one the slot flags describe.
+func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, error) {
+	if c.configFile == "" {
+		fixed := c.slotsConfig()
+		return func() *policy.Config { return fixed }, nil
+	}
+	f, err := reload.New("policy file", []string{c.configFile}, func(data [][]byte) (*policy.Config, error) {
+		p, err := policy.Parse(data[0])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c.configFile, err)
+		}
+		return p, nil
+	}, reload.Options{Logger: log, Interval: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	return f.Get, nil
 }
 
 // metricsMux serves /metrics from registry, /healthz, and /readyz from the lock's health.
