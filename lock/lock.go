@@ -41,8 +41,10 @@ type Options struct {
 	// for every group. It is called on every decision, so it may change at run time.
 	Slots func(group string) int
 	// Wait is how long a pre-reboot request may wait for a free slot and for its drain
-	// before it answers "not yet". Default 2 minutes; keep it well under Zincati's
-	// 30-minute request timeout and under any proxy's.
+	// before it answers "not yet": each request waits between 3/4 of Wait and Wait, at
+	// random, so that requests that began together do not all end together and leave
+	// a freed slot with nobody waiting for it. Default 2 minutes; keep it well under
+	// Zincati's 30-minute request timeout and under any proxy's.
 	Wait time.Duration
 	// StaleClaimAge is the age after which a claim nobody refreshed (its replica
 	// crashed) may be removed by anyone. Default 1 minute.
@@ -255,7 +257,7 @@ func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 		name:       node.Name,
 		group:      p.Group,
 		log:        l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group),
-		expires:    now.Add(l.opts.Wait),
+		expires:    now.Add(l.opts.Wait - rand.N(l.opts.Wait/4+1)),
 		tieExpires: now.Add(max(l.opts.Wait, tieWait)),
 	}
 	err = r.run(ctx, node)
