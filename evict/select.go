@@ -33,6 +33,10 @@ func (c podClass) String() string {
 	return "unknown"
 }
 
+// MustLeave reports whether a drain evicts the pod: it is bound to the node and is not
+// a mirror pod, a DaemonSet's pod or finished.
+func MustLeave(pod *corev1.Pod) bool { return classify(pod) == evictIt }
+
 // classify says whether a pod bound to the node must leave it. Pods without a
 // controller and pods with emptyDir volumes must leave too (see unmanaged and
 // hasLocalData). A pod already terminating must leave as well: the drain waits for it.

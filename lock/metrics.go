@@ -19,12 +19,18 @@ type Holder struct {
 func (l *Lock) Holders() []Holder {
 	var hs []Holder
 	for _, obj := range l.nodes.GetIndexer().List() {
-		n := obj.(*corev1.Node)
-		if st := lockOf(n); st.State != StateReady {
-			hs = append(hs, Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since})
+		if h, ok := HolderOf(obj.(*corev1.Node)); ok {
+			hs = append(hs, h)
 		}
 	}
 	return hs
+}
+
+// HolderOf reads the lock state recorded on a node: ok is false when the node neither
+// claims nor holds.
+func HolderOf(n *corev1.Node) (h Holder, ok bool) {
+	st := lockOf(n)
+	return Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since}, st.State != StateReady
 }
 
 var (

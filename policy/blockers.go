@@ -208,3 +208,64 @@ func (p *Policy) checkPods(ctx context.Context, blockers []PodsBlocker) probeRes
 	sort.Strings(r.found)
 	return r
 }
+
+// BlockerState is a configured blocker as its last check left it.
+type BlockerState struct {
+	// Name is alerts, pods or notReadyNodes.
+	Name string `json:"name"`
+	// Active is true while it refuses new grants (for pods and notReadyNodes: some).
+	Active bool `json:"active"`
+	// Detail says what it found, or why it blocks.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Blockers returns the configured blockers and their state. The not-Ready blocker
+// is evaluated per group at each request; here it is only listed.
+func (p *Policy) Blockers() []BlockerState {
+	cfg := p.Config()
+	now := p.opts.Now()
+	var out []BlockerState
+	state := func(name string, err error) {
+		b := BlockerState{Name: name, Active: err != nil}
+		if err != nil {
+			b.Detail = err.Error()
+		}
+		out = append(out, b)
+	}
+	if cfg.Blockers.Alerts != nil {
+		state("alerts", p.alertsBlock(cfg, now))
+	}
+	if len(cfg.Blockers.Pods) > 0 {
+		err := p.podsBlock(cfg, "", now)
+		p.mu.Lock()
+		var onNodes []string
+		for node, pods := range p.pods.byNode {
+			onNodes = append(onNodes, node+": "+strings.Join(pods, ", "))
+		}
+		p.mu.Unlock()
+		sort.Strings(onNodes)
+		b := BlockerState{Name: "pods", Active: err != nil || len(onNodes) > 0}
+		if err != nil {
+			b.Detail = err.Error()
+		} else if len(onNodes) > 0 {
+			b.Detail = "blocking pods on nodes " + strings.Join(onNodes, "; ")
+		}
+		out = append(out, b)
+	}
+	if cfg.Blockers.NotReadyNodes {
+		out = append(out, BlockerState{Name: "notReadyNodes", Detail: "checked per group at each request"})
+	}
+	return out
+}
+
+// CheckBlockers runs every configured check once, now, and waits for the results:
+// for a one-shot status outside the server.
+func (p *Policy) CheckBlockers(ctx context.Context) {
+	cfg := p.Config()
+	if a := cfg.Blockers.Alerts; a != nil {
+		p.store(&p.alerts, p.checkAlerts(ctx, a), "alerts")
+	}
+	if len(cfg.Blockers.Pods) > 0 {
+		p.store(&p.pods, p.checkPods(ctx, cfg.Blockers.Pods), "pods")
+	}
+}

@@ -252,8 +252,8 @@ func (c *Config) Group(name string) Group {
 	return g
 }
 
-// groupNames returns "default" and the configured groups, sorted.
-func (c *Config) groupNames() []string {
+// GroupNames returns "default" and the configured groups, sorted.
+func (c *Config) GroupNames() []string {
 	names := []string{"default"}
 	for name := range c.Groups {
 		if name != "default" {

@@ -26,7 +26,7 @@ func (p *Policy) Collect(ch chan<- prometheus.Metric) {
 	now := p.opts.Now()
 	_, paused := p.Paused()
 	ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, b2f(paused))
-	for _, g := range cfg.groupNames() {
+	for _, g := range cfg.GroupNames() {
 		ch <- prometheus.MustNewConstMetric(windowOpenDesc, prometheus.GaugeValue, b2f(cfg.Group(g).WindowOpen(now)), g)
 	}
 	if cfg.Blockers.Alerts != nil {

@@ -67,7 +67,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else the in-cluster configuration)")
 	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address of the FleetLock HTTP server")
-	fs.StringVar(&c.metricsAddress, "metrics-address", ":9090", "address serving /metrics, /healthz and /readyz")
+	fs.StringVar(&c.metricsAddress, "metrics-address", ":9090", "address serving /metrics, /healthz, /readyz and /status")
 	fs.StringVar(&c.pathPrefix, "path-prefix", "", "path the FleetLock routes are served under, e.g. /fleetlock (Zincati's base_url path)")
 	fs.IntVar(&c.defaultSlots, "default-slots", 1, "nodes of a group that may reboot at once, for groups without --group-slots")
 	fs.Func("group-slots", "GROUP=N: nodes of GROUP that may reboot at once (repeatable)", func(s string) error {
@@ -161,7 +161,23 @@ func (c config) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
+// commands are the subcommands beside the server.
+var commands = map[string]func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error{
+	"status":  statusCommand,
+	"release": releaseCommand,
+}
+
 func main() {
+	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		err := commands[os.Args[1]](ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+		stop()
+		if err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "reboot-manager "+os.Args[1]+":", err)
+			os.Exit(1)
+		}
+		return
+	}
 	c, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return

@@ -112,7 +112,18 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		pol,
 	)
 
-	metrics := metricsMux(registry, lk)
+	metrics := metricsMux(registry, lk, func() status {
+		return buildStatus(statusInput{
+			now: time.Now(), source: "server", nodes: lk.Nodes(), config: pol.Config(), paused: pol.Paused,
+			drain: func(node string) string {
+				if p, ok := drainer.Progress(node); ok {
+					return p.String()
+				}
+				return "not started by this replica"
+			},
+			blockers: pol.Blockers(),
+		})
+	})
 
 	handler := fleetlock.NewHandler(guard, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
 	// A held pre-reboot request may take up to --wait: the write deadline is longer.
@@ -150,11 +161,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 
 	lockCtx, stopLock := context.WithCancel(ctx)
 	defer stopLock()
-	if err := pol.Start(lockCtx); err != nil {
-		return shutdown(servers, err, log)
-	}
-	if err := lk.Start(lockCtx); err != nil {
-		return shutdown(servers, err, log)
+	for _, start := range []func(context.Context) error{pol.Start, lk.Start} {
+		if err := start(lockCtx); err != nil {
+			if ctx.Err() != nil {
+				err = nil // told to stop while starting: not a failure
+			}
+			return shutdown(servers, err, log)
+		}
 	}
 	log.Info("node cache synced; serving FleetLock requests")
 
@@ -191,6 +204,9 @@ func loadAccess(c config, log *slog.Logger) (*access.CertificateFile, access.Opt
 	return certs, opts, nil
 }
 
+// policyReloadInterval is how often, at most, the --config file is checked for changes.
+var policyReloadInterval = 10 * time.Second
+
 // loadPolicy returns the policy configuration in force: the --config file's, reloaded
 // when it changes, or the one the slot flags describe.
 func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, error) {
@@ -204,16 +220,25 @@ func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, error) {
 			return nil, fmt.Errorf("%s: %w", c.configFile, err)
 		}
 		return p, nil
-	}, reload.Options{Logger: log, Interval: 10 * time.Second})
+	}, reload.Options{Logger: log, Interval: policyReloadInterval})
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
 	}
 	return f.Get, nil
 }
 
-// metricsMux serves /metrics from registry, /healthz, and /readyz from the lock's health.
-func metricsMux(registry *prometheus.Registry, lk *lock.Lock) *http.ServeMux {
+// metricsMux serves /metrics from registry, /healthz, /readyz from the lock's health,
+// and /status (JSON) for humans.
+func metricsMux(registry *prometheus.Registry, lk *lock.Lock, current func() status) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		if !lk.HasSynced() {
+			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = current().writeJSON(w)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/policy"
+)
+
+// The commands for humans, beside the server: `status` and `release`.
+
+// commandClient builds a clientset from --kubeconfig (else KUBECONFIG, else in-cluster).
+func commandClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := kubeConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "reboot-manager-cli/" + version
+	return kubernetes.NewForConfig(cfg)
+}
+
+// statusCommand prints the lock, the policy and what holds reboots back, read from the
+// cluster: it needs only a kubeconfig that may read nodes, pods and the namespace's
+// ConfigMaps.
+func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reboot-manager status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else in-cluster)")
+	namespace := fs.String("namespace", cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager"), "reboot-manager's namespace")
+	configMap := fs.String("config-map", "reboot-manager-config", "the ConfigMap holding the policy file under config.yaml")
+	configFile := fs.String("config", "", "read the policy from this file instead of the ConfigMap")
+	pauseName := fs.String("pause-configmap", policy.DefaultPauseConfigMap, "the pause ConfigMap")
+	output := fs.String("o", "text", "output: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *output != "text" && *output != "json" {
+		return fmt.Errorf("-o must be text or json, got %q", *output)
+	}
+	client, err := commandClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg, note, err := clusterPolicy(ctx, client, *namespace, *configMap, *configFile)
+	if err != nil {
+		return err
+	}
+	pause, err := client.CoreV1().ConfigMaps(*namespace).Get(ctx, *pauseName, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("read the pause ConfigMap %s/%s: %w", *namespace, *pauseName, err)
+	}
+	paused := func() (string, bool) { return "", false }
+	if err == nil {
+		paused = func() (string, bool) { return pause.Data["reason"], true }
+	}
+	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	nodes := make([]*corev1.Node, len(list.Items))
+	for i := range list.Items {
+		nodes[i] = &list.Items[i]
+	}
+	pol := policy.New(policy.Options{Config: func() *policy.Config { return cfg }, Client: client})
+	pol.CheckBlockers(ctx)
+	s := buildStatus(statusInput{
+		now: time.Now(), source: "cluster", nodes: nodes, config: cfg, paused: paused,
+		drain: func(node string) string { return podsLeft(ctx, client, node) }, blockers: pol.Blockers(),
+		note: note,
+	})
+	if *output == "json" {
+		return s.writeJSON(stdout)
+	}
+	return s.writeText(stdout)
+}
+
+// clusterPolicy reads the policy file from a file, else from its ConfigMap; without
+// either, the defaults, with a note saying so.
+func clusterPolicy(ctx context.Context, client kubernetes.Interface, namespace, name, file string) (*policy.Config, string, error) {
+	var data []byte
+	source := file
+	if file != "" {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return nil, "", err
+		}
+	} else {
+		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			cfg, _ := policy.Parse(nil)
+			return cfg, fmt.Sprintf("no ConfigMap %s/%s: slots and windows shown are the defaults, not necessarily the server's flags", namespace, name), nil
+		case err != nil:
+			return nil, "", fmt.Errorf("read the policy ConfigMap %s/%s: %w", namespace, name, err)
+		}
+		data = []byte(cm.Data["config.yaml"])
+		source = fmt.Sprintf("ConfigMap %s/%s config.yaml", namespace, name)
+	}
+	cfg, err := policy.Parse(data)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", source, err)
+	}
+	return cfg, "", nil
+}
+
+// podsLeft says how many pods a drain of node still has to evict, from the API server.
+func podsLeft(ctx context.Context, client kubernetes.Interface, node string) string {
+	pods, err := client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+	})
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	left := 0
+	for i := range pods.Items {
+		if evict.MustLeave(&pods.Items[i]) {
+			left++
+		}
+	}
+	switch left {
+	case 0:
+		return "drained"
+	case 1:
+		return "1 pod left to evict"
+	}
+	return fmt.Sprintf("%d pods left to evict", left)
+}
+
+// noDrains is the Drainer of a Lock that only releases.
+type noDrains struct{}
+
+func (noDrains) Start(node string) evict.Progress { return evict.Progress{Node: node} }
+func (noDrains) Forget(string)                    {}
+
+// releaseCommand releases the slot a node holds, with a write conditioned on what it
+// read, and uncordons the node only if reboot-manager cordoned it.
+func releaseCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reboot-manager release", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: reboot-manager release [--kubeconfig FILE] NODE")
+		fs.PrintDefaults()
+	}
+	kubeconfig := fs.String("kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else in-cluster)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("release takes one node name")
+	}
+	node := fs.Arg(0)
+	client, err := commandClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	lk, err := lock.New(client, noDrains{}, lock.Options{})
+	if err != nil {
+		return err
+	}
+	if err := lk.Release(ctx, node); err != nil {
+		if errors.Is(err, lock.ErrNotHolder) {
+			return fmt.Errorf("node %s holds no reboot slot: nothing released", node)
+		}
+		return err
+	}
+	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	cordon := "uncordoned"
+	if n.Spec.Unschedulable {
+		cordon = "left cordoned (it was cordoned before reboot-manager took it)"
+	}
+	fmt.Fprintf(stdout, "released the reboot slot of node %s; %s\n", node, cordon)
+	return nil
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/policy"
+)
+
+// status is what `reboot-manager status` prints and GET /status serves: the lock, the
+// policy in force and what holds reboots back, for humans.
+type status struct {
+	Time time.Time `json:"time"`
+	// Source is "server" (a replica's live view: its cache, its drains, its blockers'
+	// last checks) or "cluster" (read from the API server by the status command).
+	Source string `json:"source"`
+	// Paused is the pause ConfigMap's reason; absent when not paused.
+	Paused   *pauseStatus          `json:"paused,omitempty"`
+	Groups   []groupStatus         `json:"groups"`
+	Holders  []holderStatus        `json:"holders"`
+	Held     []heldNode            `json:"heldNodes,omitempty"`
+	Blockers []policy.BlockerState `json:"blockers,omitempty"`
+	// Note says what this view could not know.
+	Note string `json:"note,omitempty"`
+}
+
+type pauseStatus struct {
+	Reason string `json:"reason"`
+}
+
+type groupStatus struct {
+	Name       string   `json:"name"`
+	Slots      int      `json:"slots"`
+	Holders    int      `json:"holders"`
+	Claims     int      `json:"claims"`
+	WindowOpen bool     `json:"windowOpen"`
+	Windows    []string `json:"windows,omitempty"`
+	MinGap     string   `json:"minGap,omitempty"`
+}
+
+type holderStatus struct {
+	Node  string     `json:"node"`
+	Group string     `json:"group"`
+	State lock.State `json:"state"`
+	Since time.Time  `json:"since"`
+	// Age is how long the node has been in State.
+	Age string `json:"age"`
+	// Drain is the drain's progress, as far as this view knows it.
+	Drain string `json:"drain,omitempty"`
+}
+
+type heldNode struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason"`
+}
+
+// statusInput is what a status is made of; the server and the command fill it from
+// their own sources.
+type statusInput struct {
+	now      time.Time
+	source   string
+	nodes    []*corev1.Node
+	config   *policy.Config
+	paused   func() (string, bool)
+	drain    func(node string) string
+	blockers []policy.BlockerState
+	note     string
+}
+
+// buildStatus computes the status from its input.
+func buildStatus(in statusInput) status {
+	s := status{Time: in.now.UTC(), Source: in.source, Blockers: in.blockers, Note: in.note,
+		Holders: []holderStatus{}}
+	if reason, ok := in.paused(); ok {
+		s.Paused = &pauseStatus{Reason: reason}
+	}
+	groups := map[string]*groupStatus{}
+	group := func(name string) *groupStatus {
+		if g := groups[name]; g != nil {
+			return g
+		}
+		cfg := in.config.Group(name)
+		g := &groupStatus{Name: name, Slots: *cfg.Slots, WindowOpen: cfg.WindowOpen(in.now)}
+		for i := range cfg.Windows {
+			g.Windows = append(g.Windows, cfg.Windows[i].String())
+		}
+		if cfg.MinGap.Duration > 0 {
+			g.MinGap = cfg.MinGap.String()
+		}
+		groups[name] = g
+		return g
+	}
+	for _, name := range in.config.GroupNames() {
+		group(name)
+	}
+	for _, n := range in.nodes {
+		if reason, ok := n.Annotations[lock.AnnotationHold]; ok {
+			s.Held = append(s.Held, heldNode{Node: n.Name, Reason: reason})
+		}
+		h, ok := lock.HolderOf(n)
+		if !ok {
+			continue
+		}
+		g := group(h.Group)
+		if h.State == lock.StateClaiming {
+			g.Claims++
+		} else {
+			g.Holders++
+		}
+		hs := holderStatus{Node: h.Node, Group: h.Group, State: h.State, Since: h.Since.UTC(),
+			Age: in.now.Sub(h.Since).Round(time.Second).String()}
+		if h.State == lock.StateRebooting && in.drain != nil {
+			hs.Drain = in.drain(h.Node)
+		}
+		s.Holders = append(s.Holders, hs)
+	}
+	for _, g := range groups {
+		s.Groups = append(s.Groups, *g)
+	}
+	slices.SortFunc(s.Groups, func(a, b groupStatus) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(s.Holders, func(a, b holderStatus) int {
+		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Node, b.Node))
+	})
+	slices.SortFunc(s.Held, func(a, b heldNode) int { return cmp.Compare(a.Node, b.Node) })
+	return s
+}
+
+// writeJSON writes the status as indented JSON.
+func (s status) writeJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// writeText writes the status as tables for a terminal.
+func (s status) writeText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "reboot-manager status at %s (from the %s)\n", s.Time.Format(time.RFC3339), s.Source)
+	if s.Paused != nil {
+		fmt.Fprintf(tw, "PAUSED: %s\n", cmp.Or(s.Paused.Reason, "(no reason given)"))
+	} else {
+		fmt.Fprintln(tw, "not paused")
+	}
+	fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+	for _, g := range s.Groups {
+		window := "open (no windows)"
+		if len(g.Windows) > 0 {
+			window = "closed: " + strings.Join(g.Windows, "; ")
+			if g.WindowOpen {
+				window = "open: " + strings.Join(g.Windows, "; ")
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, window, cmp.Or(g.MinGap, "-"))
+	}
+	fmt.Fprintln(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN")
+	for _, h := range s.Holders {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.Node, h.Group, h.State, h.Age, cmp.Or(h.Drain, "-"))
+	}
+	if len(s.Holders) == 0 {
+		fmt.Fprintln(tw, "(no node holds or claims a slot)")
+	}
+	if len(s.Held) > 0 {
+		fmt.Fprintln(tw, "\nHELD NODE\tREASON")
+		for _, h := range s.Held {
+			fmt.Fprintf(tw, "%s\t%s\n", h.Node, cmp.Or(h.Reason, "-"))
+		}
+	}
+	if len(s.Blockers) > 0 {
+		fmt.Fprintln(tw, "\nBLOCKER\tACTIVE\tDETAIL")
+		for _, b := range s.Blockers {
+			fmt.Fprintf(tw, "%s\t%v\t%s\n", b.Name, b.Active, cmp.Or(b.Detail, "-"))
+		}
+	}
+	if s.Note != "" {
+		fmt.Fprintf(tw, "\nnote: %s\n", s.Note)
+	}
+	return tw.Flush()
+}

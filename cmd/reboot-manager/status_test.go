@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/policy"
+)
+
+// `status` reads the lock, the policy and the pause from the cluster; `release` frees
+// a slot with a conditioned write and uncordons only what reboot-manager cordoned; the
+// server's /status shows the same from its caches.
+func TestStatusAndRelease(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	var nodes []string
+	for i := range 3 {
+		name := fmt.Sprintf("status-%d", i)
+		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: simkubelet.RandomID()})
+		require.NoError(t, err)
+		nodes = append(nodes, name)
+		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	}
+	holder, cordonedHolder, held := nodes[0], nodes[1], nodes[2]
+	patch := func(node, p string) {
+		t.Helper()
+		_, err := env.Client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(p), metav1.PatchOptions{})
+		require.NoError(t, err)
+	}
+	since := time.Now().Add(-5 * time.Minute).UTC().Format(time.RFC3339Nano)
+	hold := func(node, was string) {
+		patch(node, `{"metadata":{"labels":{"rebootmanager/lock":"true"},"annotations":{"rebootmanager/status":"Rebooting",
+			"rebootmanager/group":"workers","rebootmanager/since":"`+since+`","rebootmanager/was-unschedulable":"`+was+`"}},
+			"spec":{"unschedulable":true}}`)
+	}
+	hold(holder, "false")
+	hold(cordonedHolder, "true")
+	patch(held, `{"metadata":{"annotations":{"rebootmanager/hold":"disk swap"}}}`)
+	// A pod the drain would still have to evict, on the holder.
+	_, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "app"},
+		Spec:       corev1.PodSpec{NodeName: holder, Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/x"}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = env.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager-config"},
+		Data: map[string]string{"config.yaml": `
+groups:
+  workers:
+    slots: 2
+    windows: [{days: [Mon], start: "01:00", end: "02:00", timeZone: Europe/Paris}]
+    minGap: 5m
+blockers:
+  pods: [{selector: "app=backup"}]
+`},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = env.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: policy.DefaultPauseConfigMap}, Data: map[string]string{"reason": "change freeze"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	getenv := func(k string) string { return map[string]string{"KUBECONFIG": env.Kubeconfig}[k] }
+	var out, errOut bytes.Buffer
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns}, getenv, &out, &errOut), errOut.String())
+	text := out.String()
+	t.Logf("status:\n%s", text)
+	for _, want := range []string{
+		"PAUSED: change freeze",
+		"workers  2      2        0       ", // slots, holders, claims
+		"Mon 01:00-02:00 Europe/Paris",
+		holder + "  workers  Rebooting  5m0s  1 pod left to evict",
+		cordonedHolder + "  workers  Rebooting  5m0s  drained",
+		held + "   disk swap",
+		"pods     false   -",
+	} {
+		assert.Contains(t, text, want)
+	}
+
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "-o", "json"}, getenv, &out, &errOut))
+	var s status
+	require.NoError(t, json.Unmarshal(out.Bytes(), &s))
+	assert.Equal(t, "cluster", s.Source)
+	require.NotNil(t, s.Paused)
+	assert.Equal(t, "change freeze", s.Paused.Reason)
+	var workers *groupStatus
+	for i := range s.Groups {
+		if s.Groups[i].Name == "workers" {
+			workers = &s.Groups[i]
+		}
+	}
+	require.NotNil(t, workers)
+	assert.Equal(t, groupStatus{Name: "workers", Slots: 2, Holders: 2, WindowOpen: workers.WindowOpen,
+		Windows: []string{"Mon 01:00-02:00 Europe/Paris"}, MinGap: "5m0s"}, *workers)
+
+	err = statusCommand(ctx, []string{"--namespace=" + ns, "-o", "yaml"}, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, "-o must be text or json")
+
+	// The server's /status: the same lock, from its cache, with its live blockers.
+	srv := startServer(t, env.Kubeconfig, "--namespace="+ns)
+	resp, err := http.Get(srv.Admin + "/status")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	var live status
+	require.NoError(t, json.Unmarshal(body, &live))
+	assert.Equal(t, "server", live.Source)
+	require.NotNil(t, live.Paused)
+	var liveHolders []string
+	for _, h := range live.Holders {
+		liveHolders = append(liveHolders, h.Node)
+		assert.Equal(t, "not started by this replica", h.Drain)
+	}
+	assert.ElementsMatch(t, []string{holder, cordonedHolder}, liveHolders)
+	require.NoError(t, srv.Stop())
+
+	// release
+	out.Reset()
+	require.NoError(t, releaseCommand(ctx, []string{holder}, getenv, &out, &errOut))
+	assert.Equal(t, "released the reboot slot of node "+holder+"; uncordoned\n", out.String())
+	n, err := env.Client.CoreV1().Nodes().Get(ctx, holder, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, n.Spec.Unschedulable)
+	assert.Equal(t, string(lock.StateReady), n.Annotations[lock.AnnotationStatus])
+	assert.NotContains(t, n.Labels, lock.LabelLock)
+
+	out.Reset()
+	require.NoError(t, releaseCommand(ctx, []string{cordonedHolder}, getenv, &out, &errOut))
+	assert.Contains(t, out.String(), "left cordoned (it was cordoned before reboot-manager took it)")
+	n, err = env.Client.CoreV1().Nodes().Get(ctx, cordonedHolder, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.True(t, n.Spec.Unschedulable, "an operator's cordon stays")
+
+	err = releaseCommand(ctx, []string{holder}, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, "holds no reboot slot: nothing released")
+	err = releaseCommand(ctx, []string{"no-such-node"}, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, "not found")
+	err = releaseCommand(ctx, nil, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, "one node name")
+}
