@@ -444,3 +444,27 @@ func TestGroupNotReadyBlocker(t *testing.T) {
 	require.NoError(t, <-down)
 	require.Eventually(t, func() bool { return r.preReboot(b) == nil }, 10*time.Second, 50*time.Millisecond)
 }
+
+// A slot count lowered while nodes hold slots counts them at once: no new node gets in
+// until the holders are within the new count.
+func TestLoweredSlotsApplyToHolders(t *testing.T) {
+	r := newRig(t, rigOptions{nodes: 3, config: "defaults: {slots: 2}"})
+	a, b, c := r.nodes[0], r.nodes[1], r.nodes[2]
+	require.NoError(t, r.preReboot(a))
+	require.NoError(t, r.preReboot(b))
+	r.setConfig("defaults: {slots: 1}")
+	var held *lock.HeldError
+	require.ErrorAs(t, r.preReboot(c), &held)
+	assert.Equal(t, 1, held.Slots)
+	assert.Equal(t, []string{a, b}, held.Holders)
+	_, err := r.steadyState(a)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		n, err := r.lock.Resolve(r.ids[a])
+		return err == nil && n.Annotations[lock.AnnotationStatus] == string(lock.StateReady)
+	}, 10*time.Second, 20*time.Millisecond)
+	assert.ErrorIs(t, r.preReboot(c), fleetlock.ErrLockHeld, "one holder fills the one slot")
+	_, err = r.steadyState(b)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return r.preReboot(c) == nil }, 10*time.Second, 50*time.Millisecond)
+}

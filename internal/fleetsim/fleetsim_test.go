@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +39,9 @@ func newHarness(t *testing.T, groups []fleetsim.Group, replicas int, tags []stri
 	require.NoError(t, err)
 	h.args = append([]string{"--wait=20s", "--log-format=text", "--log-level=debug"}, args...)
 	for _, g := range groups {
-		h.args = append(h.args, fmt.Sprintf("--group-slots=%s=%d", g.Name, g.Slots))
+		if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--config=") }) {
+			h.args = append(h.args, fmt.Sprintf("--group-slots=%s=%d", g.Name, g.Slots))
+		}
 	}
 	for range replicas {
 		h.start(t)
@@ -132,4 +136,38 @@ func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
 		caught = caught || strings.Contains(v.What, "pods left to evict")
 	}
 	assert.True(t, caught, "violations: %v", rep.Violations)
+}
+
+// A rollout staged while its group's reboot window is closed grants nothing until the
+// window opens (at the next minute, in a time zone half an hour off UTC), then
+// completes inside it.
+func TestRolloutWaitsForWindow(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	kolkata, err := time.LoadLocation("Asia/Kolkata")
+	require.NoError(t, err)
+	now := time.Now().In(kolkata)
+	opens := now.Truncate(time.Minute).Add(time.Minute)
+	if opens.Sub(now) < 10*time.Second {
+		opens = opens.Add(time.Minute) // long enough closed to be refused
+	}
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `
+groups:
+  w:
+    slots: 1
+    windows: [{start: %q, end: %q, timeZone: Asia/Kolkata}]
+`, opens.Format("15:04"), opens.Add(15*time.Minute).Format("15:04")), 0o600))
+	groups := []fleetsim.Group{{Name: "w", Nodes: 3, Slots: 1}}
+	h := newHarness(t, groups, 1, nil, "--config="+config)
+	t.Logf("window opens at %s (in %s)", opens.Format("15:04 MST"), time.Until(opens).Round(time.Second))
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "window", Groups: groups}))
+	assert.Empty(t, rep.Violations)
+	for _, n := range rep.Nodes {
+		assert.False(t, n.Locked.Before(opens), "%s took a slot at %s, before the window opened", n.Name, n.Locked.Format(time.TimeOnly))
+		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
+	}
+	m, err := h.servers[0].Metrics()
+	require.NoError(t, err)
+	assert.Regexp(t, `rebootmanager_refusals_total\{reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
 }
