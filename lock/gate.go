@@ -126,9 +126,9 @@ func (l *Lock) awaitReady(ctx context.Context, name string) error {
 		wake := l.changed.wait()
 		obj, ok, _ := l.nodes.GetIndexer().GetByKey(name)
 		if !ok {
-			return fmt.Errorf("node %s: deleted", name)
+			return ErrNotHolder // deleted, and its lock with it
 		}
-		if nodeReady(obj.(*corev1.Node)) {
+		if NodeReady(obj.(*corev1.Node)) {
 			return nil
 		}
 		left := time.Until(deadline)
@@ -150,8 +150,8 @@ func (l *Lock) awaitReady(ctx context.Context, name string) error {
 	}
 }
 
-// nodeReady reports whether the node's Ready condition is True.
-func nodeReady(n *corev1.Node) bool {
+// NodeReady reports whether the node's Ready condition is True.
+func NodeReady(n *corev1.Node) bool {
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			return c.Status == corev1.ConditionTrue

@@ -21,7 +21,7 @@ func awaitCachedReady(t *testing.T, l *Lock, node string, ready bool) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		obj, ok, _ := l.nodes.GetIndexer().GetByKey(node)
-		return ok && nodeReady(obj.(*corev1.Node)) == ready
+		return ok && NodeReady(obj.(*corev1.Node)) == ready
 	}, 20*time.Second, 10*time.Millisecond, "%s ready=%v in the cache", node, ready)
 }
 

@@ -172,6 +172,9 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 			}
 			if n, ok := obj.(*corev1.Node); ok {
 				l.drainer.Forget(n.Name)
+				l.refusedMu.Lock()
+				delete(l.lastRefusal, n.Name)
+				l.refusedMu.Unlock()
 				l.changed.fire()
 			}
 		},
@@ -283,7 +286,11 @@ func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool,
 		return false, nil
 	}
 	if l.opts.ReleaseWhenReady() {
-		if err := l.awaitReady(ctx, node.Name); err != nil {
+		err := l.awaitReady(ctx, node.Name)
+		if errors.Is(err, ErrNotHolder) {
+			return false, nil
+		}
+		if err != nil {
 			return false, err
 		}
 	}

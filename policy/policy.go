@@ -160,10 +160,8 @@ func (p *Policy) Admit(c lock.Candidate) error {
 	if cfg.Blockers.NotReadyNodes {
 		var notReady []string
 		for _, m := range c.Members {
-			if m.Annotations[lock.AnnotationStatus] == "" || m.Annotations[lock.AnnotationStatus] == string(lock.StateReady) {
-				if !ready(m) {
-					notReady = append(notReady, m.Name)
-				}
+			if _, holding := lock.HolderOf(m); !holding && !lock.NodeReady(m) {
+				notReady = append(notReady, m.Name)
 			}
 		}
 		if len(notReady) > 0 {
@@ -193,14 +191,4 @@ func windowsString(ws []Window) string {
 		s[i] = ws[i].String()
 	}
 	return strings.Join(s, "; ")
-}
-
-// ready reports whether the node's Ready condition is True.
-func ready(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
