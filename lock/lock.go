@@ -62,6 +62,11 @@ type Options struct {
 	// StaleHolderAfter, if set and above 0, releases a holder that rebooted and has
 	// been Ready that long without calling steady-state. Called every 15 seconds.
 	StaleHolderAfter func() time.Duration
+	// BeforeReboot, if set, runs before every 2xx to pre-reboot, with the node as just
+	// read from the API server (it holds a slot and is drained); an error refuses the
+	// reboot with api_unavailable, and Zincati asks again. The replacement of failed
+	// nodes records the grant there.
+	BeforeReboot func(ctx context.Context, node *corev1.Node, group string) error
 	// Recorder, if set, posts Events on Nodes: refusals, reboots not observed, stale
 	// holders released.
 	Recorder events.EventRecorder

@@ -245,7 +245,7 @@ func (r *request) awaitDrain(ctx context.Context) error {
 		}
 		if n, ok := r.cached(); ok && lockOf(n).State != StateRebooting {
 			// Released while draining (an operator?): confirm, then stop.
-			if err := r.stillHolding(ctx); err != nil {
+			if _, err := r.stillHolding(ctx); err != nil {
 				return err
 			}
 		}
@@ -263,24 +263,30 @@ func (r *request) cached() (*corev1.Node, bool) {
 
 // stillHolding reads the node from the API server and returns an error matching
 // fleetlock.ErrLockHeld if it no longer holds the lock (an operator released it).
-func (r *request) stillHolding(ctx context.Context) error {
+func (r *request) stillHolding(ctx context.Context) (*corev1.Node, error) {
 	n, err := r.get(ctx, r.name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if lockOf(n).State != StateRebooting {
 		r.drainer.Forget(r.name)
-		return fmt.Errorf("node %s: reboot lock released while it drained: %w", r.name, fleetlock.ErrLockHeld)
+		return nil, fmt.Errorf("node %s: reboot lock released while it drained: %w", r.name, fleetlock.ErrLockHeld)
 	}
-	return nil
+	return n, nil
 }
 
 // allow makes sure, with a read from the API server, that the node still holds the
-// lock (an operator may have released it while it drained) before telling it to
-// reboot. With the API server unreachable, nothing is allowed.
+// lock (an operator may have released it while it drained), and runs BeforeReboot,
+// before telling it to reboot. With the API server unreachable, nothing is allowed.
 func (r *request) allow(ctx context.Context) error {
-	if err := r.stillHolding(ctx); err != nil {
+	n, err := r.stillHolding(ctx)
+	if err != nil {
 		return err
+	}
+	if r.opts.BeforeReboot != nil {
+		if err := r.opts.BeforeReboot(ctx, n, r.group); err != nil {
+			return apiError("before reboot", err)
+		}
 	}
 	r.log.Info("reboot allowed: node drained")
 	return nil

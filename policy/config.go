@@ -30,6 +30,28 @@ type Config struct {
 	StaleHolderAfter Duration `json:"staleHolderAfter,omitempty"`
 	// Blockers refuse new grants while they find something wrong.
 	Blockers Blockers `json:"blockers"`
+	// Replacement tunes the replacement of nodes that fail to return (groups opt in
+	// with replaceAfter).
+	Replacement Replacement `json:"replacement"`
+}
+
+// Replacement tunes the replacement of failed nodes.
+type Replacement struct {
+	// DryRun runs every guard and reports what would be replaced, replacing nothing.
+	DryRun bool `json:"dryRun,omitempty"`
+	// MaxInFlight bounds the replacements under way at once, all groups together (one
+	// per cloud instance group at most, always). Default 1.
+	MaxInFlight int `json:"maxInFlight,omitempty"`
+	// MaxFailures stops all replacing once this many replacements have failed (their
+	// records are kept until an operator deletes them): a bad OS release makes every
+	// rebooted node fail, and replacing the fleet would not help. Default 3.
+	MaxFailures int `json:"maxFailures,omitempty"`
+	// Timeout is how long a new node may take to be Ready after the old instance was
+	// terminated before the replacement counts as failed. Default 20m.
+	Timeout Duration `json:"timeout,omitempty"`
+	// AllowGroups opts in cloud instance groups (such as Auto Scaling group names)
+	// without the opt-in tag.
+	AllowGroups []string `json:"allowGroups,omitempty"`
 }
 
 // Group is the settings of one group. A field left out takes Defaults' value.
@@ -42,6 +64,9 @@ type Group struct {
 	Windows []Window `json:"windows,omitempty"`
 	// MinGap is the least time between a release in the group and the next grant.
 	MinGap Duration `json:"minGap,omitempty"`
+	// ReplaceAfter replaces, through its cloud instance group, a holder whose Node has
+	// been NotReady or gone this long since its grant (docs/replacement.md). 0: never.
+	ReplaceAfter Duration `json:"replaceAfter,omitempty"`
 }
 
 // Blockers are the checks that refuse new grants (never touching current holders).
@@ -196,6 +221,22 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("blockers.alerts.interval: %s is under a second", a.Interval)
 		}
 	}
+	r := &c.Replacement
+	switch {
+	case r.MaxInFlight < 0:
+		return fmt.Errorf("replacement.maxInFlight: %d is negative", r.MaxInFlight)
+	case r.MaxFailures < 0:
+		return fmt.Errorf("replacement.maxFailures: %d is negative", r.MaxFailures)
+	}
+	if r.MaxInFlight == 0 {
+		r.MaxInFlight = 1
+	}
+	if r.MaxFailures == 0 {
+		r.MaxFailures = 3
+	}
+	if r.Timeout.Duration == 0 {
+		r.Timeout.Duration = 20 * time.Minute
+	}
 	if c.Blockers.PodsInterval.Duration == 0 {
 		c.Blockers.PodsInterval.Duration = DefaultPodsInterval
 	}
@@ -249,6 +290,9 @@ func (c *Config) Group(name string) Group {
 	if g.MinGap.Duration == 0 {
 		g.MinGap = d.MinGap
 	}
+	if g.ReplaceAfter.Duration == 0 {
+		g.ReplaceAfter = d.ReplaceAfter
+	}
 	return g
 }
 
@@ -262,6 +306,19 @@ func (c *Config) GroupNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Replaces reports whether any group replaces failed nodes.
+func (c *Config) Replaces() bool {
+	if c.Defaults.ReplaceAfter.Duration > 0 {
+		return true
+	}
+	for _, g := range c.Groups {
+		if g.ReplaceAfter.Duration > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseWhenReady is ReleaseWhenReady with its default.

@@ -15,8 +15,8 @@ type Cloud interface {
 	// never touched.
 	Resolve(ctx context.Context, providerID string) (Instance, error)
 	// Preflight checks, changing nothing, that the instance may be replaced now (the
-	// group opted in, the instance in service, the group able to launch); the error
-	// names the guard that refuses.
+	// group opted in, the instance in service, the group able to launch). A guard that
+	// refuses is a *GuardError; any other error is the cloud's.
 	Preflight(ctx context.Context, in Instance) error
 	// Replace terminates the instance and keeps the group's capacity, so that the group
 	// launches a new one. An instance already gone is done: nil.
@@ -37,3 +37,14 @@ type Instance struct {
 
 // ErrNotManaged is returned by Resolve for a node reboot-manager must never replace.
 var ErrNotManaged = errors.New("not an instance of a supported group")
+
+// GuardError is a Preflight guard's refusal.
+type GuardError struct {
+	// Guard names the guard, in CamelCase: NotOptedIn, LaunchSuspended, NotInGroup,
+	// NotInService. Events carry it in their reason (Replacement<Guard>).
+	Guard string
+	// Msg says why.
+	Msg string
+}
+
+func (e *GuardError) Error() string { return e.Msg }

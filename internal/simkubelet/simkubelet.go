@@ -180,6 +180,8 @@ type NodeOptions struct {
 	Labels, Annotations map[string]string
 	// Unschedulable starts the node cordoned.
 	Unschedulable bool
+	// ProviderID is spec.providerID, such as aws:///eu-west-1a/i-0123456789abcdef0.
+	ProviderID string
 }
 
 // AddNode creates a Ready node named name.
@@ -189,7 +191,7 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: opts.Labels, Annotations: opts.Annotations},
-		Spec:       corev1.NodeSpec{Unschedulable: opts.Unschedulable},
+		Spec:       corev1.NodeSpec{Unschedulable: opts.Unschedulable, ProviderID: opts.ProviderID},
 	}
 	created, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
@@ -236,12 +238,8 @@ func (k *Kubelet) setNotReadyTaint(ctx context.Context, name string, present boo
 // to it (after a drain: DaemonSet and mirror pods) keep their objects, as their
 // containers restart in place. Reboot returns once the node is back.
 func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration) error {
-	k.setDown(name, true)
 	defer k.setDown(name, false)
-	if err := k.setNodeStatus(ctx, name, corev1.ConditionFalse, ""); err != nil {
-		return err
-	}
-	if _, err := k.setNotReadyTaint(ctx, name, true); err != nil {
+	if err := k.Fail(ctx, name); err != nil {
 		return err
 	}
 	select {
@@ -263,6 +261,17 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 		}
 	}
 	return nil
+}
+
+// Fail takes node down for good, as a machine that does not boot again: NotReady, its
+// pods no longer started or stopped.
+func (k *Kubelet) Fail(ctx context.Context, name string) error {
+	k.setDown(name, true)
+	if err := k.setNodeStatus(ctx, name, corev1.ConditionFalse, ""); err != nil {
+		return err
+	}
+	_, err := k.setNotReadyTaint(ctx, name, true)
+	return err
 }
 
 // setNodeStatus sets the Ready condition and, when bootID is not empty, the boot ID.

@@ -120,19 +120,21 @@ func (c *Cloud) Preflight(ctx context.Context, in replace.Instance) error {
 		return err
 	}
 	if !c.optedIn(g) {
-		return fmt.Errorf("Auto Scaling group %s has not opted in (tag %s=true, or the allow-list)", in.Group, c.opts.OptInTag)
+		return &replace.GuardError{Guard: "NotOptedIn",
+			Msg: fmt.Sprintf("group %s has not opted in (tag %s=true, or the allow-list)", in.Group, c.opts.OptInTag)}
 	}
 	for _, p := range g.SuspendedProcesses {
 		if p := aws.ToString(p.ProcessName); p == "Launch" {
-			return fmt.Errorf("Auto Scaling group %s has its Launch process suspended: it would not replace the instance", in.Group)
+			return &replace.GuardError{Guard: "LaunchSuspended",
+				Msg: fmt.Sprintf("group %s has its Launch process suspended: it would not replace the instance", in.Group)}
 		}
 	}
 	i := slices.IndexFunc(g.Instances, func(x types.Instance) bool { return aws.ToString(x.InstanceId) == in.ID })
 	if i < 0 {
-		return fmt.Errorf("instance %s is not in Auto Scaling group %s", in.ID, in.Group)
+		return &replace.GuardError{Guard: "NotInGroup", Msg: fmt.Sprintf("instance %s is not in group %s", in.ID, in.Group)}
 	}
 	if st := g.Instances[i].LifecycleState; st != types.LifecycleStateInService {
-		return fmt.Errorf("instance %s is %s, not InService", in.ID, st)
+		return &replace.GuardError{Guard: "NotInService", Msg: fmt.Sprintf("instance %s is %s, not InService", in.ID, st)}
 	}
 	return nil
 }
