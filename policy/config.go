@@ -52,6 +52,8 @@ type Replacement struct {
 	// AllowGroups opts in cloud instance groups (such as Auto Scaling group names)
 	// without the opt-in tag.
 	AllowGroups []string `json:"allowGroups,omitempty"`
+	// Interval is how often the records of grants are looked at. Default 10s.
+	Interval Duration `json:"interval,omitempty"`
 }
 
 // Group is the settings of one group. A field left out takes Defaults' value.
@@ -236,6 +238,12 @@ func (c *Config) Validate() error {
 	}
 	if r.Timeout.Duration == 0 {
 		r.Timeout.Duration = 20 * time.Minute
+	}
+	if r.Interval.Duration == 0 {
+		r.Interval.Duration = 10 * time.Second
+	}
+	if r.Interval.Duration < time.Second {
+		return fmt.Errorf("replacement.interval: %s is under a second", r.Interval)
 	}
 	if c.Blockers.PodsInterval.Duration == 0 {
 		c.Blockers.PodsInterval.Duration = DefaultPodsInterval

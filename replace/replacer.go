@@ -54,8 +54,6 @@ type Options struct {
 	Config func() *policy.Config
 	// Recorder posts Events on the Nodes. Optional.
 	Recorder events.EventRecorder
-	// Interval is how often the records are looked at. Default 10s.
-	Interval time.Duration
 	// Logger; default: discard.
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -99,9 +97,6 @@ type record struct {
 
 // New returns a Replacer; call Run.
 func New(opts Options) *Replacer {
-	if opts.Interval <= 0 {
-		opts.Interval = 10 * time.Second
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -233,16 +228,16 @@ func (r *Replacer) forget(ctx context.Context, rec *record) error {
 	return err
 }
 
-// Run looks at the records every Interval until ctx ends.
+// Run looks at the records every replacement.interval until ctx ends.
 func (r *Replacer) Run(ctx context.Context) {
-	t := time.NewTicker(r.opts.Interval)
-	defer t.Stop()
 	for {
 		if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("replacement: cannot look at the records", "err", err)
 		}
+		t := time.NewTimer(r.opts.Config().Replacement.Interval.Duration)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		}
@@ -302,8 +297,15 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 			return nil // back, or not gone yet: steady-state will release it
 		}
 	}
+	// Failed to return: NotReady (or gone) for replaceAfter, counted from the grant or
+	// from when it went NotReady, whichever is later, so that a node whose reboot began
+	// late is not taken for one that never came back.
 	after := cfg.Group(rec.Group).ReplaceAfter.Duration
-	if after == 0 || now.Sub(rec.GrantedAt) < after {
+	down := rec.GrantedAt
+	if node != nil {
+		down = later(down, notReadySince(node))
+	}
+	if after == 0 || now.Sub(down) < after {
 		return nil
 	}
 	// Failed to return. The guards, cheapest first; each refusal is reported once.
@@ -351,16 +353,16 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 		}
 		return r.note(rec, node, "Replacement"+guard.Guard, "not replaced: "+err.Error())
 	}
-	down := "NotReady"
+	state := "NotReady"
 	if node == nil {
-		down = "gone"
+		state = "gone"
 	}
 	if rc.DryRun {
 		if r.noted[rec.Node] != "dry-run" {
 			r.replacements.WithLabelValues("dry_run").Inc()
 		}
 		return r.note(rec, node, "ReplacementDryRun", fmt.Sprintf("dry run: would replace instance %s of %s (node %s %s, granted %s ago)",
-			rec.Instance.ID, rec.Instance.Group, rec.Node, down, now.Sub(rec.GrantedAt).Round(time.Second)), "dry-run")
+			rec.Instance.ID, rec.Instance.Group, rec.Node, state, now.Sub(rec.GrantedAt).Round(time.Second)), "dry-run")
 	}
 	before, err := r.opts.Cloud.InService(ctx, rec.Instance)
 	if err != nil {
@@ -372,10 +374,28 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 		return err
 	}
 	r.log.Warn("replacing a node that failed to return", "node", rec.Node, "instance", rec.Instance.ID,
-		"instanceGroup", rec.Instance.Group, "down", down, "grantedFor", now.Sub(rec.GrantedAt).Round(time.Second))
-	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s since its reboot was granted %s ago: terminating instance %s in %s, which launches a new one",
-		rec.Node, down, now.Sub(rec.GrantedAt).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
+		"instanceGroup", rec.Instance.Group, "state", state, "downFor", now.Sub(down).Round(time.Second),
+		"grantedFor", now.Sub(rec.GrantedAt).Round(time.Second))
+	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s for %s after its reboot was granted: terminating instance %s in %s, which launches a new one",
+		rec.Node, state, now.Sub(down).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
 	return r.terminate(ctx, rec)
+}
+
+// notReadySince is when the node's Ready condition last changed, if it is not True.
+func notReadySince(n *corev1.Node) time.Time {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return time.Time{}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // terminate asks the cloud to replace the instance; a failure fails the record.

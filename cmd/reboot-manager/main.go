@@ -41,6 +41,8 @@ type config struct {
 	configFile     string
 	namespace      string
 	pauseConfigMap string
+	cloud          string
+	podName        string
 	wait           time.Duration
 	staleClaimAge  time.Duration
 	drain          evict.Options
@@ -88,6 +90,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows and minimum gap per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
 	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
 	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
+	fs.StringVar(&c.cloud, "cloud", "", "replace nodes that fail to return through their cloud's instance group, for groups with replaceAfter in --config: aws (credentials from the SDK's default chain) (docs/replacement.md)")
 	fs.DurationVar(&c.wait, "wait", 2*time.Minute, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
 	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", time.Minute, "age after which a claim left by a crashed replica is removed")
 	fs.IntVar(&c.drain.Parallelism, "eviction-parallelism", evict.DefaultParallelism, "evictions in flight per drain")
@@ -115,6 +118,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	slotFlags := false
 	fs.Visit(func(f *flag.Flag) { slotFlags = slotFlags || f.Name == "default-slots" || f.Name == "group-slots" })
 	switch {
+	case c.cloud != "" && c.cloud != "aws":
+		return c, fmt.Errorf("--cloud must be aws (or unset), got %q", c.cloud)
 	case c.configFile != "" && slotFlags:
 		return c, fmt.Errorf("--default-slots and --group-slots go in the --config file (defaults.slots, groups.NAME.slots), not beside it")
 	case fs.NArg() > 0:
@@ -135,6 +140,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
 		c.drain.Self = ns + "/" + name
 	}
+	c.podName = cmp.Or(getenv("POD_NAME"), "reboot-manager")
 	if c.namespace == "" {
 		c.namespace = cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager")
 	}

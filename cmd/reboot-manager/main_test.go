@@ -100,6 +100,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{[]string{"--verify-source-address=maybe"}, "verify-source-address"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--config=/p.yaml", "--default-slots=2"}, "go in the --config file"},
+		{[]string{"--cloud=gcp"}, `--cloud must be aws (or unset), got "gcp"`},
 		{[]string{"--config=/p.yaml", "--group-slots=w=2"}, "go in the --config file"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 	} {
@@ -114,7 +115,7 @@ func TestParseConfigErrors(t *testing.T) {
 	assert.ErrorIs(t, err, flag.ErrHelp)
 	for _, f := range []string{"kubeconfig", "listen-address", "metrics-address", "default-slots", "group-slots", "log-format", "log-level", "version",
 		"tls-cert-file", "tls-key-file", "basic-auth-file", "verify-source-address", "trusted-proxies",
-		"config", "namespace", "pause-configmap"} {
+		"config", "namespace", "pause-configmap", "cloud"} {
 		assert.Contains(t, out.String(), "-"+f, "--help lists --%s", f)
 	}
 }
@@ -130,6 +131,11 @@ func TestPolicyFile(t *testing.T) {
 	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Equal(t, "--config: "+path+": groups.workers.slots: -1 is negative", err.Error())
+
+	require.NoError(t, os.WriteFile(path, []byte("defaults: {replaceAfter: 20m}"), 0o600))
+	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "replaceAfter is set, but no --cloud says how to replace nodes")
 
 	defer func(was time.Duration) { policyReloadInterval = was }(policyReloadInterval)
 	policyReloadInterval = 10 * time.Millisecond

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,6 +29,8 @@ import (
 	"github.com/reboot-manager/reboot-manager/internal/reload"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
+	"github.com/reboot-manager/reboot-manager/replace"
+	rmaws "github.com/reboot-manager/reboot-manager/replace/aws"
 )
 
 // shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM; held
@@ -45,6 +49,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	policyConfig, err := loadPolicy(c, log)
 	if err != nil {
 		return err
+	}
+	if c.cloud == "" && policyConfig().Replaces() {
+		return errors.New("--config: replaceAfter is set, but no --cloud says how to replace nodes")
 	}
 
 	restConfig, err := kubeConfig(c.kubeconfig)
@@ -87,11 +94,19 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		drainsDone.Wait()
 	}()
 
-	lk, err := lock.New(client, drainer, lock.Options{
+	replacer, err := newReplacer(ctx, c, client, policyConfig, recorder, log)
+	if err != nil {
+		return err
+	}
+	lockOpts := lock.Options{
 		Slots: pol.Slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
 		Gate: pol, ReleaseWhenReady: pol.ReleaseWhenReady, StaleHolderAfter: pol.StaleHolderAfter,
 		Recorder: recorder,
-	})
+	}
+	if replacer != nil {
+		lockOpts.BeforeReboot = replacer.BeforeReboot
+	}
+	lk, err := lock.New(client, drainer, lockOpts)
 	if err != nil {
 		return err
 	}
@@ -111,6 +126,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		guard,
 		pol,
 	)
+	if replacer != nil {
+		registry.MustRegister(replacer)
+	}
 
 	metrics := metricsMux(registry, lk, func() status {
 		return buildStatus(statusInput{
@@ -170,6 +188,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		}
 	}
 	log.Info("node cache synced; serving FleetLock requests")
+	if replacer != nil {
+		go replacer.Run(lockCtx)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -206,6 +227,25 @@ func loadAccess(c config, log *slog.Logger) (*access.CertificateFile, access.Opt
 
 // policyReloadInterval is how often, at most, the --config file is checked for changes.
 var policyReloadInterval = 10 * time.Second
+
+// newReplacer returns the replacer of failed nodes that --cloud asks for, or nil.
+func newReplacer(ctx context.Context, c config, client kubernetes.Interface, cfg func() *policy.Config,
+	recorder events.EventRecorder, log *slog.Logger) (*replace.Replacer, error) {
+	if c.cloud == "" {
+		return nil, nil
+	}
+	awsConfig, err := awsconfig.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("--cloud=aws: %w", err)
+	}
+	cloud := rmaws.New(autoscaling.NewFromConfig(awsConfig), rmaws.Options{
+		AllowGroups: func() []string { return cfg().Replacement.AllowGroups }, Logger: log,
+	})
+	return replace.New(replace.Options{
+		Cloud: cloud, Client: client, Namespace: c.namespace, Identity: c.podName, Config: cfg,
+		Recorder: recorder, Logger: log,
+	}), nil
+}
 
 // loadPolicy returns the policy configuration in force: the --config file's, reloaded
 // when it changes, or the one the slot flags describe.

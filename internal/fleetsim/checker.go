@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -226,10 +227,16 @@ func (c *checker) final(ctx context.Context) {
 		c.mu.Lock()
 		seen := c.bootIDSeen[n.name]
 		c.mu.Unlock()
+		node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if n.fails {
+			if reboots != 1 || !apierrors.IsNotFound(err) {
+				c.violate("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
+			}
+			continue
+		}
 		if reboots != 1 || seen != 1 {
 			c.violate("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
 		}
-		node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
 			c.violate("%s: %v", n.name, err)
 			continue

@@ -60,6 +60,12 @@ type Options struct {
 	// PreCordoned is how many nodes (the last ones of each group) an operator cordoned
 	// before the rollout; they must still be cordoned after it. Default 0.
 	PreCordoned int
+	// ProviderID, if set, gives each node its spec.providerID.
+	ProviderID func(node string) string
+	// NeverReturns, if set, names the nodes that do not come back from their reboot:
+	// they stay NotReady, their Zincati silent, until something deletes their Node (a
+	// replacement), which ends their part of the rollout.
+	NeverReturns func(node string) bool
 	// OnEvent, if set, receives every step of every node, for live progress.
 	OnEvent func(Event)
 	// Log, if set, receives the simulator's own messages.
@@ -101,6 +107,7 @@ type simNode struct {
 	name, group string
 	zincatiID   string
 	cordoned    bool // by the operator, before the rollout
+	fails       bool // never comes back from its reboot
 
 	mu                                     sync.Mutex
 	asked, locked, allowed, back, released time.Time
@@ -148,10 +155,16 @@ func New(ctx context.Context, client kubernetes.Interface, kubelet *simkubelet.K
 				zincatiID: id,
 				cordoned:  i >= g.Nodes-opts.PreCordoned,
 			}
+			n.fails = opts.NeverReturns != nil && opts.NeverReturns(n.name)
+			var providerID string
+			if opts.ProviderID != nil {
+				providerID = opts.ProviderID(n.name)
+			}
 			_, err = kubelet.AddNode(ctx, n.name, simkubelet.NodeOptions{
 				MachineID:     machineID,
 				Unschedulable: n.cordoned,
 				Labels:        map[string]string{labelFleet: opts.Name, labelGroup: g.Name},
+				ProviderID:    providerID,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("create node %s: %w", n.name, err)
@@ -307,6 +320,9 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	n.mu.Lock()
 	n.reboots++
 	n.mu.Unlock()
+	if n.fails {
+		return f.neverReturn(ctx, n)
+	}
 	if err := f.kubelet.Reboot(ctx, n.name, f.opts.Downtime); err != nil {
 		return fmt.Errorf("reboot: %w", err)
 	}
@@ -317,6 +333,24 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	}
 	n.mark(&n.released)
 	f.emit(n, PhaseDone, "slot released")
+	return nil
+}
+
+// neverReturn takes the node down for good and waits until its Node is deleted.
+func (f *Fleet) neverReturn(ctx context.Context, n *simNode) error {
+	if err := f.kubelet.Fail(ctx, n.name); err != nil {
+		return fmt.Errorf("fail: %w", err)
+	}
+	f.emit(n, PhaseRebooting, "never comes back")
+	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		_, err := f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for the node to be replaced: %w", err)
+	}
+	n.mark(&n.released)
+	f.emit(n, PhaseDone, "replaced: its Node was deleted")
 	return nil
 }
 

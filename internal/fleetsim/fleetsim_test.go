@@ -12,9 +12,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/fakeasg"
 	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
@@ -37,7 +40,7 @@ func newHarness(t *testing.T, groups []fleetsim.Group, replicas int, tags []stri
 	var err error
 	h.bin, err = fleetsim.BuildServer(t.TempDir(), tags...)
 	require.NoError(t, err)
-	h.args = append([]string{"--wait=20s", "--log-format=text", "--log-level=debug"}, args...)
+	h.args = append([]string{"--wait=20s", "--log-format=text", "--log-level=debug", "--namespace=" + h.ns}, args...)
 	for _, g := range groups {
 		if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--config=") }) {
 			h.args = append(h.args, fmt.Sprintf("--group-slots=%s=%d", g.Name, g.Slots))
@@ -170,4 +173,62 @@ groups:
 	m, err := h.servers[0].Metrics()
 	require.NoError(t, err)
 	assert.Regexp(t, `rebootmanager_refusals_total\{reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
+}
+
+// A node that never comes back from its reboot is replaced through its (fake) Auto
+// Scaling group: the group launches a new instance, whose node joins; the old Node is
+// deleted, its slot frees, and the rollout of the other nodes completes behind it.
+func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env := controlplane.Shared(t)
+	fake := fakeasg.New()
+	t.Cleanup(fake.Close)
+	fake.AddGroup(&fakeasg.Group{Name: "asg-w", Tags: map[string]string{"reboot-manager/replace": "true"}, Desired: 4})
+	instances := map[string]string{}
+	providerID := func(node string) string {
+		id := fmt.Sprintf("i-%017x", len(instances)+1)
+		instances[node] = id
+		fake.AddInstance("asg-w", id, "eu-west-1a")
+		return "aws:///eu-west-1a/" + id
+	}
+	var launched []string
+	fake.OnTerminate = func(group, _ string) {
+		name := fmt.Sprintf("replaced-%d", len(launched))
+		id := fmt.Sprintf("i-%017x", 100+len(launched))
+		fake.AddInstance(group, id, "eu-west-1a")
+		_, err := env.Kubelet.AddNode(context.Background(), name, simkubelet.NodeOptions{ProviderID: "aws:///eu-west-1a/" + id})
+		assert.NoError(t, err)
+		launched = append(launched, name)
+		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	}
+	// The binary's SDK reaches the fake through its endpoint variable, with static
+	// credentials and no instance metadata.
+	t.Setenv("AWS_ENDPOINT_URL_AUTO_SCALING", fake.URL())
+	t.Setenv("AWS_REGION", "eu-west-1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(`
+groups:
+  w: {slots: 1, replaceAfter: 3s}
+replacement: {interval: 1s, timeout: 1m}
+`), 0o600))
+	groups := []fleetsim.Group{{Name: "w", Nodes: 4, Slots: 1}}
+	h := newHarness(t, groups, 1, nil, "--config="+config, "--cloud=aws")
+	dead := "lost-w-01"
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "lost", Groups: groups,
+		ProviderID: providerID, NeverReturns: func(node string) bool { return node == dead }}))
+	assert.Empty(t, rep.Violations)
+	assert.Equal(t, 1, fake.Count("TerminateInstanceInAutoScalingGroup"))
+	assert.Equal(t, "Terminating", fake.InstanceState(instances[dead]))
+	require.Len(t, launched, 1)
+	for _, n := range rep.Nodes {
+		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
+	}
+	m, err := h.servers[0].Metrics()
+	require.NoError(t, err)
+	assert.Contains(t, m, `rebootmanager_replacements_total{result="replaced"} 1`)
+	assert.Contains(t, m, `rebootmanager_replacements_total{result="started"} 1`)
 }

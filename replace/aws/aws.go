@@ -37,8 +37,9 @@ type Options struct {
 	// OptInTag is the group tag whose value "true" opts a group in. Default
 	// DefaultOptInTag.
 	OptInTag string
-	// AllowGroups opts in the groups named, tagged or not.
-	AllowGroups []string
+	// AllowGroups returns the groups opted in, tagged or not; called at every
+	// Preflight. Optional.
+	AllowGroups func() []string
 	// Attempts bounds the calls of one operation the API refuses with a contention
 	// error (ResourceContention, ScalingActivityInProgress). Default 5.
 	Attempts int
@@ -140,7 +141,7 @@ func (c *Cloud) Preflight(ctx context.Context, in replace.Instance) error {
 }
 
 func (c *Cloud) optedIn(g *types.AutoScalingGroup) bool {
-	if slices.Contains(c.opts.AllowGroups, aws.ToString(g.AutoScalingGroupName)) {
+	if c.opts.AllowGroups != nil && slices.Contains(c.opts.AllowGroups(), aws.ToString(g.AutoScalingGroupName)) {
 		return true
 	}
 	for _, t := range g.Tags {

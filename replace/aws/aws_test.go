@@ -101,7 +101,7 @@ func TestPreflight(t *testing.T) {
 }
 
 func TestPreflightAllowList(t *testing.T) {
-	c, _ := newCloud(t, rmaws.Options{AllowGroups: []string{"untagged"}})
+	c, _ := newCloud(t, rmaws.Options{AllowGroups: func() []string { return []string{"untagged"} }})
 	require.NoError(t, c.Preflight(context.Background(), replace.Instance{ID: "i-00000000000000001", Group: "untagged"}))
 }
 
