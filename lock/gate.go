@@ -135,7 +135,7 @@ func (l *Lock) awaitReady(ctx context.Context, name string) error {
 		if left <= 0 {
 			return fmt.Errorf("node %s is not Ready after its reboot; the slot stays held until it is: %w", name, fleetlock.ErrNodeNotReady)
 		}
-		t := time.NewTimer(min(left, time.Second))
+		t := time.NewTimer(min(left, 5*time.Second)) // a fallback: Ready changes wake us
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -70,7 +70,10 @@ func TestReleaseWaitsUntilReady(t *testing.T) {
 	select {
 	case ans := <-answered:
 		assert.True(t, ans.released)
-		assert.Less(t, ans.at.Sub(readyAt), time.Second, "released within a second of Ready")
+		// Reboot sets Ready, then lifts the not-ready taint, then returns: a release
+		// woken by the Ready change itself can come before readyAt.
+		t.Logf("released %s after Reboot returned", ans.at.Sub(readyAt).Round(time.Microsecond))
+		assert.Less(t, ans.at.Sub(readyAt), eventDriven, "released on the Ready change, not by the fallback timer")
 	case <-time.After(10 * time.Second):
 		t.Fatal("not released 10s after the node was Ready")
 	}

@@ -67,6 +67,13 @@ func startLockWith(t *testing.T, client kubernetes.Interface, drainer Drainer, o
 	return l
 }
 
+// eventDriven bounds how long after an event (a drain's end, a release, a node Ready)
+// a held request answers. Its waits wake on the event; their fallback timers are 5 s,
+// so an answer under eventDriven was woken by the event. The answer itself takes an
+// API round trip or two: milliseconds on an idle machine (4 to 20 ms measured), up to
+// a second when CI loads the two cores with every package's control plane.
+const eventDriven = 2500 * time.Millisecond
+
 // result is what a PreReboot call returned, and when.
 type result struct {
 	err error
@@ -114,7 +121,7 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 		require.NoError(t, r.err, "granted once drained")
 		latency := r.at.Sub(finished)
 		t.Logf("asked at 0s, drain finished at %s, answered %s later", finished.Sub(asked).Round(time.Millisecond), latency.Round(time.Microsecond))
-		assert.Less(t, latency, time.Second, "answered within a second of the drain's end")
+		assert.Less(t, latency, eventDriven, "answered on the drain's end, not by the fallback timer")
 	case <-time.After(10 * time.Second):
 		t.Fatal("no answer 10s after the drain finished")
 	}
@@ -155,7 +162,7 @@ func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
 		require.NoError(t, r.err, "granted once the slot is free")
 		latency := r.at.Sub(releasedAt)
 		t.Logf("release took %s; the waiter was granted %s after it returned", releasedAt.Sub(releasing).Round(time.Microsecond), latency.Round(time.Microsecond))
-		assert.Less(t, latency, time.Second, "granted within a second of the release")
+		assert.Less(t, latency, eventDriven, "granted on the release, not by the fallback timer")
 	case <-time.After(10 * time.Second):
 		t.Fatal("not granted 10s after the release")
 	}

@@ -167,8 +167,8 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 			if was.holding() && !is.holding() {
 				l.drainer.Forget(n.Name) // released, by us or by someone else
 			}
-			if was != is {
-				l.changed.fire()
+			if was != is || NodeReady(o) != NodeReady(n) {
+				l.changed.fire() // a lock changed, or a node went (Not)Ready: awaitReady
 			}
 		},
 		DeleteFunc: func(obj any) {

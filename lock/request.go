@@ -240,7 +240,8 @@ func (r *request) awaitDrain(ctx context.Context) error {
 			}
 			return &DrainError{Progress: p}
 		}
-		if err := r.sleep(ctx, time.Second, r.expires, p.Done, r.changed.wait()); err != nil {
+		// The drain's end and any lock change wake us; the timer is a fallback.
+		if err := r.sleep(ctx, 5*time.Second, r.expires, p.Done, r.changed.wait()); err != nil {
 			return orDrain(err, p)
 		}
 		if n, ok := r.cached(); ok && lockOf(n).State != StateRebooting {

@@ -79,9 +79,26 @@ func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
 			return nil, err
 		}
 		c.done.Go(func() {
-			defer rw.Stop()
-			for ev := range rw.ResultChan() {
-				w.handle(ev)
+			for {
+				for ev := range rw.ResultChan() {
+					w.handle(ev)
+				}
+				rw.Stop()
+				// The watch ended: the context, or a resourceVersion the API server no
+				// longer has (410 Gone, after it restarted). List again and go on:
+				// every object is handed over as it is now, so a node that rebooted
+				// meanwhile shows its new boot ID.
+				for ctx.Err() == nil {
+					next, err := c.follow(ctx, w.lw, w.handle)
+					if err == nil {
+						rw = next
+						break
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+				if ctx.Err() != nil {
+					return
+				}
 			}
 		})
 	}
