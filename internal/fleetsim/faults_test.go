@@ -20,6 +20,7 @@ import (
 // when it died mid-claim: the surviving replica, then a restarted one, finish the
 // rollout; no slot is over-granted and no node is left cordoned without a lock.
 func TestReplicaKilled(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "k", Nodes: 4, Slots: 1}}
@@ -58,6 +59,7 @@ func TestReplicaKilled(t *testing.T) {
 // is refused with 503 api_unavailable and Retry-After, nothing is granted, /readyz says
 // so, and the rollout completes once the API server is back.
 func TestAPIServerOutage(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "o", Nodes: 3, Slots: 1}}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +21,41 @@ import (
 	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
 )
 
-func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
+func TestMain(m *testing.M) {
+	code := controlplane.RunTests(m)
+	if builds.dir != "" {
+		_ = os.RemoveAll(builds.dir)
+	}
+	os.Exit(code)
+}
+
+// builds are the reboot-manager binaries built for this test binary, by build tags:
+// each is built once, before any test's clock starts (a cold build takes minutes).
+var builds struct {
+	sync.Mutex
+	dir  string
+	bins map[string]string
+}
+
+// serverBinary returns the reboot-manager binary built with tags, building it once.
+func serverBinary(t *testing.T, tags []string) string {
+	t.Helper()
+	builds.Lock()
+	defer builds.Unlock()
+	key := strings.Join(tags, ",")
+	if bin, ok := builds.bins[key]; ok {
+		return bin
+	}
+	if builds.dir == "" {
+		dir, err := os.MkdirTemp("", "reboot-manager-fleetsim-")
+		require.NoError(t, err)
+		builds.dir, builds.bins = dir, map[string]string{}
+	}
+	bin, err := fleetsim.BuildServer(builds.dir, tags...)
+	require.NoError(t, err)
+	builds.bins[key] = bin
+	return bin
+}
 
 // harness is a namespace, reboot-manager replicas built from the tree, and a fleet.
 type harness struct {
@@ -37,9 +72,7 @@ func newHarness(t *testing.T, groups []fleetsim.Group, replicas int, tags []stri
 	t.Helper()
 	env := controlplane.Shared(t)
 	h := &harness{env: env, ns: env.Namespace(t)}
-	var err error
-	h.bin, err = fleetsim.BuildServer(t.TempDir(), tags...)
-	require.NoError(t, err)
+	h.bin = serverBinary(t, tags)
 	h.args = append([]string{"--wait=20s", "--log-format=text", "--log-level=debug", "--namespace=" + h.ns}, args...)
 	for _, g := range groups {
 		if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--config=") }) {
@@ -112,6 +145,7 @@ func roll(t *testing.T, ctx context.Context, f *fleetsim.Fleet) *fleetsim.Report
 // Two groups (1 and 2 slots), two replicas behind the simulated Zincatis, a pre-cordoned
 // node per group: every invariant holds and every node rebooted once.
 func TestRollout(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
@@ -129,6 +163,7 @@ func TestRollout(t *testing.T) {
 // A server that tells nodes to reboot before their pods are gone (a test-only build)
 // is caught: the checks can fail.
 func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
+	serverBinary(t, []string{"rebootmanager_unsafe_grant"}) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "u", Nodes: 3, Slots: 1}}
@@ -145,6 +180,7 @@ func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
 // window opens (at the next minute, in a time zone half an hour off UTC), then
 // completes inside it.
 func TestRolloutWaitsForWindow(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	kolkata, err := time.LoadLocation("Asia/Kolkata")
@@ -179,6 +215,7 @@ groups:
 // Scaling group: the group launches a new instance, whose node joins; the old Node is
 // deleted, its slot frees, and the rollout of the other nodes completes behind it.
 func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	env := controlplane.Shared(t)
