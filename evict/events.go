@@ -42,10 +42,10 @@ const eventController = "reboot-manager"
 // maxNote is the length limit of an Event's note.
 const maxNote = 1024
 
-// nodeRef is the object the drain's Events regard. Like the kubelet, it uses the
-// node's name as its UID, so no request is needed; `kubectl describe node` shows
-// Events referring to the node by name or by UID.
-func nodeRef(node string) *corev1.ObjectReference {
+// NodeRef is the object an Event about a Node regards (the drain's, the lock's, the
+// replacer's). Like the kubelet, it uses the node's name as its UID, so no request is
+// needed; `kubectl describe node` shows Events referring to the node by name or by UID.
+func NodeRef(node string) *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
 }
 
@@ -74,10 +74,10 @@ func (dr *drain) event(related *corev1.ObjectReference, eventType, reason, actio
 		note = note[:maxNote-3] + "..."
 	}
 	if related == nil {
-		r.Eventf(nodeRef(dr.node), nil, eventType, reason, action, "%s", note)
+		r.Eventf(NodeRef(dr.node), nil, eventType, reason, action, "%s", note)
 		return
 	}
-	r.Eventf(nodeRef(dr.node), related, eventType, reason, action, "%s", note)
+	r.Eventf(NodeRef(dr.node), related, eventType, reason, action, "%s", note)
 }
 
 // listNames joins names for a note, eliding after a few.

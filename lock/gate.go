@@ -7,8 +7,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
@@ -114,9 +114,7 @@ func (l *Lock) event(node, eventType, reason, action, note string) {
 	if l.opts.Recorder == nil {
 		return
 	}
-	// Like the kubelet, refer to the node by name, with its name as UID.
-	ref := &corev1.ObjectReference{Kind: "Node", Name: node, UID: types.UID(node), APIVersion: "v1"}
-	l.opts.Recorder.Eventf(ref, nil, eventType, reason, action, "%s", note)
+	l.opts.Recorder.Eventf(evict.NodeRef(node), nil, eventType, reason, action, "%s", note)
 }
 
 // awaitReady waits, from the cache, until the node is Ready, for at most Wait.
@@ -131,41 +129,37 @@ func (l *Lock) awaitReady(ctx context.Context, name string) error {
 		if NodeReady(obj.(*corev1.Node)) {
 			return nil
 		}
-		left := time.Until(deadline)
-		if left <= 0 {
+		// Ready changes wake us; the timer is a fallback.
+		err := l.sleep(ctx, 5*time.Second, deadline, wake, nil)
+		if errors.Is(err, errExpired) {
 			return fmt.Errorf("node %s is not Ready after its reboot; the slot stays held until it is: %w", name, fleetlock.ErrNodeNotReady)
 		}
-		t := time.NewTimer(min(left, 5*time.Second)) // a fallback: Ready changes wake us
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return apiError("request", ctx.Err())
-		case <-l.stopping:
-			t.Stop()
-			return fmt.Errorf("node %s is not Ready yet: %w", name, fleetlock.ErrNodeNotReady)
-		case <-wake:
-		case <-t.C:
+		if err != nil {
+			return err
 		}
-		t.Stop()
 	}
+}
+
+// ReadyCondition returns the node's Ready condition; ok is false if it has none.
+func ReadyCondition(n *corev1.Node) (c corev1.NodeCondition, ok bool) {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c, true
+		}
+	}
+	return c, false
 }
 
 // NodeReady reports whether the node's Ready condition is True.
 func NodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	c, _ := ReadyCondition(n)
+	return c.Status == corev1.ConditionTrue
 }
 
 // readySince returns since when the node has been Ready; zero if it is not.
 func readySince(n *corev1.Node) time.Time {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-			return c.LastTransitionTime.Time
-		}
+	if c, _ := ReadyCondition(n); c.Status == corev1.ConditionTrue {
+		return c.LastTransitionTime.Time
 	}
 	return time.Time{}
 }

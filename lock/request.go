@@ -359,7 +359,7 @@ func (r *request) earlierContenders() map[string]bool {
 
 // sleep waits until wake or wake2 is signalled (a nil channel never is) or about
 // every passes (0: never), and fails when deadline passes or ctx ends.
-func (r *request) sleep(ctx context.Context, every time.Duration, deadline time.Time, wake, wake2 <-chan struct{}) error {
+func (l *Lock) sleep(ctx context.Context, every time.Duration, deadline time.Time, wake, wake2 <-chan struct{}) error {
 	left := time.Until(deadline)
 	if left <= 0 {
 		return errExpired
@@ -373,7 +373,7 @@ func (r *request) sleep(ctx context.Context, every time.Duration, deadline time.
 	select {
 	case <-ctx.Done():
 		return apiError("request", ctx.Err())
-	case <-r.stopping:
+	case <-l.stopping:
 		return errExpired // shutting down: answer "not yet" now
 	case <-wake:
 	case <-wake2:

@@ -15,10 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/events"
 
+	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
 )
@@ -310,14 +310,13 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 	}
 	// Failed to return. The guards, cheapest first; each refusal is reported once.
 	rc := cfg.Replacement
-	failed, inFlight, sameGroup := 0, 0, false
+	failed, inFlight := 0, 0
 	for _, o := range all {
 		switch o.State {
 		case StateFailed:
 			failed++
 		case StateReplacing:
 			inFlight++
-			sameGroup = sameGroup || o.Instance.Group != "" && o.Instance.Group == rec.Instance.Group
 		}
 	}
 	if failed >= rc.MaxFailures {
@@ -336,9 +335,8 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 			return err
 		}
 		rec.Instance = in
-		sameGroup = slices.ContainsFunc(all, func(o *record) bool { return o.State == StateReplacing && o.Instance.Group == in.Group })
 	}
-	if sameGroup {
+	if slices.ContainsFunc(all, func(o *record) bool { return o.State == StateReplacing && o.Instance.Group == rec.Instance.Group }) {
 		return r.note(rec, node, "ReplacementWaiting", "not replaced yet: a replacement in instance group "+rec.Instance.Group+" is in flight")
 	}
 	if err := r.opts.Cloud.Preflight(ctx, rec.Instance); err != nil {
@@ -383,10 +381,8 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 
 // notReadySince is when the node's Ready condition last changed, if it is not True.
 func notReadySince(n *corev1.Node) time.Time {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
-			return c.LastTransitionTime.Time
-		}
+	if c, ok := lock.ReadyCondition(n); ok && c.Status != corev1.ConditionTrue {
+		return c.LastTransitionTime.Time
 	}
 	return time.Time{}
 }
@@ -486,8 +482,7 @@ func (r *Replacer) event(node, eventType, reason, note string) {
 	if r.opts.Recorder == nil {
 		return
 	}
-	ref := &corev1.ObjectReference{Kind: "Node", Name: node, UID: types.UID(node), APIVersion: "v1"}
-	r.opts.Recorder.Eventf(ref, nil, eventType, reason, "Replace", "%s", note)
+	r.opts.Recorder.Eventf(evict.NodeRef(node), nil, eventType, reason, "Replace", "%s", note)
 }
 
 // Describe implements prometheus.Collector.
