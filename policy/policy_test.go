@@ -160,24 +160,6 @@ func (r *rig) annotate(node, key string, value *string) {
 	require.NoError(r.t, err)
 }
 
-// awaitEvent waits for an Event with the reason on node, and returns its note.
-func (r *rig) awaitEvent(node, reason string) string {
-	r.t.Helper()
-	var note string
-	require.Eventually(r.t, func() bool {
-		list, err := r.env.Client.EventsV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
-		require.NoError(r.t, err)
-		for _, e := range list.Items {
-			if e.Regarding.Kind == "Node" && e.Regarding.Name == node && e.Reason == reason {
-				note = e.Note
-				return true
-			}
-		}
-		return false
-	}, 10*time.Second, 50*time.Millisecond, "Event %s on %s", reason, node)
-	return note
-}
-
 // assertRefusals compares the refusal counters with want, a map of reason to count.
 func (r *rig) assertRefusals(want map[string]int) {
 	r.t.Helper()
@@ -215,7 +197,7 @@ func TestPauseAndNodeHold(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, released, "steady-state works while paused")
 	assert.ErrorIs(t, r.preReboot(b), fleetlock.ErrPaused)
-	assert.Contains(t, r.awaitEvent(b, "RebootPaused"), "incident 42")
+	r.env.AwaitNodeEvent(t, b, "RebootPaused", "incident 42")
 
 	require.NoError(t, cms.Delete(ctx, policy.DefaultPauseConfigMap, metav1.DeleteOptions{}))
 	require.Eventually(t, func() bool { _, p := r.policy.Paused(); return !p }, 10*time.Second, 20*time.Millisecond)
@@ -223,7 +205,7 @@ func TestPauseAndNodeHold(t *testing.T) {
 	reason := "disk replacement"
 	r.annotate(c, lock.AnnotationHold, &reason)
 	require.Eventually(t, func() bool { return errors.Is(r.preReboot(c), fleetlock.ErrNodeHeld) }, 10*time.Second, 50*time.Millisecond)
-	assert.Contains(t, r.awaitEvent(c, "RebootHeld"), "disk replacement")
+	r.env.AwaitNodeEvent(t, c, "RebootHeld", "disk replacement")
 	require.NoError(t, r.preReboot(b), "the hold is c's alone")
 	_, err = r.steadyState(b)
 	require.NoError(t, err)
@@ -357,7 +339,7 @@ blockers:
 
 	srv.set(http.StatusInternalServerError, "")
 	blocked("cannot check alerts")
-	assert.Contains(t, r.awaitEvent(n, "RebootBlockedByAlert"), "alerts")
+	r.env.AwaitNodeEvent(t, n, "RebootBlockedByAlert", "alerts")
 
 	srv.set(0, "[]")
 	grantAndRelease("Prometheus answers again")

@@ -171,18 +171,6 @@ func (r *rig) record(node string) map[string]any {
 	return rec
 }
 
-func (r *rig) eventReasons() string {
-	list, err := r.env.Client.EventsV1().Events(metav1.NamespaceAll).List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		return err.Error()
-	}
-	var out []string
-	for _, e := range list.Items {
-		out = append(out, e.Namespace+"/"+e.Regarding.Name+":"+e.Reason)
-	}
-	return strings.Join(out, " ")
-}
-
 func (r *rig) nodeExists(name string) bool {
 	_, err := r.env.Client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
 	return err == nil
@@ -199,21 +187,6 @@ func (r *rig) reconcileUntil(what string, cond func() bool, reps ...*replace.Rep
 		wg.Wait()
 		return cond()
 	}, 30*time.Second, 100*time.Millisecond, what)
-}
-
-// awaitEvent waits for an Event with the reason about node whose note contains text.
-func (r *rig) awaitEvent(node, reason, text string) {
-	r.t.Helper()
-	require.Eventually(r.t, func() bool {
-		list, err := r.env.Client.EventsV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
-		require.NoError(r.t, err)
-		for _, e := range list.Items {
-			if e.Regarding.Name == node && e.Reason == reason && strings.Contains(e.Note, text) {
-				return true
-			}
-		}
-		return false
-	}, 10*time.Second, 50*time.Millisecond, "Event %s on %s with %q: have %s", reason, node, text, r.eventReasons())
 }
 
 // A granted node that never comes back is replaced: its grant was recorded (instance
@@ -243,8 +216,8 @@ func TestFailedNodeReplaced(t *testing.T) {
 	assert.Equal(t, "Terminating", r.fake.InstanceState(failingID))
 	assert.False(t, r.nodeExists(failing), "the old Node is deleted")
 	require.Len(t, r.launched, 1)
-	r.awaitEvent(r.launched[0], "NodeReplaced", "replaces "+failing)
-	r.awaitEvent(failing, "NodeReplacing", "terminating instance "+failingID)
+	r.env.AwaitNodeEvent(t, r.launched[0], "NodeReplaced", "replaces "+failing)
+	r.env.AwaitNodeEvent(t, failing, "NodeReplacing", "terminating instance "+failingID)
 
 	// The slot is free; a node that comes back in time is left alone.
 	require.Eventually(t, func() bool { return r.grant(next) == nil }, 10*time.Second, 100*time.Millisecond)
@@ -331,15 +304,15 @@ func TestReplacementGuards(t *testing.T) {
 	rep := r.replacer("replica")
 
 	require.NoError(t, rep.Reconcile(ctx))
-	r.awaitEvent(node, "ReplacementNotOptedIn", "group plain has not opted in")
+	r.env.AwaitNodeEvent(t, node, "ReplacementNotOptedIn", "group plain has not opted in")
 	r.fake.AddGroup(&fakeasg.Group{Name: "plain", Tags: map[string]string{"reboot-manager/replace": "true"}, Desired: 1,
 		Instances: []*fakeasg.Instance{{ID: id, Zone: "eu-west-1a", State: "InService"}}, Suspended: []string{"Launch"}})
 	require.NoError(t, rep.Reconcile(ctx))
-	r.awaitEvent(node, "ReplacementLaunchSuspended", "Launch process suspended")
+	r.env.AwaitNodeEvent(t, node, "ReplacementLaunchSuspended", "Launch process suspended")
 	r.fake.Suspend("plain", "Launch", true)
 	require.NoError(t, rep.Reconcile(ctx))
 	require.NoError(t, rep.Reconcile(ctx))
-	r.awaitEvent(node, "ReplacementDryRun", "dry run: would replace instance "+id+" of plain")
+	r.env.AwaitNodeEvent(t, node, "ReplacementDryRun", "dry run: would replace instance "+id+" of plain")
 	assert.Equal(t, 1.0, results(t, "dry_run", rep), "reported once")
 	assert.Zero(t, r.fake.Count("TerminateInstanceInAutoScalingGroup"), "nothing terminated")
 	assert.Equal(t, replace.StateGranted, r.record(node)["state"])
@@ -370,13 +343,13 @@ func TestCircuitBreaker(t *testing.T) {
 			time.Sleep(1100 * time.Millisecond)
 			r.reconcileUntil("the replacement of "+n+" failed", func() bool { return r.record(n)["state"] == replace.StateFailed }, rep)
 			assert.Contains(t, r.record(n)["error"], "instance is protected")
-			r.awaitEvent(n, "ReplacementFailed", "instance is protected")
+			r.env.AwaitNodeEvent(t, n, "ReplacementFailed", "instance is protected")
 			r.release(n) // an operator frees the slot for the next node
 		}
 	}
 	time.Sleep(1100 * time.Millisecond)
 	require.NoError(t, rep.Reconcile(ctx))
-	r.awaitEvent(nodes[2], "ReplacementStopped", "2 replacements failed (replacement.maxFailures 2)")
+	r.env.AwaitNodeEvent(t, nodes[2], "ReplacementStopped", "2 replacements failed (replacement.maxFailures 2)")
 	assert.Equal(t, 2, r.fake.Count("TerminateInstanceInAutoScalingGroup"), "the third is not attempted")
 	assert.Equal(t, 2.0, results(t, "failed", rep))
 

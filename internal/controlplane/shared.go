@@ -152,3 +152,30 @@ func (e *Env) CountingConfig() (*rest.Config, *RequestCounter) {
 	cfg.Wrap(c.wrap)
 	return cfg, c
 }
+
+// AwaitNodeEvent waits up to 10 seconds for an Event about the named Node with the
+// reason and a note containing text, and fails t if none comes.
+func (e *Env) AwaitNodeEvent(t testing.TB, node, reason, text string) {
+	t.Helper()
+	var seen []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		list, err := e.Client.EventsV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatalf("list events: %v", err)
+		}
+		seen = seen[:0]
+		for _, ev := range list.Items {
+			if ev.Regarding.Kind == "Node" && ev.Regarding.Name == node {
+				if ev.Reason == reason && strings.Contains(ev.Note, text) {
+					return
+				}
+				seen = append(seen, ev.Reason+": "+ev.Note)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no Event %s on node %s with %q; the node has: %q", reason, node, text, seen)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
