@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/reboot-manager/reboot-manager/internal/selfsigned"
+	"github.com/reboot-manager/reboot-manager/internal/testing/selfsigned"
 )
 
 func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {

@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 // Our cordon is undone on release; an operator's cordon survives a full cycle.

@@ -20,8 +20,8 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }

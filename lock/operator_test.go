@@ -13,8 +13,8 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 // endlessDrainer's drains never finish; it records what was forgotten.

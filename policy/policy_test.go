@@ -24,8 +24,8 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
 )

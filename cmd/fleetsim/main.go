@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 )
 
 type config struct {

@@ -20,9 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/selfsigned"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/selfsigned"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 

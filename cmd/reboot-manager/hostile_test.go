@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 )
 
 // The server's limits hold against hostile clients: oversized headers, request

@@ -16,8 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
 )

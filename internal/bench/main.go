@@ -28,9 +28,9 @@ import (
 	"time"
 
 	"github.com/reboot-manager/reboot-manager/evict"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 type config struct {

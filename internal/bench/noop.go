@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 

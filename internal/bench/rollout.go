@@ -17,8 +17,8 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/reboot-manager/reboot-manager/internal/fakeasg"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fakeasg"
 	"github.com/reboot-manager/reboot-manager/replace"
 	rmaws "github.com/reboot-manager/reboot-manager/replace/aws"
 )

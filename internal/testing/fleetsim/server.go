@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 )
 
 // Server is a reboot-manager binary running as a child process.

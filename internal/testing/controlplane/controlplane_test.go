@@ -17,8 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }

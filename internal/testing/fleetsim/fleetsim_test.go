@@ -15,10 +15,10 @@ import (
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/reboot-manager/reboot-manager/internal/controlplane"
-	"github.com/reboot-manager/reboot-manager/internal/fakeasg"
-	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
-	"github.com/reboot-manager/reboot-manager/internal/simkubelet"
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fakeasg"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 func TestMain(m *testing.M) {

@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
-	"github.com/reboot-manager/reboot-manager/internal/fleetsim"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 )
 
 // A replica is killed (SIGKILL) while a node drains, and another left a claim behind
