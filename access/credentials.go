@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -24,9 +23,6 @@ import (
 
 // AnyGroup in the GROUP field of a credentials line means every group.
 const AnyGroup = "*"
-
-// groupPattern is the form of a FleetLock group, as Zincati and the handler check it.
-var groupPattern = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
 
 // Entry is one line of a credentials file.
 type Entry struct {
@@ -112,7 +108,7 @@ func parseEntry(line string) (e Entry, msg string) {
 	}
 	e.Group, e.User, e.Hash = fields[0], fields[1], []byte(fields[2])
 	switch {
-	case e.Group != AnyGroup && (!groupPattern.MatchString(e.Group) || len(e.Group) > fleetlock.MaxGroupBytes):
+	case e.Group != AnyGroup && !fleetlock.ValidGroup(e.Group):
 		return e, fmt.Sprintf("group %q: want * or a FleetLock group (at most %d of a-z A-Z 0-9 . -)", e.Group, fleetlock.MaxGroupBytes)
 	case e.User == "":
 		return e, "empty user name"

@@ -44,6 +44,24 @@ func (NoPolicy) StaleHolderAfter() time.Duration { return 0 }
 
 var _ Policy = NoPolicy{}
 
+// FixedSlots is the Policy of a lock with n slots for every group and nothing else:
+// every candidate admitted, release on steady-state at once, stale holders kept.
+type FixedSlots int
+
+// Slots returns n.
+func (n FixedSlots) Slots(string) int { return int(n) }
+
+// Admit admits every candidate.
+func (FixedSlots) Admit(Candidate) error { return nil }
+
+// ReleaseWhenReady returns false.
+func (FixedSlots) ReleaseWhenReady() bool { return false }
+
+// StaleHolderAfter returns 0 (off).
+func (FixedSlots) StaleHolderAfter() time.Duration { return 0 }
+
+var _ Policy = FixedSlots(1)
+
 // Grant identifies one hold of a slot: one Node object and one promotion. Nothing
 // recorded for an earlier grant, or for an earlier Node object of the same name, counts
 // for a later one.

@@ -1,16 +1,12 @@
 package lock
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
-
-// ErrNotHolder is returned by Release for a node that holds no lock.
-var ErrNotHolder = errors.New("node holds no reboot lock")
 
 // HeldError is returned when every slot of the group is taken. Holders are the nodes
 // rebooting in the group; Ahead the nodes whose claims come first.

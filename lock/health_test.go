@@ -32,7 +32,7 @@ func TestReleaseWaitsUntilReady(t *testing.T) {
 	env := controlplane.Shared(t)
 	ctx := context.Background()
 	f := newFleet(t, env, "health", 2, simkubelet.NodeOptions{})
-	l := startLock(t, env.Client, Options{Wait: 2 * time.Second, ReleaseWhenReady: func() bool { return true }})
+	l := startLock(t, env.Client, Options{Wait: 2 * time.Second, Policy: testPolicy{whenReady: true}})
 	awaitCached(t, l, f)
 	a, b := f.names[0], f.names[1]
 
@@ -97,8 +97,7 @@ func TestStaleHolderReleased(t *testing.T) {
 	env := controlplane.Shared(t)
 	ctx := context.Background()
 	f := newFleet(t, env, "stale-holder", 2, simkubelet.NodeOptions{})
-	l := startLock(t, env.Client, Options{Wait: time.Second, Slots: func(string) int { return 2 },
-		StaleHolderAfter: func() time.Duration { return 3 * time.Second }})
+	l := startLock(t, env.Client, Options{Wait: time.Second, Policy: testPolicy{slots: 2, staleAfter: 3 * time.Second}})
 	awaitCached(t, l, f)
 	silent, waiting := f.names[0], f.names[1]
 	require.NoError(t, l.PreReboot(ctx, f.params(silent, "default")))

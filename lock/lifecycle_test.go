@@ -171,7 +171,7 @@ func TestRemovedClaimNeverPromoted(t *testing.T) {
 	awaitCached(t, l, f)
 	n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err)
-	r := &request{Lock: l, name: name, group: "default", log: l.log}
+	r := &acquisition{lock: l, name: name, group: "default", log: l.log}
 	claimed, err := r.write(ctx, n, write{state: StateClaiming, group: "default"})
 	require.NoError(t, err)
 	r.claim = claimed

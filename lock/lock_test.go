@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,23 +17,26 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 
-// drained is a Drainer whose drains are over at once.
-type drained struct{ forgot atomic.Int32 }
-
-func (d *drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
+// testPolicy is a Policy with fixed answers: slots slots per group (1 if 0), every
+// candidate admitted.
+type testPolicy struct {
+	slots      int
+	whenReady  bool
+	staleAfter time.Duration
 }
-func (d *drained) Forget(string) { d.forgot.Add(1) }
+
+func (p testPolicy) Slots(string) int                { return max(p.slots, 1) }
+func (testPolicy) Admit(Candidate) error             { return nil }
+func (p testPolicy) ReleaseWhenReady() bool          { return p.whenReady }
+func (p testPolicy) StaleHolderAfter() time.Duration { return p.staleAfter }
 
 // fleet is a set of test nodes, named prefix-00, prefix-01, ...
 type fleet struct {
@@ -70,7 +72,7 @@ func (f fleet) params(name, group string) fleetlock.ClientParams {
 
 func startLock(t *testing.T, client kubernetes.Interface, opts Options) *Lock {
 	t.Helper()
-	l, err := New(client, &drained{}, opts)
+	l, err := New(client, &locktest.Drained{}, opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -166,7 +168,7 @@ func TestContention(t *testing.T) {
 			const nodes, rounds = 20, 8
 			f := newFleet(t, env, fmt.Sprintf("contend-s%d", slots), nodes, simkubelet.NodeOptions{})
 			watcher := watchHolders(t, env.Client, f)
-			opts := Options{Slots: func(string) int { return slots }, Wait: 300 * time.Millisecond}
+			opts := Options{Policy: testPolicy{slots: slots}, Wait: 300 * time.Millisecond}
 			replicas := []*Lock{startLock(t, env.Client, opts), startLock(t, env.Client, opts)}
 			for _, l := range replicas {
 				awaitCached(t, l, f)

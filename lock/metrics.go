@@ -1,36 +1,41 @@
 package lock
 
 import (
-	"time"
+	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
-// Holder is a node that claims or holds the lock, as the cache shows it.
-type Holder struct {
-	Node  string
-	Group string
-	State State     // Claiming or Rebooting
-	Since time.Time // when the state began
+func newUnmatchedCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_unmatched_ids_total",
+		Help: "Requests whose Zincati ID matched no node (reason unknown) or several (reason ambiguous).",
+	}, []string{"endpoint", "reason"})
 }
 
-// Holders returns the nodes that claim or hold the lock, from the cache.
-func (l *Lock) Holders() []Holder {
-	var hs []Holder
-	for _, obj := range l.nodes.GetIndexer().List() {
-		if h, ok := HolderOf(obj.(*corev1.Node)); ok {
-			hs = append(hs, h)
-		}
+func newRefusalsCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_refusals_total",
+		Help: "Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers), by reason.",
+	}, []string{"reason"})
+}
+
+func newReleasesCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_releases_total",
+		Help: "Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).",
+	}, []string{"group", "rebooted"})
+}
+
+func (l *Lock) countUnmatched(endpoint string, err error) {
+	switch {
+	case errors.Is(err, fleetlock.ErrUnknownNode):
+		l.unmatched.WithLabelValues(endpoint, "unknown").Inc()
+	case errors.Is(err, fleetlock.ErrAmbiguousNode):
+		l.unmatched.WithLabelValues(endpoint, "ambiguous").Inc()
 	}
-	return hs
-}
-
-// HolderOf reads the lock state recorded on a node: ok is false when the node neither
-// claims nor holds.
-func HolderOf(n *corev1.Node) (h Holder, ok bool) {
-	st := lockOf(n)
-	return Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since}, st.State != StateReady
 }
 
 var (

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 )
@@ -146,9 +147,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
-// groupName is what Zincati accepts as a group (and fleetlock checks).
-var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
-
 // Parse reads and checks a configuration file. An error names the field, as a path
 // such as groups.workers.windows[0].timeZone.
 func Parse(data []byte) (*Config, error) {
@@ -195,7 +193,7 @@ func (c *Config) Validate() error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if !groupName.MatchString(name) || len(name) > 253 {
+		if !fleetlock.ValidGroup(name) {
 			return fmt.Errorf("groups.%s: not a FleetLock group name (letters, digits, '.' and '-')", name)
 		}
 		g := c.Groups[name]

@@ -44,7 +44,7 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Policy is the operator's policy in force. It implements lock.Gate.
+// Policy is the operator's policy in force. It implements lock.Policy.
 type Policy struct {
 	opts   Options
 	log    *slog.Logger
@@ -63,7 +63,7 @@ type probeResult struct {
 	byNode map[string][]string // blocking pods of node-scoped blockers, by node
 }
 
-var _ lock.Gate = (*Policy)(nil)
+var _ lock.Policy = (*Policy)(nil)
 
 // New returns a Policy; Start it before use.
 func New(opts Options) *Policy {
@@ -130,7 +130,7 @@ func (p *Policy) Paused() (string, bool) {
 	return "", false
 }
 
-// Admit implements lock.Gate: the checks in order, the first that refuses wins.
+// Admit implements lock.Policy: the checks in order, the first that refuses wins.
 func (p *Policy) Admit(c lock.Candidate) error {
 	cfg := p.Config()
 	now := p.opts.Now()

@@ -22,25 +22,15 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 	"github.com/reboot-manager/reboot-manager/policy"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drained is a Drainer whose drains are over at once.
-type drained struct{}
-
-func (drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drained) Forget(string) {}
 
 // clock is a settable clock.
 type clock struct {
@@ -104,9 +94,8 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	require.NoError(t, broadcaster.StartRecordingToSinkWithContext(ctx))
 	t.Cleanup(broadcaster.Shutdown)
 	var err error
-	r.lock, err = lock.New(env.Client, drained{}, lock.Options{
-		Slots: r.policy.Slots, Wait: max(o.wait, time.Second), Gate: r.policy,
-		ReleaseWhenReady: r.policy.ReleaseWhenReady, StaleHolderAfter: r.policy.StaleHolderAfter,
+	r.lock, err = lock.New(env.Client, &locktest.Drained{}, lock.Options{
+		Policy: r.policy, Wait: max(o.wait, time.Second),
 		Recorder: broadcaster.NewRecorder(scheme.Scheme, "reboot-manager"),
 	})
 	require.NoError(t, err)

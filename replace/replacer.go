@@ -123,7 +123,7 @@ func recordName(node string) string {
 }
 
 // BeforeReboot records the grant of a node whose group replaces failed nodes, before it
-// reboots; it is lock.Options.BeforeReboot. A node that is not an instance of a
+// reboots; it is what the lock.GrantHooks ToldToReboot does (hooks.go). A node that is not an instance of a
 // supported group is not recorded (it is never replaced). A cloud that cannot say the
 // node's instance group now is asked again when the node fails; only a failure to
 // write the record refuses the reboot.

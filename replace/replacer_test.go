@@ -24,27 +24,18 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/fakeasg"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 	rmaws "github.com/reboot-manager/reboot-manager/replace/aws"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-type drained struct{}
-
-func (drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drained) Forget(string) {}
 
 const asg = "asg-workers"
 
@@ -97,9 +88,7 @@ func newRig(t *testing.T, config string) *rig {
 	t.Cleanup(broadcaster.Shutdown)
 	r.recorder = broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
 	recorder := r.replacer("first")
-	r.lock, err = lock.New(env.Client, drained{}, lock.Options{
-		Slots: func(string) int { return 1 }, Wait: time.Second, BeforeReboot: recorder.BeforeReboot,
-	})
+	r.lock, err = lock.New(env.Client, &locktest.Drained{}, lock.Options{Wait: time.Second, Hooks: recorder})
 	require.NoError(t, err)
 	require.NoError(t, r.lock.Start(ctx))
 	return r

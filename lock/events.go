@@ -1,0 +1,95 @@
+package lock
+
+import (
+	"errors"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+)
+
+// The reasons of the Events the lock posts on Nodes, and of the refusals metric.
+const (
+	// ReasonRebootNotObserved (Warning): a slot was released although the node's boot
+	// ID is still the one recorded at the grant.
+	ReasonRebootNotObserved = "RebootNotObserved"
+	// ReasonStaleHolderReleased (Warning): a holder that rebooted and stayed Ready
+	// without calling steady-state was released.
+	ReasonStaleHolderReleased = "StaleHolderReleased"
+
+	// The policy's refusals (Normal), one per fleetlock sentinel: see RefusalReason.
+	ReasonRebootPaused         = "RebootPaused"
+	ReasonRebootHeld           = "RebootHeld"
+	ReasonRebootWindowClosed   = "RebootWindowClosed"
+	ReasonRebootGap            = "RebootGap"
+	ReasonRebootGroupNotReady  = "RebootGroupNotReady"
+	ReasonRebootBlockedByAlert = "RebootBlockedByAlert"
+	ReasonRebootBlockedByPods  = "RebootBlockedByPods"
+)
+
+// refusalReasons is the one table from a refusal's fleetlock sentinel to its reason.
+var refusalReasons = []struct {
+	err    error
+	reason string
+}{
+	{fleetlock.ErrPaused, ReasonRebootPaused},
+	{fleetlock.ErrNodeHeld, ReasonRebootHeld},
+	{fleetlock.ErrWindowClosed, ReasonRebootWindowClosed},
+	{fleetlock.ErrRebootGap, ReasonRebootGap},
+	{fleetlock.ErrGroupNotReady, ReasonRebootGroupNotReady},
+	{fleetlock.ErrAlertFiring, ReasonRebootBlockedByAlert},
+	{fleetlock.ErrPodsBlocking, ReasonRebootBlockedByPods},
+}
+
+// RefusalReason returns the Event reason of a refusal that matches sentinel (a
+// fleetlock error such as fleetlock.ErrWindowClosed), or "RebootRefused" for any other.
+func RefusalReason(sentinel error) string {
+	for _, r := range refusalReasons {
+		if errors.Is(sentinel, r.err) {
+			return r.reason
+		}
+	}
+	return "RebootRefused"
+}
+
+// NewRefusal returns the *Refusal of sentinel with message msg, its reason from the
+// table of RefusalReason.
+func NewRefusal(sentinel error, msg string) *Refusal {
+	return &Refusal{Reason: RefusalReason(sentinel), Err: sentinel, Msg: msg}
+}
+
+// noteOutcome counts a pre-reboot refusal by its reason and posts an Event on the node
+// when its reason differs from the last one posted, so that a node asking every few
+// minutes for hours does not flood the Events.
+func (l *Lock) noteOutcome(node string, err error) {
+	var ref *Refusal
+	if !errors.As(err, &ref) {
+		if err == nil {
+			l.refusedMu.Lock()
+			delete(l.lastRefusal, node)
+			l.refusedMu.Unlock()
+		}
+		return
+	}
+	reason := ref.Reason
+	if reason == "" {
+		reason = RefusalReason(ref.Err)
+	}
+	l.refusals.WithLabelValues(reason).Inc()
+	l.refusedMu.Lock()
+	same := l.lastRefusal[node] == reason
+	l.lastRefusal[node] = reason
+	l.refusedMu.Unlock()
+	if !same {
+		l.event(node, corev1.EventTypeNormal, reason, "Refuse", ref.Msg)
+	}
+}
+
+// event posts an Event on the node, if there is a recorder.
+func (l *Lock) event(node, eventType, reason, action, note string) {
+	if l.opts.Recorder == nil {
+		return
+	}
+	l.opts.Recorder.Eventf(evict.NodeRef(node), nil, eventType, reason, action, "%s", note)
+}

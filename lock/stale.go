@@ -1,0 +1,60 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Stale holders: with Policy.StaleHolderAfter above 0, a holder that rebooted and has
+// been Ready that long without calling steady-state is released.
+
+// releaseStale releases every holder that rebooted (its boot ID changed since the
+// grant) and has been Ready for longer than after without calling steady-state:
+// its Zincati cannot reach us, and the slot would stay taken forever.
+func (l *Lock) releaseStale(ctx context.Context, after time.Duration) {
+	now := l.opts.Clock.Now()
+	for _, obj := range l.nodes.GetIndexer().List() {
+		n := obj.(*corev1.Node)
+		st := lockOf(n)
+		if !st.holding() || st.BootID == "" || n.Status.NodeInfo.BootID == st.BootID {
+			continue
+		}
+		since := readySince(n)
+		if since.IsZero() || now.Sub(since) < after || now.Sub(st.Since) < after {
+			continue
+		}
+		log := l.log.With("node", n.Name, "group", st.Group)
+		err := l.release(ctx, n, log, releaseStale)
+		switch {
+		case errors.Is(err, ErrNotHolder):
+		case err != nil:
+			log.Warn("cannot release a stale holder", "err", err)
+		default:
+			l.event(n.Name, corev1.EventTypeWarning, ReasonStaleHolderReleased, "Release",
+				fmt.Sprintf("rebooted and Ready for %s without calling steady-state (Zincati cannot reach reboot-manager?): slot of group %s released",
+					now.Sub(since).Round(time.Second), st.Group))
+		}
+	}
+}
+
+// staleLoop runs releaseStale while StaleHolderAfter is set: every quarter of it,
+// between 1 and 15 seconds (the setting may change at run time, so the period does).
+func (l *Lock) staleLoop(ctx context.Context) {
+	for {
+		after := l.opts.Policy.StaleHolderAfter()
+		t := time.NewTimer(min(max(after/4, time.Second), 15*time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if after := l.opts.Policy.StaleHolderAfter(); after > 0 && l.apiDown() == nil {
+			l.releaseStale(ctx, after)
+		}
+	}
+}
