@@ -29,6 +29,8 @@ type Refusal struct {
 	Err error
 	// Msg says why, for Zincati's log and the Event.
 	Msg string
+	// Warning posts the Event as a Warning rather than Normal.
+	Warning bool
 }
 
 func (r *Refusal) Error() string { return r.Msg }

@@ -82,7 +82,11 @@ func (l *Lock) noteOutcome(node string, err error) {
 	l.lastRefusal[node] = reason
 	l.refusedMu.Unlock()
 	if !same {
-		l.event(node, corev1.EventTypeNormal, reason, "Refuse", ref.Msg)
+		eventType := corev1.EventTypeNormal
+		if ref.Warning {
+			eventType = corev1.EventTypeWarning
+		}
+		l.event(node, eventType, reason, "Refuse", ref.Msg)
 	}
 }
 
@@ -93,3 +97,7 @@ func (l *Lock) event(node, eventType, reason, action, note string) {
 	}
 	l.opts.Recorder.Eventf(evict.NodeRef(node), nil, eventType, reason, action, "%s", note)
 }
+
+// ReasonNodeUncordoned (Warning): a holder was found uncordoned by someone else
+// before its 2xx; it is not told to reboot, nor cordoned again.
+const ReasonNodeUncordoned = "NodeUncordoned"

@@ -206,8 +206,12 @@ func (l *Lock) patch(ctx context.Context, name string, w write) (*corev1.Node, e
 	return patchNode(ctx, l.client, name, w)
 }
 
+// FieldManager is the field manager of reboot-manager's writes on Nodes: the Node's
+// managed fields tell its cordons from others'.
+const FieldManager = "reboot-manager"
+
 func patchNode(ctx context.Context, client kubernetes.Interface, name string, w write) (*corev1.Node, error) {
-	return client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, w.patch(), metav1.PatchOptions{})
+	return client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, w.patch(), metav1.PatchOptions{FieldManager: FieldManager})
 }
 
 func (l *Lock) get(ctx context.Context, name string) (*corev1.Node, error) {

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +26,10 @@ type Options struct {
 	TerminationDelay time.Duration
 	// Workers is how many pods are handled at once. Default 8.
 	Workers int
+	// LeaseInterval is how often each node's kubelet renews its Lease in
+	// kube-node-lease (a real kubelet: every 10 seconds), except while the node is
+	// down. Default 2s.
+	LeaseInterval time.Duration
 }
 
 // Kubelet simulates the kubelets of a cluster's nodes.
@@ -34,8 +39,9 @@ type Kubelet struct {
 	queue  workqueue.TypedRateLimitingInterface[string]
 	pods   cache.Indexer
 
-	mu   sync.Mutex
-	down map[string]bool // nodes that are rebooting: their pods are not started
+	mu     sync.Mutex
+	down   map[string]bool // nodes that are rebooting: their pods are not started
+	leased map[string]bool // nodes whose Lease the kubelet renews
 }
 
 // Start runs the simulated kubelet until ctx ends. It returns once its pod cache has
@@ -47,11 +53,15 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
+	if opts.LeaseInterval <= 0 {
+		opts.LeaseInterval = 2 * time.Second
+	}
 	k := &Kubelet{
 		client: client,
 		opts:   opts,
 		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		down:   map[string]bool{},
+		leased: map[string]bool{},
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Pods().Informer()
@@ -74,6 +84,7 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	for range opts.Workers {
 		go k.work(ctx)
 	}
+	go wait.UntilWithContext(ctx, k.renewLeases, opts.LeaseInterval)
 	go func() {
 		<-ctx.Done()
 		k.queue.ShutDown()
@@ -201,6 +212,10 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return nil, err
 	}
+	k.mu.Lock()
+	k.leased[name] = true
+	k.mu.Unlock()
+	k.renewLease(ctx, name)
 	return k.setNotReadyTaint(ctx, name, false)
 }
 
@@ -261,6 +276,37 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 		}
 	}
 	return nil
+}
+
+// Freeze stops node's kubelet without a word, as a machine that reboots with no
+// graceful node shutdown: the Node keeps its last status (Ready, with the old boot
+// ID), its Lease is no longer renewed, and its pods are not started. Boot ends it.
+func (k *Kubelet) Freeze(name string) { k.setDown(name, true) }
+
+// Boot brings node's kubelet back after Freeze or Fail, as after a reboot: it posts
+// Ready with a new boot ID, renews its Lease, and starts what is pending.
+func (k *Kubelet) Boot(ctx context.Context, name string) error {
+	if err := k.setNodeStatus(ctx, name, corev1.ConditionTrue, RandomID()); err != nil {
+		return err
+	}
+	if _, err := k.setNotReadyTaint(ctx, name, false); err != nil {
+		return err
+	}
+	k.setDown(name, false)
+	k.renewLease(ctx, name)
+	k.requeue(name)
+	return nil
+}
+
+// requeue makes the kubelet look again at the pods bound to node.
+func (k *Kubelet) requeue(name string) {
+	for _, obj := range k.pods.List() {
+		if pod := obj.(*corev1.Pod); pod.Spec.NodeName == name {
+			if key, err := cache.MetaNamespaceKeyFunc(pod); err == nil {
+				k.queue.Add(key)
+			}
+		}
+	}
 }
 
 // Fail takes node down for good, as a machine that does not boot again: NotReady, its
