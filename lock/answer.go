@@ -95,13 +95,7 @@ func (a *acquisition) stillThisNode(ctx context.Context, g Grant) error {
 }
 
 // cached returns the node as the cache shows it.
-func (a *acquisition) cached() (*corev1.Node, bool) {
-	obj, ok, err := a.lock.nodes.GetIndexer().GetByKey(a.name)
-	if err != nil || !ok {
-		return nil, false
-	}
-	return obj.(*corev1.Node), true
-}
+func (a *acquisition) cached() (*corev1.Node, bool) { return a.lock.cachedNode(a.name) }
 
 // stillHolding reads the node from the API server and returns it if it still holds
 // grant g: an error matching fleetlock.ErrNodeGone if its Node object is gone, one

@@ -18,16 +18,13 @@ type Policy interface {
 	// Admit returns nil if the candidate, which holds nothing, may take a slot now,
 	// else a *Refusal that says why.
 	Admit(c Candidate) error
-	// ReleaseWhenReady reports whether steady-state releases a holder only once its
-	// Node is Ready (the request is held up to Options.Wait, then node_not_ready).
-	ReleaseWhenReady() bool
 	// StaleHolderAfter is how long a holder that rebooted (new boot ID) and is Ready
 	// may go without calling steady-state before it is released; 0 turns that off.
 	StaleHolderAfter() time.Duration
 }
 
 // NoPolicy is the Policy of a lock with no policy configured: one slot per group,
-// every candidate admitted, release on steady-state at once, stale holders kept.
+// every candidate admitted, stale holders kept.
 type NoPolicy struct{}
 
 // Slots returns 1 for every group.
@@ -36,16 +33,13 @@ func (NoPolicy) Slots(string) int { return 1 }
 // Admit admits every candidate.
 func (NoPolicy) Admit(Candidate) error { return nil }
 
-// ReleaseWhenReady returns false.
-func (NoPolicy) ReleaseWhenReady() bool { return false }
-
 // StaleHolderAfter returns 0 (off).
 func (NoPolicy) StaleHolderAfter() time.Duration { return 0 }
 
 var _ Policy = NoPolicy{}
 
 // FixedSlots is the Policy of a lock with n slots for every group and nothing else:
-// every candidate admitted, release on steady-state at once, stale holders kept.
+// every candidate admitted, stale holders kept.
 type FixedSlots int
 
 // Slots returns n.
@@ -53,9 +47,6 @@ func (n FixedSlots) Slots(string) int { return int(n) }
 
 // Admit admits every candidate.
 func (FixedSlots) Admit(Candidate) error { return nil }
-
-// ReleaseWhenReady returns false.
-func (FixedSlots) ReleaseWhenReady() bool { return false }
 
 // StaleHolderAfter returns 0 (off).
 func (FixedSlots) StaleHolderAfter() time.Duration { return 0 }

@@ -54,7 +54,7 @@
 //   - admit.go: asking the policy whether a node may take a slot (Candidate, Refusal).
 //   - answer.go: waiting for the holder's drain and the checks before a 2xx.
 //   - release.go: releasing a slot (Lock.Release, and ReleaseNode for the command).
-//   - healthgate.go: steady-state waiting for Ready (Policy.ReleaseWhenReady).
+//   - healthgate.go: steady-state waiting for evidence of this reboot (back).
 //   - stale.go: releasing holders that rebooted but never called steady-state.
 //   - holders.go: the holder list behind the status page; metrics.go: the metrics.
 //   - health.go: the API server health probe behind api_unavailable and /readyz.

@@ -7,34 +7,119 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
-// The health gate: with Policy.ReleaseWhenReady, steady-state releases a holder only
-// once its Node is Ready again.
+// The health gate: steady-state releases a holder only on evidence of this reboot.
+//
+// "Back" is the Node Ready with a boot ID other than the one recorded at the grant.
+// Zincati sends steady-state as soon as it starts, which may be before the kubelet has
+// posted anything, and a reboot without graceful node shutdown is never marked
+// NotReady: the Node may still show the Ready and the boot ID of before. So the
+// request is held (up to Options.Wait, then node_not_ready) until the node is back.
+// Only a kubelet seen alive after steady-state arrived — its Lease in kube-node-lease
+// renewed twice since, a whole renewal period, which leaves it time to post its status
+// — that still reports the boot ID of the grant shows that the machine did not reboot:
+// the slot is released then (refusing would deadlock Zincati, which looks for updates
+// only after a 2xx), with the RebootNotObserved Event. Nothing here compares clocks:
+// a renewal is a change of the Lease, whatever time it carries.
 
-// awaitReady waits, from the cache, until the node is Ready, for at most Wait.
-func (l *Lock) awaitReady(ctx context.Context, name string) error {
+// leaseNamespace is where kubelets renew their node Leases.
+const leaseNamespace = "kube-node-lease"
+
+// aliveRenewals is how many Lease renewals after steady-state arrived show the kubelet
+// alive.
+const aliveRenewals = 2
+
+// backPoll is how often a held steady-state reads the node's Lease.
+const backPoll = time.Second
+
+// awaitBack waits until the holder cached is back or its kubelet shows that it did not
+// reboot, and returns the Node as just read from the API server, for a release
+// conditioned on it. It returns ErrNotHolder if the grant ended meanwhile (the Node
+// deleted or released), and an error matching fleetlock.ErrNodeNotReady after Wait.
+func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node, error) {
+	g := grantOf(cached)
+	renewals := leaseWatch{name: g.Node}
+	if err := renewals.observe(ctx, l); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(l.opts.Wait)
 	for {
 		wake := l.changed.wait()
-		obj, ok, _ := l.nodes.GetIndexer().GetByKey(name)
-		if !ok {
-			return ErrNotHolder // deleted, and its lock with it
+		c, ok := l.cachedNode(g.Node)
+		if !ok || c.UID != g.UID || !lockOf(c).holding() {
+			return nil, ErrNotHolder // deleted or released, and its slot with it
 		}
-		if NodeReady(obj.(*corev1.Node)) {
-			return nil
+		if err := renewals.observe(ctx, l); err != nil {
+			return nil, err
 		}
-		// Ready changes wake us; the timer is a fallback.
-		err := l.sleep(ctx, 5*time.Second, deadline, wake, nil)
+		if back(c, g) || renewals.seen >= aliveRenewals {
+			n, err := l.get(ctx, g.Node)
+			switch {
+			case apierrors.IsNotFound(err):
+				return nil, ErrNotHolder
+			case err != nil:
+				return nil, err
+			case n.UID != g.UID || !lockOf(n).holding():
+				return nil, ErrNotHolder
+			case back(n, g), renewals.seen >= aliveRenewals && NodeReady(n) && n.Status.NodeInfo.BootID == g.BootID:
+				return n, nil
+			}
+		}
+		err := l.sleep(ctx, backPoll, deadline, wake, nil)
 		if errors.Is(err, errExpired) {
-			return fmt.Errorf("node %s is not Ready after its reboot; the slot stays held until it is: %w", name, fleetlock.ErrNodeNotReady)
+			return nil, fmt.Errorf("node %s is not back from its reboot (Ready with a new boot ID); the slot stays held until it is: %w",
+				g.Node, fleetlock.ErrNodeNotReady)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
+}
+
+// back reports whether n shows this reboot over: Ready, with a boot ID other than
+// the grant's (any, if none was recorded).
+func back(n *corev1.Node, g Grant) bool {
+	return NodeReady(n) && (g.BootID == "" || n.Status.NodeInfo.BootID != g.BootID)
+}
+
+// leaseWatch counts the renewals of a node's Lease since it was first observed.
+type leaseWatch struct {
+	name     string
+	observed bool
+	version  string // the Lease's resourceVersion when last read; "" if there was none
+	seen     int    // renewals since the first observation
+}
+
+// observe reads the Lease from the API server and counts a renewal if it changed.
+func (w *leaseWatch) observe(ctx context.Context, l *Lock) error {
+	lease, err := l.client.CoordinationV1().Leases(leaseNamespace).Get(ctx, w.name, metav1.GetOptions{})
+	version := ""
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return apiError("get node lease", err)
+	default:
+		version = lease.ResourceVersion
+	}
+	if w.observed && version != "" && version != w.version {
+		w.seen++
+	}
+	w.observed, w.version = true, version
+	return nil
+}
+
+// cachedNode returns the node named name as the cache shows it.
+func (l *Lock) cachedNode(name string) (*corev1.Node, bool) {
+	obj, ok, err := l.nodes.GetIndexer().GetByKey(name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	return obj.(*corev1.Node), true
 }
 
 // ReadyCondition returns the node's Ready condition; ok is false if it has none.

@@ -40,6 +40,7 @@ func TestCordonOnlyWhatWeCordoned(t *testing.T) {
 		assert.Equal(t, tc.wasUnschedulable, st.WasUnschedulable)
 
 		awaitState(t, l, name, StateRebooting)
+		require.NoError(t, env.Kubelet.Reboot(ctx, name, 0))
 		released, err := l.SteadyState(ctx, tc.f.params(name, "default"))
 		require.NoError(t, err)
 		assert.True(t, released)
@@ -83,6 +84,7 @@ func TestRepeatedCallsAreNoOps(t *testing.T) {
 	}
 	assert.Equal(t, before, resourceRequests(counter), "no API request for no-op steady-state")
 
+	require.NoError(t, env.Kubelet.Reboot(ctx, holder, 0))
 	released, err := l.SteadyState(ctx, f.params(holder, "default"))
 	require.NoError(t, err)
 	require.True(t, released)

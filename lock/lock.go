@@ -107,8 +107,8 @@ func (l *Lock) nodeUpdated(oldObj, newObj any) {
 	if was.holding() && !is.holding() {
 		l.drainer.Forget(n.Name) // released, by us or by someone else
 	}
-	if was != is || NodeReady(o) != NodeReady(n) {
-		l.changed.fire() // a lock changed, or a node went (Not)Ready: awaitReady
+	if was != is || NodeReady(o) != NodeReady(n) || o.Status.NodeInfo.BootID != n.Status.NodeInfo.BootID {
+		l.changed.fire() // a lock changed, or a node went (Not)Ready or rebooted: awaitBack
 	}
 }
 
@@ -186,16 +186,14 @@ func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool,
 	if lockOf(node).State != StateRebooting {
 		return false, nil
 	}
-	if l.opts.Policy.ReleaseWhenReady() {
-		err := l.awaitReady(ctx, node.Name)
-		if errors.Is(err, ErrNotHolder) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
+	n, err := l.awaitBack(ctx, node)
+	if errors.Is(err, ErrNotHolder) {
+		return false, nil
 	}
-	err = l.release(ctx, node, l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group), releaseSteadyState)
+	if err != nil {
+		return false, err
+	}
+	err = l.release(ctx, n, l.log.With("node", node.Name, "zincatiID", p.ID, "group", p.Group), releaseSteadyState)
 	if errors.Is(err, ErrNotHolder) {
 		return false, nil
 	}

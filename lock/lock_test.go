@@ -29,13 +29,11 @@ func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 // candidate admitted.
 type testPolicy struct {
 	slots      int
-	whenReady  bool
 	staleAfter time.Duration
 }
 
 func (p testPolicy) Slots(string) int                { return max(p.slots, 1) }
 func (testPolicy) Admit(Candidate) error             { return nil }
-func (p testPolicy) ReleaseWhenReady() bool          { return p.whenReady }
 func (p testPolicy) StaleHolderAfter() time.Duration { return p.staleAfter }
 
 // fleet is a set of test nodes, named prefix-00, prefix-01, ...
@@ -220,6 +218,7 @@ func TestContention(t *testing.T) {
 				}
 				require.Equal(t, len(granted), holders)
 				for name := range granted {
+					require.NoError(t, env.Kubelet.Reboot(ctx, name, 0))
 					// The replica's cache may not have seen the other replica's grant yet.
 					require.Eventually(t, func() bool {
 						released, err := replicas[round%2].SteadyState(ctx, f.params(name, "default"))
