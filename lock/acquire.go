@@ -138,11 +138,14 @@ func (a *acquisition) check(ctx context.Context) (verdict, *HeldError, error) {
 // claim), the write fails with 409 and the request claims and checks again.
 func (a *acquisition) promote(ctx context.Context) (*corev1.Node, error) {
 	c := a.claim
+	// A cordon that an earlier hold of ours left behind (released by hand, by
+	// overwriting the status annotation) is ours, not the operator's.
+	wasUnsched := c.Spec.Unschedulable && c.Annotations[AnnotationWasUnschedulable] != "false"
 	n, err := a.write(ctx, c, write{
 		state:         StateRebooting,
 		group:         a.group,
 		bootID:        c.Status.NodeInfo.BootID,
-		wasUnsched:    new(c.Spec.Unschedulable),
+		wasUnsched:    new(wasUnsched),
 		unschedulable: new(true),
 	})
 	if apierrors.IsConflict(err) {
@@ -153,7 +156,7 @@ func (a *acquisition) promote(ctx context.Context) (*corev1.Node, error) {
 		return nil, apiError("promote claim", err)
 	}
 	a.claim = nil
-	a.log.Info("reboot lock granted", "wasUnschedulable", c.Spec.Unschedulable)
+	a.log.Info("reboot lock granted", "wasUnschedulable", wasUnsched)
 	a.lock.opts.Hooks.Granted(ctx, grantOf(n))
 	return n, nil
 }

@@ -98,6 +98,10 @@ func (l *Lock) event(node, eventType, reason, action, note string) {
 	l.opts.Recorder.Eventf(evict.NodeRef(node), nil, eventType, reason, action, "%s", note)
 }
 
+// ReasonMachineReRegistered (Normal): a holder's machine came back under a new Node
+// name; the old Node's slot was released.
+const ReasonMachineReRegistered = "MachineReRegistered"
+
 // ReasonNodeUncordoned (Warning): a holder was found uncordoned by someone else
 // before its 2xx; it is not told to reboot, nor cordoned again.
 const ReasonNodeUncordoned = "NodeUncordoned"

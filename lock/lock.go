@@ -180,6 +180,12 @@ func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool,
 	if errors.Is(err, fleetlock.ErrUnknownNode) {
 		return false, nil
 	}
+	if errors.Is(err, fleetlock.ErrAmbiguousNode) {
+		log := l.log.With("zincatiID", p.ID, "group", p.Group)
+		if released, rerr := l.releaseReRegistered(ctx, p.ID, log); released || rerr != nil {
+			return released, rerr
+		}
+	}
 	if err != nil {
 		return false, err
 	}

@@ -21,10 +21,11 @@ var ErrNotHolder = errors.New("node holds no reboot lock")
 type releaseCause string
 
 const (
-	releaseSteadyState releaseCause = "steady-state"
-	releaseManual      releaseCause = "operator"
-	releaseStale       releaseCause = "stale-holder"
-	releaseDrainFailed releaseCause = "drain-failure-policy"
+	releaseSteadyState  releaseCause = "steady-state"
+	releaseManual       releaseCause = "operator"
+	releaseStale        releaseCause = "stale-holder"
+	releaseDrainFailed  releaseCause = "drain-failure-policy"
+	releaseReRegistered releaseCause = "re-registered"
 )
 
 // conflictBackoff paces the re-reads after a 409 Conflict: maxConflicts tries, a few
@@ -33,7 +34,7 @@ var conflictBackoff = wait.Backoff{Steps: maxConflicts, Duration: 5 * time.Milli
 
 // ReleaseNode releases the slot node holds, in one write conditioned on what it read
 // (re-read after a 409 Conflict), which also uncordons the node if reboot-manager
-// cordoned it. It returns the Node as the release left it and the grant it ended, or
+// cordoned it and no operator holds it (AnnotationHold). It returns the Node as the release left it and the grant it ended, or
 // ErrNotHolder if the node holds no slot, or an *APIError. It is the `release`
 // command's; a running Lock's own releases (Lock.Release) also stop the drain, count
 // and post Events.
@@ -63,7 +64,7 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 		}
 		g = grantOf(n)
 		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true}
-		if !st.WasUnschedulable {
+		if _, held := n.Annotations[AnnotationHold]; !st.WasUnschedulable && !held {
 			w.unschedulable = new(false)
 		}
 		released, err := patchNode(ctx, client, n.Name, w)

@@ -17,7 +17,7 @@ import (
 
 // Config is the configuration file (YAML or JSON). docs/operations.md shows an
 // example; the zero value (no file) is one slot per group, no windows, no gap, the
-// health gate on, no stale-holder release and no blockers.
+// health gate on, stale holders released after DefaultStaleHolderAfter and no blockers.
 type Config struct {
 	// Defaults apply to every group, and to each field a group leaves out.
 	Defaults Group `json:"defaults"`
@@ -28,7 +28,8 @@ type Config struct {
 	ReleaseWhenReady *bool `json:"releaseWhenReady,omitempty"`
 	// StaleHolderAfter releases a holder that rebooted (new boot ID) and has been Ready
 	// this long without calling steady-state (its Zincati cannot reach us). 0: never.
-	StaleHolderAfter Duration `json:"staleHolderAfter,omitempty"`
+	// Default DefaultStaleHolderAfter.
+	StaleHolderAfter *Duration `json:"staleHolderAfter,omitempty"`
 	// Blockers refuse new grants while they find something wrong.
 	Blockers Blockers `json:"blockers"`
 	// Replacement tunes the replacement of nodes that fail to return (groups opt in

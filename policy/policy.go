@@ -113,8 +113,19 @@ func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots
 // ReleaseWhenReady tells whether the health gate is on.
 func (p *Policy) ReleaseWhenReady() bool { return p.Config().releaseWhenReady() }
 
-// StaleHolderAfter is the configured stale-holder time; 0: off.
-func (p *Policy) StaleHolderAfter() time.Duration { return p.Config().StaleHolderAfter.Duration }
+// DefaultStaleHolderAfter is Config.StaleHolderAfter's default: a holder that rebooted
+// and has been Ready an hour without calling steady-state is released. Safe: it counts
+// only a new boot ID and Ready, never the time alone.
+const DefaultStaleHolderAfter = time.Hour
+
+// StaleHolderAfter is the configured stale-holder time (DefaultStaleHolderAfter
+// unless set); 0: off.
+func (p *Policy) StaleHolderAfter() time.Duration {
+	if d := p.Config().StaleHolderAfter; d != nil {
+		return d.Duration
+	}
+	return DefaultStaleHolderAfter
+}
 
 // Paused returns the pause's reason and true while the pause ConfigMap exists.
 func (p *Policy) Paused() (string, bool) {

@@ -126,7 +126,12 @@ func (r *rig) preReboot(node string) error {
 	return r.lock.PreReboot(context.Background(), r.params(node, "default"))
 }
 
+// steadyState reboots node (the lock releases only a node back from its reboot), then
+// sends its steady-state.
 func (r *rig) steadyState(node string) (bool, error) {
+	if err := r.env.Kubelet.Reboot(context.Background(), node, 0); err != nil {
+		return false, err
+	}
 	return r.lock.SteadyState(context.Background(), r.params(node, "default"))
 }
 
