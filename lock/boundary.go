@@ -15,6 +15,9 @@ import (
 type Policy interface {
 	// Slots returns how many nodes of group may hold a slot at once (0 or more).
 	Slots(group string) int
+	// Groups returns the configured groups, "default" included: the metrics show
+	// each of them from the start, and label counters with no other group.
+	Groups() []string
 	// Admit returns nil if the candidate, which holds nothing, may take a slot now,
 	// else a *Refusal that says why.
 	Admit(c Candidate) error
@@ -30,6 +33,9 @@ type NoPolicy struct{}
 // Slots returns 1 for every group.
 func (NoPolicy) Slots(string) int { return 1 }
 
+// Groups returns "default".
+func (NoPolicy) Groups() []string { return []string{"default"} }
+
 // Admit admits every candidate.
 func (NoPolicy) Admit(Candidate) error { return nil }
 
@@ -44,6 +50,9 @@ type FixedSlots int
 
 // Slots returns n.
 func (n FixedSlots) Slots(string) int { return int(n) }
+
+// Groups returns "default".
+func (FixedSlots) Groups() []string { return []string{"default"} }
 
 // Admit admits every candidate.
 func (FixedSlots) Admit(Candidate) error { return nil }

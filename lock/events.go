@@ -62,7 +62,7 @@ func NewRefusal(sentinel error, msg string) *Refusal {
 // noteOutcome counts a pre-reboot refusal by its reason and posts an Event on the node
 // when its reason differs from the last one posted, so that a node asking every few
 // minutes for hours does not flood the Events.
-func (l *Lock) noteOutcome(node string, err error) {
+func (l *Lock) noteOutcome(node, group string, err error) {
 	var ref *Refusal
 	if !errors.As(err, &ref) {
 		if err == nil {
@@ -76,7 +76,7 @@ func (l *Lock) noteOutcome(node string, err error) {
 	if reason == "" {
 		reason = RefusalReason(ref.Err)
 	}
-	l.refusals.WithLabelValues(reason).Inc()
+	l.refusals.WithLabelValues(l.groupLabel(group), reason).Inc()
 	l.refusedMu.Lock()
 	same := l.lastRefusal[node] == reason
 	l.lastRefusal[node] = reason

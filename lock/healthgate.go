@@ -137,11 +137,3 @@ func NodeReady(n *corev1.Node) bool {
 	c, _ := ReadyCondition(n)
 	return c.Status == corev1.ConditionTrue
 }
-
-// readySince returns since when the node has been Ready; zero if it is not.
-func readySince(n *corev1.Node) time.Time {
-	if c, _ := ReadyCondition(n); c.Status == corev1.ConditionTrue {
-		return c.LastTransitionTime.Time
-	}
-	return time.Time{}
-}

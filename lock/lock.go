@@ -63,6 +63,9 @@ type Lock struct {
 	refusals *prometheus.CounterVec
 	// releases counts steady-state releases, by group and whether the reboot was seen.
 	releases *prometheus.CounterVec
+	// backSince is when the stale-holder loop first saw each grant back (node UID and
+	// promotion), on this replica's clock; only that loop uses it.
+	backSince map[types.UID]time.Time
 	// lastRefusal is the reason last posted as an Event, by node.
 	refusedMu   sync.Mutex
 	lastRefusal map[string]string
@@ -152,7 +155,7 @@ func (l *Lock) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 	}
 	a := l.newAcquisition(node.Name, p)
 	err = a.run(ctx, node)
-	l.noteOutcome(node.Name, err)
+	l.noteOutcome(node.Name, p.Group, err)
 	return err
 }
 

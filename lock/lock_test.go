@@ -33,6 +33,7 @@ type testPolicy struct {
 }
 
 func (p testPolicy) Slots(string) int                { return max(p.slots, 1) }
+func (testPolicy) Groups() []string                  { return []string{"default"} }
 func (testPolicy) Admit(Candidate) error             { return nil }
 func (p testPolicy) StaleHolderAfter() time.Duration { return p.staleAfter }
 

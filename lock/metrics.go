@@ -2,6 +2,7 @@ package lock
 
 import (
 	"errors"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,8 +19,8 @@ func newUnmatchedCounter() *prometheus.CounterVec {
 func newRefusalsCounter() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rebootmanager_refusals_total",
-		Help: "Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers), by reason.",
-	}, []string{"reason"})
+		Help: "Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers) or for an uncordoned holder, by group and reason.",
+	}, []string{"group", "reason"})
 }
 
 func newReleasesCounter() *prometheus.CounterVec {
@@ -27,6 +28,15 @@ func newReleasesCounter() *prometheus.CounterVec {
 		Name: "rebootmanager_releases_total",
 		Help: "Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).",
 	}, []string{"group", "rebooted"})
+}
+
+// groupLabel is group as a metric label value: a configured group, else
+// "unconfigured", so that clients cannot grow the series by naming groups.
+func (l *Lock) groupLabel(group string) string {
+	if slices.Contains(l.opts.Policy.Groups(), group) {
+		return group
+	}
+	return "unconfigured"
 }
 
 func (l *Lock) countUnmatched(endpoint string, err error) {
@@ -45,7 +55,7 @@ var (
 		"Nodes of the group that hold the reboot lock.", []string{"group"}, nil)
 	claimsDesc = prometheus.NewDesc("rebootmanager_group_claims",
 		"Nodes of the group whose pre-reboot request is claiming a slot.", []string{"group"}, nil)
-	heldSinceDesc = prometheus.NewDesc("rebootmanager_lock_held_since_seconds",
+	heldSinceDesc = prometheus.NewDesc("rebootmanager_lock_held_since_timestamp_seconds",
 		"When the node took the reboot lock (Unix time); one series per holder.", []string{"group", "node"}, nil)
 )
 
@@ -71,8 +81,11 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	type counts struct{ holders, claims int }
-	groups := map[string]*counts{"default": {}}
-	for _, h := range l.Holders() {
+	groups := map[string]*counts{}
+	for _, g := range l.opts.Policy.Groups() {
+		groups[g] = &counts{} // every configured group, holders or not
+	}
+	for _, h := range l.Holders() { // and the groups of existing nodes' claims and holds
 		c := groups[h.Group]
 		if c == nil {
 			c = &counts{}

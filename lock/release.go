@@ -104,7 +104,7 @@ func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger, wh
 	log.Info("reboot lock released", "by", string(why), "uncordoned", !before.WasUnschedulable,
 		"heldFor", l.opts.Clock.Since(g.Promoted).Round(time.Second), "rebooted", rebooted)
 	if why == releaseSteadyState {
-		l.releases.WithLabelValues(g.Group, strconv.FormatBool(rebooted)).Inc()
+		l.releases.WithLabelValues(l.groupLabel(g.Group), strconv.FormatBool(rebooted)).Inc()
 		if !rebooted {
 			log.Warn("released without a reboot: the boot ID is the one at the grant", "bootID", g.BootID)
 			l.event(n.Name, corev1.EventTypeWarning, ReasonRebootNotObserved, "Release",

@@ -7,24 +7,34 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Stale holders: with Policy.StaleHolderAfter above 0, a holder that rebooted and has
 // been Ready that long without calling steady-state is released.
 
 // releaseStale releases every holder that rebooted (its boot ID changed since the
-// grant) and has been Ready for longer than after without calling steady-state:
-// its Zincati cannot reach us, and the slot would stay taken forever.
+// grant) and has been back (Ready with that new boot ID) for longer than after
+// without calling steady-state: its Zincati cannot reach us, and the slot would stay
+// taken forever. "Back for longer than after" is measured on this replica's clock,
+// from when it first saw the node back: the kubelet's condition times come from
+// another clock, in whole seconds.
 func (l *Lock) releaseStale(ctx context.Context, after time.Duration) {
 	now := l.opts.Clock.Now()
+	seen := map[types.UID]time.Time{}
 	for _, obj := range l.nodes.GetIndexer().List() {
 		n := obj.(*corev1.Node)
 		st := lockOf(n)
-		if !st.holding() || st.BootID == "" || n.Status.NodeInfo.BootID == st.BootID {
+		if !st.holding() || st.BootID == "" || !back(n, grantOf(n)) {
 			continue
 		}
-		since := readySince(n)
-		if since.IsZero() || now.Sub(since) < after || now.Sub(st.Since) < after {
+		key := types.UID(string(n.UID) + "/" + st.Since.String())
+		since, ok := l.backSince[key]
+		if !ok {
+			since = now
+		}
+		seen[key] = since
+		if now.Sub(since) < after || now.Sub(st.Since) < after {
 			continue
 		}
 		log := l.log.With("node", n.Name, "group", st.Group)
@@ -39,6 +49,7 @@ func (l *Lock) releaseStale(ctx context.Context, after time.Duration) {
 					now.Sub(since).Round(time.Second), st.Group))
 		}
 	}
+	l.backSince = seen // forgets the grants that ended
 }
 
 // staleLoop runs releaseStale while StaleHolderAfter is set: every quarter of it,

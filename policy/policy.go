@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -112,6 +113,18 @@ func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots
 
 // ReleaseWhenReady tells whether the health gate is on.
 func (p *Policy) ReleaseWhenReady() bool { return p.Config().releaseWhenReady() }
+
+// Groups returns the configured groups, "default" included, sorted.
+func (p *Policy) Groups() []string {
+	groups := []string{"default"}
+	for g := range p.Config().Groups {
+		if g != "default" {
+			groups = append(groups, g)
+		}
+	}
+	slices.Sort(groups)
+	return groups
+}
 
 // DefaultStaleHolderAfter is Config.StaleHolderAfter's default: a holder that rebooted
 // and has been Ready an hour without calling steady-state is released. Safe: it counts

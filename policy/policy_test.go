@@ -158,9 +158,9 @@ func (r *rig) annotate(node, key string, value *string) {
 func (r *rig) assertRefusals(want map[string]int) {
 	r.t.Helper()
 	var b strings.Builder
-	b.WriteString("# HELP rebootmanager_refusals_total Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers), by reason.\n# TYPE rebootmanager_refusals_total counter\n")
+	b.WriteString("# HELP rebootmanager_refusals_total Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers) or for an uncordoned holder, by group and reason.\n# TYPE rebootmanager_refusals_total counter\n")
 	for reason, n := range want {
-		fmt.Fprintf(&b, "rebootmanager_refusals_total{reason=%q} %d\n", reason, n)
+		fmt.Fprintf(&b, "rebootmanager_refusals_total{group=\"default\",reason=%q} %d\n", reason, n)
 	}
 	assert.NoError(r.t, testutil.CollectAndCompare(r.lock, strings.NewReader(b.String()), "rebootmanager_refusals_total"))
 }

@@ -119,12 +119,12 @@ func TestDeployedCycle(t *testing.T) {
 	assert.Zero(t, webPods(t, env, ns, nodeA), "granted only once the pods are gone")
 
 	// Restart: the metrics, computed from the cluster, show the same holder.
-	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
+	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_timestamp_seconds{group="default",node="`+nodeA+`"}`)
 	require.NoError(t, s.Stop(), "clean exit on SIGTERM")
 	s = startServer(t, kubeconfig, "--wait=30s", "--config="+configFile)
 	client.BaseURL = s.FleetLock
 	m := metrics(t, s)
-	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
+	assert.Contains(t, m, `rebootmanager_lock_held_since_timestamp_seconds{group="default",node="`+nodeA+`"}`)
 	assert.Contains(t, m, `rebootmanager_group_holders{group="default"} 1`)
 
 	resp, err = client.SteadyState(ctx, a)

@@ -208,7 +208,7 @@ groups:
 	}
 	m, err := h.servers[0].Metrics()
 	require.NoError(t, err)
-	assert.Regexp(t, `rebootmanager_refusals_total\{reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
+	assert.Regexp(t, `rebootmanager_refusals_total\{group="[^"]+",reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
 }
 
 // A node that never comes back from its reboot is replaced through its (fake) Auto
