@@ -30,8 +30,13 @@
 // alphabetically first claimant of a group never withdraws because of claims, so
 // someone always wins. docs/model/lock-requests.pml models exactly this (below).
 //
-// Release (steady-state from the holder, or Lock.Release) clears the lock and, only if
-// we cordoned the node, uncordons it, in one conditioned write. A holder is never
+// A grant is one Node object (its UID) and one promotion: the drain is bound to the
+// UID, and just before every 2xx a fresh read checks that the node still holds that
+// grant, is still cordoned, and has no pod bound that must leave (answer.go).
+//
+// Release (steady-state from the holder once it is back: Ready with a new boot ID,
+// healthgate.go; or Lock.Release) clears the lock and, only if we cordoned the node
+// and no operator holds it, uncordons it, in one conditioned write. A holder is never
 // expired on a timer alone: it may be rebooting right now. A holder whose Node is
 // deleted frees its slot by construction, since the check no longer lists it.
 //
@@ -61,6 +66,7 @@
 //   - events.go: the Events posted on Nodes and their reasons.
 //   - annotations.go: the annotations and label the lock lives in; nodes.go: the
 //     node cache's indexes and transform; errors.go: the errors PreReboot returns.
+//   - reregistered.go: a machine back under a new Node name frees its old Node's slot.
 //   - evictdrainer.go: evict.Drainer as the lock's Drainer; locktest: fakes of it.
 //
 // docs/model/lock-requests.pml is a Promela model of the requests (claims, holds,

@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -239,20 +238,4 @@ func TestZincatiIDOverride(t *testing.T) {
 	require.NoError(t, l.PreReboot(ctx, fleetlock.ClientParams{ID: override, Group: "default"}))
 	_, err := l.resolve(f.ids[f.names[0]])
 	assert.ErrorIs(t, err, fleetlock.ErrUnknownNode, "the derived ID no longer matches once overridden")
-}
-
-func awaitState(t *testing.T, l *Lock, name string, want State) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		obj, ok, err := l.nodes.GetIndexer().GetByKey(name)
-		return err == nil && ok && lockOf(obj.(*corev1.Node)).State == want
-	}, 10*time.Second, 10*time.Millisecond)
-}
-
-// resourceRequests is the counter's snapshot without the API server health probes
-// (GET /readyz every few seconds, whatever the requests).
-func resourceRequests(c *controlplane.RequestCounter) map[string]int {
-	m := c.Snapshot()
-	delete(m, "GET /readyz")
-	return m
 }

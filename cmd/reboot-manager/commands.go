@@ -174,7 +174,9 @@ func releaseCommand(ctx context.Context, args []string, getenv func(string) stri
 		return err
 	}
 	cordon := "uncordoned"
-	if n.Spec.Unschedulable {
+	if _, held := n.Annotations[lock.AnnotationHold]; held && n.Spec.Unschedulable {
+		cordon = "left cordoned (an operator holds it: annotation " + lock.AnnotationHold + ")"
+	} else if n.Spec.Unschedulable {
 		cordon = "left cordoned (it was cordoned before reboot-manager took it)"
 	}
 	fmt.Fprintf(stdout, "released the reboot slot of node %s; %s\n", node, cordon)

@@ -160,6 +160,37 @@ func TestRollout(t *testing.T) {
 	}
 }
 
+// A rollout through a fleet as unkind as a cluster (issue 14): reboots never marked
+// NotReady, kubelets that post seconds after Zincati's steady-state, kubelet clocks
+// 90s behind in whole seconds, a Node deleted and created again under its name while
+// it drains, a machine that comes back under a new Node name, pods that tolerate the
+// cordon bound to every draining node, and pods whose finalizer keeps them
+// Terminating. At every 2xx, from a fresh read: this grant, cordoned, no pod that must
+// leave; no release before a new boot ID; every node rebooted once.
+func TestRolloutUnkind(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
+	h := newHarness(t, groups, 2, nil)
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "unkind", Groups: groups, PreCordoned: 1,
+		Unkind: fleetsim.Unkind{
+			QuietReboots:  true,
+			LateKubelet:   3 * time.Second,
+			ClockSkew:     -90 * time.Second,
+			Recreate:      func(node string) bool { return node == "unkind-a-01" },
+			ReRegister:    func(node string) bool { return node == "unkind-b-02" },
+			TolerantPods:  true,
+			PodFinalizers: 500 * time.Millisecond,
+		}}))
+	assert.Empty(t, rep.Violations)
+	assert.Equal(t, 1, rep.MostHeld["a"])
+	assert.LessOrEqual(t, rep.MostHeld["b"], 2)
+	for _, n := range rep.Nodes {
+		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
+	}
+}
+
 // A server that tells nodes to reboot before their pods are gone (a test-only build)
 // is caught: the checks can fail.
 func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {

@@ -37,7 +37,7 @@ func (k *Kubelet) renewLease(ctx context.Context, name string) {
 		return // the API server is away: try at the next renewal
 	}
 	leases := k.client.CoordinationV1().Leases(LeaseNamespace)
-	now := metav1.NowMicro()
+	now := metav1.NewMicroTime(k.now().Time)
 	lease, err := leases.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,6 +39,8 @@ type Kubelet struct {
 	opts   Options
 	queue  workqueue.TypedRateLimitingInterface[string]
 	pods   cache.Indexer
+
+	skew atomic.Int64 // nanoseconds the kubelets' clock is off
 
 	mu     sync.Mutex
 	down   map[string]bool // nodes that are rebooting: their pods are not started
@@ -208,7 +211,7 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue)
+	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue, k.now())
 	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return nil, err
 	}
@@ -278,6 +281,15 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 	return nil
 }
 
+// SetClockSkew sets how far the kubelets' clock is off (negative: behind). Condition
+// and Lease times are written on that clock, in whole seconds, as a kubelet does.
+func (k *Kubelet) SetClockSkew(d time.Duration) { k.skew.Store(int64(d)) }
+
+// now is the time on the kubelets' clock, in whole seconds.
+func (k *Kubelet) now() metav1.Time {
+	return metav1.NewTime(time.Now().Add(time.Duration(k.skew.Load())).Truncate(time.Second))
+}
+
 // Freeze stops node's kubelet without a word, as a machine that reboots with no
 // graceful node shutdown: the Node keeps its last status (Ready, with the old boot
 // ID), its Lease is no longer renewed, and its pods are not started. Boot ends it.
@@ -334,7 +346,7 @@ func (k *Kubelet) setNodeStatus(ctx context.Context, name string, ready corev1.C
 		if bootID == "" {
 			bootID = node.Status.NodeInfo.BootID
 		}
-		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready)
+		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready, k.now())
 		_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		if !apierrors.IsConflict(err) && !retry(ctx, err) {
 			return err
@@ -356,8 +368,7 @@ func retry(ctx context.Context, err error) bool {
 	}
 }
 
-func nodeStatus(machineID, bootID string, ready corev1.ConditionStatus) corev1.NodeStatus {
-	now := metav1.Now()
+func nodeStatus(machineID, bootID string, ready corev1.ConditionStatus, now metav1.Time) corev1.NodeStatus {
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("32"),
 		corev1.ResourceMemory: resource.MustParse("128Gi"),
