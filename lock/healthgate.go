@@ -44,9 +44,6 @@ const backPoll = time.Second
 func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node, error) {
 	g := grantOf(cached)
 	renewals := leaseWatch{name: g.Node}
-	if err := renewals.observe(ctx, l); err != nil {
-		return nil, err
-	}
 	deadline := time.Now().Add(l.opts.Wait)
 	for {
 		wake := l.changed.wait()
@@ -54,8 +51,8 @@ func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node
 		if !ok || c.UID != g.UID || !lockOf(c).holding() {
 			return nil, ErrNotHolder // deleted or released, and its slot with it
 		}
-		if err := renewals.observe(ctx, l); err != nil {
-			return nil, err
+		if !back(c, g) {
+			renewals.observe(ctx, l)
 		}
 		if back(c, g) || renewals.seen >= aliveRenewals {
 			n, err := l.get(ctx, g.Node)
@@ -95,14 +92,22 @@ type leaseWatch struct {
 	seen     int    // renewals since the first observation
 }
 
-// observe reads the Lease from the API server and counts a renewal if it changed.
-func (w *leaseWatch) observe(ctx context.Context, l *Lock) error {
+// observe reads the Lease from the API server and counts a renewal if it changed
+// since the last read. A Lease that cannot be read shows nothing: without it, only a
+// new boot ID releases (fail closed); a refusal (RBAC) is logged once.
+func (w *leaseWatch) observe(ctx context.Context, l *Lock) {
 	lease, err := l.client.CoordinationV1().Leases(leaseNamespace).Get(ctx, w.name, metav1.GetOptions{})
 	version := ""
 	switch {
 	case apierrors.IsNotFound(err):
+	case apierrors.IsForbidden(err):
+		if l.leasesForbidden.CompareAndSwap(false, true) {
+			l.log.Warn("cannot read node Leases: a holder that did not reboot is never released by steady-state (grant get on leases in kube-node-lease)", "err", err)
+		}
+		return
 	case err != nil:
-		return apiError("get node lease", err)
+		l.log.Debug("cannot read node lease", "node", w.name, "err", err)
+		return
 	default:
 		version = lease.ResourceVersion
 	}
@@ -110,7 +115,6 @@ func (w *leaseWatch) observe(ctx context.Context, l *Lock) error {
 		w.seen++
 	}
 	w.observed, w.version = true, version
-	return nil
 }
 
 // cachedNode returns the node named name as the cache shows it.

@@ -55,6 +55,8 @@ type Lock struct {
 	contenders   map[string]map[string]int
 	// stopping is closed when Start's context ends: waiting requests answer at once.
 	stopping <-chan struct{}
+	// leasesForbidden is set once reading a node Lease was refused (logged once).
+	leasesForbidden atomic.Bool
 	// apiErr is the last API server health probe's error, nil while it answers.
 	apiErr atomic.Pointer[error]
 	// unmatched counts requests whose ID matched no node or several, by endpoint.

@@ -127,6 +127,7 @@ func TestDeployedCycle(t *testing.T) {
 	assert.Contains(t, m, `rebootmanager_lock_held_since_timestamp_seconds{group="default",node="`+nodeA+`"}`)
 	assert.Contains(t, m, `rebootmanager_group_holders{group="default"} 1`)
 
+	require.NoError(t, env.Kubelet.Reboot(ctx, nodeA, 0)) // back: Ready, a new boot ID
 	resp, err = client.SteadyState(ctx, a)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "steady-state: %+v", resp.Reply)
