@@ -83,6 +83,7 @@
 //	method_not_allowed  405     not POST on a known path; header Allow: POST
 //	not_found           404     unknown path
 //	body_too_large      413     body over Options.MaxBodyBytes
+//	too_many_requests   429     ErrTooManyRequests; header Retry-After
 //	api_unavailable     503     ErrUnavailable, context.Canceled or
 //	                            context.DeadlineExceeded; header Retry-After
 //	                            (Options.RetryAfter, 10 s by default)

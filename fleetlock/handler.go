@@ -235,7 +235,7 @@ func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
 	switch rep.Kind {
 	case KindMethodNotAllowed:
 		hd.Set("Allow", http.MethodPost)
-	case KindAPIUnavailable:
+	case KindAPIUnavailable, KindTooManyRequests:
 		hd.Set("Retry-After", h.retryAfter)
 	case KindUnauthorized:
 		hd.Set("WWW-Authenticate", authChallenge)
