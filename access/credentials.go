@@ -239,17 +239,20 @@ type verifier struct {
 	// waiting: past it, a check is refused at once.
 	sem, queue chan struct{}
 
-	mu sync.Mutex
-	ok map[[32]byte]time.Time // HMAC(user, password, hash) -> expiry
+	mu       sync.Mutex
+	ok       map[[32]byte]time.Time // HMAC(user, password, hash) -> expiry
+	inflight map[[32]byte]*flight   // comparisons under way, by the same key
 }
 
-// DefaultMaxQueuedChecks is how many password checks may wait for a free CPU.
-const DefaultMaxQueuedChecks = 32
+// DefaultMaxQueuedChecks is how many password checks may wait for a free CPU: with
+// bcrypt at cost 10 (about 60 ms), a check waits at most about half a second.
+const DefaultMaxQueuedChecks = 8
 
 func newVerifier(ttl time.Duration, now func() time.Time, queued int) *verifier {
 	running := max(1, runtime.GOMAXPROCS(0)/2)
-	v := &verifier{ttl: ttl, now: now, ok: map[[32]byte]time.Time{}, compare: bcrypt.CompareHashAndPassword,
-		sem: make(chan struct{}, running), queue: make(chan struct{}, running+queued)}
+	v := &verifier{ttl: ttl, now: now, ok: map[[32]byte]time.Time{}, inflight: map[[32]byte]*flight{},
+		compare: bcrypt.CompareHashAndPassword,
+		sem:     make(chan struct{}, running), queue: make(chan struct{}, running+queued)}
 	_, _ = rand.Read(v.key[:])
 	return v
 }
@@ -266,23 +269,57 @@ func (v *verifier) cacheKey(user, password string, hash []byte) [32]byte {
 	return k
 }
 
-// verify reports whether password matches hash, from the cache (without waiting) or
-// with bcrypt.
+// verify reports whether password matches hash: from the cache, without waiting;
+// from a comparison of the same user, password and hash already under way (a fleet
+// sharing one credential starts together), waiting for it without taking a place in
+// the queue; else with bcrypt.
 func (v *verifier) verify(ctx context.Context, user, password string, hash []byte) (bool, error) {
 	key := v.cacheKey(user, password, hash)
-	now := v.now()
-	v.mu.Lock()
-	exp, hit := v.ok[key]
-	v.mu.Unlock()
-	if hit && now.Before(exp) {
-		return true, nil
+	for {
+		now := v.now()
+		v.mu.Lock()
+		if exp, hit := v.ok[key]; hit && now.Before(exp) {
+			v.mu.Unlock()
+			return true, nil
+		}
+		f := v.inflight[key]
+		if f == nil {
+			f = &flight{done: make(chan struct{})}
+			v.inflight[key] = f
+			v.mu.Unlock()
+			f.ok, f.err = v.bcrypt(ctx, hash, password)
+			v.mu.Lock()
+			delete(v.inflight, key)
+			if f.ok {
+				v.remember(key, now)
+			}
+			v.mu.Unlock()
+			close(f.done)
+			return f.ok, f.err
+		}
+		v.mu.Unlock()
+		select {
+		case <-f.done:
+			if !errors.Is(f.err, context.Canceled) && !errors.Is(f.err, context.DeadlineExceeded) {
+				return f.ok, f.err
+			}
+			// The request that compared ended while waiting: compare for ourselves.
+		case <-ctx.Done():
+			return false, fmt.Errorf("waiting to check a password: %w", ctx.Err())
+		}
 	}
-	ok, err := v.bcrypt(ctx, hash, password)
-	if err != nil || !ok {
-		return false, err
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
+}
+
+// flight is a comparison under way; ok and err are set when done is closed.
+type flight struct {
+	done chan struct{}
+	ok   bool
+	err  error
+}
+
+// remember caches a success at key until now+ttl, making room if the cache is full.
+// v.mu is held.
+func (v *verifier) remember(key [32]byte, now time.Time) {
 	if len(v.ok) >= maxCached {
 		for k, exp := range v.ok {
 			if !now.Before(exp) {
@@ -294,7 +331,6 @@ func (v *verifier) verify(ctx context.Context, user, password string, hash []byt
 		}
 	}
 	v.ok[key] = now.Add(v.ttl)
-	return true, nil
 }
 
 // waste does a bcrypt comparison whose result does not matter.

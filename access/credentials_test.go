@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +14,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
 // hashes caches test hashes: bcrypt at MinCost still takes a millisecond or two.
@@ -165,4 +168,44 @@ func hashT(password string) string {
 	}
 	hashes.Store(password, string(h))
 	return string(h)
+}
+
+// TestVerifierJoinsComparisonUnderWay: a fleet sharing one credential that starts
+// at once costs one comparison, and the requests that wait for it take no place in
+// the queue; if the request that compares ends, a waiting one compares instead.
+func TestVerifierJoinsComparisonUnderWay(t *testing.T) {
+	v := newVerifier(time.Minute, time.Now, 0) // no check may wait
+	gate := make(chan struct{})
+	var n atomic.Int32
+	v.compare = func(hash, password []byte) error {
+		n.Add(1)
+		<-gate
+		return bcrypt.CompareHashAndPassword(hash, password)
+	}
+	h := []byte(hash(t, "pw"))
+	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leader := make(chan error, 1)
+	go func() {
+		_, err := v.verify(leaderCtx, "fleet", "pw", h)
+		leader <- err
+	}()
+	require.Eventually(t, func() bool { return n.Load() == 1 }, 5*time.Second, time.Millisecond)
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			ok, err := v.verify(context.Background(), "fleet", "pw", h)
+			assert.NoError(t, err)
+			assert.True(t, ok)
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	assert.Equal(t, 1, len(v.queue), "the waiting requests take no place in the queue")
+	_, err := v.verify(context.Background(), "other", "pw", h)
+	assert.ErrorIs(t, err, fleetlock.ErrTooManyRequests, "the queue is full for other checks")
+
+	cancelLeader() // the comparing request ends; bcrypt itself cannot be stopped
+	close(gate)
+	assert.NoError(t, <-leader, "the leader's comparison completes")
+	wg.Wait()
+	assert.LessOrEqual(t, n.Load(), int32(2), "one comparison, or two if the leader's ended before it started")
 }

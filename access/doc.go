@@ -80,7 +80,9 @@
 // for every hash). Successful checks are remembered for Options.CacheTTL under an
 // HMAC of user, password and hash with a key drawn at start (never the password
 // itself), so a fleet sharing one credential costs one comparison per TTL; a
-// remembered success never waits. Failed checks are not remembered. At most half the
+// remembered success never waits, and requests with the same credentials arriving
+// while their check runs wait for it rather than compare again. Failed checks are
+// not remembered. At most half the
 // CPUs compare at once and at most Options.MaxQueuedChecks more wait: past that a
 // check is refused at once (too_many_requests), so a flood of wrong passwords can
 // neither take every core nor make valid ones wait for seconds.
