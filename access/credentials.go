@@ -339,9 +339,6 @@ func (v *verifier) waste(ctx context.Context, hash []byte, password string) erro
 	return err
 }
 
-// errQueueFull refuses a password check while the queue is full.
-var errQueueFull = errors.New("too many password checks waiting: ask again later")
-
 // bcrypt runs one comparison once a slot is free. It fails at once, with an error
 // matching fleetlock.ErrTooManyRequests, when the queue is full, and with the
 // context's error when the request ends while waiting.
@@ -349,7 +346,7 @@ func (v *verifier) bcrypt(ctx context.Context, hash []byte, password string) (bo
 	select {
 	case v.queue <- struct{}{}:
 	default:
-		return false, fmt.Errorf("%w: %w", fleetlock.ErrTooManyRequests, errQueueFull)
+		return false, fmt.Errorf("%w: %d password checks running or waiting; ask again later", fleetlock.ErrTooManyRequests, cap(v.queue))
 	}
 	defer func() { <-v.queue }()
 	select {
