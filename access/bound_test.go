@@ -192,5 +192,5 @@ func credLine(group, user, pass, selector string) string {
 }
 
 func (c *cluster) guardOptions(creds *CredentialsFile) Options {
-	return Options{Credentials: creds, Resolver: c.lock}
+	return Options{Credentials: creds} // the lock is the Resolver
 }

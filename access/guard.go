@@ -86,8 +86,9 @@ type Options struct {
 	Nodes NodeResolver
 	// Resolver finds the node of a request's ID, to match the credentials' node
 	// selectors and to refuse a request in another group than the node's claim or
-	// hold (ReasonOtherGroup). Default: Nodes. Set it whenever the lock is at hand
-	// (*lock.Lock): with a Resolver, the group check is on even without Credentials.
+	// hold (ReasonOtherGroup). Default: Nodes, else the wrapped Locker if it is a
+	// NodeResolver (*lock.Lock is). With a Resolver, the group check is on even
+	// without Credentials.
 	Resolver NodeResolver
 	// TrustedProxies are the address ranges whose X-Forwarded-For is believed; see
 	// the package documentation for the rule. Only used with Nodes.
@@ -137,6 +138,9 @@ func NewGuard(next fleetlock.Locker, opts Options) *Guard {
 	}
 	if opts.Resolver == nil {
 		opts.Resolver = opts.Nodes
+	}
+	if r, ok := next.(NodeResolver); ok && opts.Resolver == nil {
+		opts.Resolver = r // the lock itself
 	}
 	g := &Guard{
 		next: next, opts: opts, log: opts.Logger, verify: newVerifier(opts.CacheTTL, opts.Now, opts.MaxQueuedChecks),
