@@ -74,8 +74,8 @@ type NodeResolver interface {
 	Resolve(id string) (*corev1.Node, error)
 }
 
-// Options configure a Guard. With neither Credentials, Nodes nor Resolver, a Guard
-// lets everything through.
+// Options configure a Guard. With neither Credentials, Nodes nor Resolver, in front
+// of a Locker that is no NodeResolver, a Guard lets everything through.
 type Options struct {
 	// Credentials, when set, requires HTTP Basic credentials of a line for the
 	// request's group whose node selector matches the request's node. It needs

@@ -635,3 +635,32 @@ func TestGuardOtherGroup(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardDuplicatesCheckOnce: 50 identical requests arriving together (a retrying
+// client, a proxy) behind the FleetLock handler cost one password check, share calls
+// of the lock, and all get the answer.
+func TestGuardDuplicatesCheckOnce(t *testing.T) {
+	h, lk, g, _ := setup(t, []string{"workers:alice:" + hash(t, "alice-pw") + ":role=workers"}, Options{Resolver: stubNodes{}})
+	gate := make(chan struct{})
+	n := countCompares(g, gate)
+	var wg sync.WaitGroup
+	codes := make(chan int, 50)
+	for range 50 {
+		wg.Go(func() {
+			rec, _ := do(t, h, req{auth: true, user: "alice", pass: "alice-pw"})
+			codes <- rec.Code
+		})
+	}
+	require.Eventually(t, func() bool { return n.Load() == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the others arrive and wait
+	close(gate)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		assert.Equal(t, 200, c)
+	}
+	assert.Equal(t, int32(1), n.Load(), "bcrypt comparisons")
+	// A request that arrived only after the answer (a loaded machine) makes its own
+	// call, answered from the cache: the count of lock calls is not exact.
+	assert.Less(t, lk.calls(), 50, "calls of the lock")
+}
