@@ -13,7 +13,7 @@
 //
 // The last two are checked by Guard, a fleetlock.Locker that wraps another one (the
 // lock) and calls it only for requests that pass. The Guard also refuses a request
-// whose group differs from the group of the node's current claim or hold: such a
+// whose group differs from the group of the node's current hold: such a
 // request neither releases nor re-grants it.
 //
 // # Glossary
@@ -28,7 +28,7 @@
 //   - Request's node: the Node the request's Zincati ID resolves to
 //     (NodeResolver, the lock's cache). Its labels decide which credentials lines
 //     apply; its rebootmanager/status and rebootmanager/group annotations tell the
-//     group of its claim or hold.
+//     group of its hold.
 //   - Client address: the address the request comes from. It is the TCP peer, unless
 //     the peer is a trusted proxy: then it is the rightmost X-Forwarded-For address
 //     that is not a trusted proxy (each proxy appends the address it got the request
@@ -50,7 +50,8 @@
 //	             no line of the user for this group    forbidden (403)         wrong_group
 //	             no line for this group selects the    forbidden (403)         wrong_node
 //	             request's node
-//	group        the node claims or holds a slot of    forbidden (403)         other_group
+//	group        the node holds a slot of another      forbidden (403)         other_group
+//	             group than the request's
 //	             another group than the request's
 //	source       the client address is not one of      forbidden (403)         source_address
 //	             the node's status.addresses

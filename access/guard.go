@@ -35,8 +35,8 @@ const (
 	// ReasonWrongNode: right password, but no line of the user for the group selects
 	// the node the request's ID belongs to (403).
 	ReasonWrongNode Reason = "wrong_node"
-	// ReasonOtherGroup: the node claims or holds a slot of another group than the
-	// request's: the request neither releases nor re-grants it (403).
+	// ReasonOtherGroup: the node holds a slot of another group than the request's:
+	// the request neither releases nor re-grants it (403).
 	ReasonOtherGroup Reason = "other_group"
 	// ReasonSourceAddress: the client address is not one of the node's (403).
 	ReasonSourceAddress Reason = "source_address"
@@ -230,16 +230,13 @@ func (g *Guard) admit(ctx context.Context, endpoint string, p fleetlock.ClientPa
 	if node == nil {
 		return unchecked, nil
 	}
-	if st := node.Annotations[lock.AnnotationStatus]; (st == string(lock.StateRebooting) || st == string(lock.StateClaiming)) &&
-		node.Annotations[lock.AnnotationGroup] != p.Group {
-		holds := "holds"
-		if st == string(lock.StateClaiming) {
-			holds = "claims"
-		}
+	// Only a hold: a claim lives while a request works on it, and the node's own
+	// request in another group replaces it (a stale one included).
+	if held := node.Annotations[lock.AnnotationGroup]; node.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting) && held != p.Group {
 		return false, g.refuse(ctx, endpoint, p, peer, ReasonOtherGroup,
-			fmt.Sprintf("the node %s a slot of group %q, not %q: a request in another group neither releases nor re-grants it "+
-				"(if the node's group changed while it held, an operator releases it: reboot-manager release)", holds, node.Annotations[lock.AnnotationGroup], p.Group),
-			"node", node.Name, "heldGroup", node.Annotations[lock.AnnotationGroup])
+			fmt.Sprintf("the node holds a slot of group %q, not %q: a request in another group neither releases nor re-grants it "+
+				"(if the node's group changed while it held, an operator releases it: reboot-manager release)", held, p.Group),
+			"node", node.Name, "heldGroup", held)
 	}
 	if g.opts.Nodes == nil {
 		return false, nil

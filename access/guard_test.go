@@ -604,8 +604,8 @@ func TestGuardVerifyQueueBounded(t *testing.T) {
 }
 
 // TestGuardOtherGroup: with a Resolver and no other check, a request in another group
-// than the node's claim or hold is refused; one in the same group, or for a node that
-// holds nothing (whatever group it last held in), passes.
+// than the node's hold is refused; one in the same group, or for a node that holds
+// nothing (whatever group it last held or claimed in), passes.
 func TestGuardOtherGroup(t *testing.T) {
 	nodes := stubNodes{idA: node("node-a"), idB: node("node-b")}
 	lk := &stubLock{nodes: nodes, releasedOnSteady: true}
@@ -619,7 +619,7 @@ func TestGuardOtherGroup(t *testing.T) {
 		{"holds, same group", "Rebooting", "workers", req{steady: true}, 200},
 		{"holds, other group: steady-state", "Rebooting", "infra", req{steady: true}, 403},
 		{"holds, other group: pre-reboot", "Rebooting", "infra", req{}, 403},
-		{"claims, other group", "Claiming", "infra", req{}, 403},
+		{"claims, other group: its own request replaces the claim", "Claiming", "infra", req{}, 200},
 		{"released, other group", "Ready", "infra", req{}, 200},
 		{"never held", "", "", req{}, 200},
 		{"unknown ID", "Rebooting", "infra", req{id: "ffffffffffffffffffffffffffffffff"}, 422},
