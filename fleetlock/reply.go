@@ -85,6 +85,9 @@ const (
 	KindNotFound Kind = "not_found"
 	// KindBodyTooLarge (413): body over Options.MaxBodyBytes.
 	KindBodyTooLarge Kind = "body_too_large"
+	// KindTooManyRequests (429): too many requests at once (password checks waiting,
+	// requests held for one node); ask again later; ErrTooManyRequests.
+	KindTooManyRequests Kind = "too_many_requests"
 	// KindAPIUnavailable (503): try again later; ErrUnavailable or a context error.
 	KindAPIUnavailable Kind = "api_unavailable"
 	// KindInternalError (500): any other error, or a panic in the Locker.
@@ -124,6 +127,8 @@ var (
 	ErrUnknownNode = errors.New("no node matches the client id")
 	// ErrAmbiguousNode means more than one Kubernetes node matches the client ID.
 	ErrAmbiguousNode = errors.New("several nodes match the client id")
+	// ErrTooManyRequests means too many requests are waiting for the same resource.
+	ErrTooManyRequests = errors.New("too many requests")
 	// ErrUnavailable means a dependency (e.g. the Kubernetes API) is unavailable.
 	ErrUnavailable = errors.New("api unavailable")
 )
@@ -170,6 +175,7 @@ var kinds = []kindSpec{
 	{KindMethodNotAllowed, http.StatusMethodNotAllowed, errMethodNotAllowed, ""},
 	{KindNotFound, http.StatusNotFound, errNotFound, ""},
 	{KindBodyTooLarge, http.StatusRequestEntityTooLarge, errBodyTooLarge, ""},
+	{KindTooManyRequests, http.StatusTooManyRequests, ErrTooManyRequests, ""},
 	{KindAPIUnavailable, http.StatusServiceUnavailable, ErrUnavailable, ""},
 	{KindInternalError, http.StatusInternalServerError, errInternal, ""},
 }
