@@ -18,6 +18,9 @@ import (
 // example; the zero value (no file) is one slot per group, no windows, no gap, the
 // health gate on, no stale-holder release and no blockers.
 type Config struct {
+	// APIVersion is the file format's version, APIVersion. A file must carry it (see
+	// ParseFile): an empty or cut-off file is then invalid, never the zero policy.
+	APIVersion string `json:"apiVersion,omitempty"`
 	// Defaults apply to every group, and to each field a group leaves out.
 	Defaults Group `json:"defaults"`
 	// Groups are per-group settings, by FleetLock group name.
@@ -123,6 +126,9 @@ const (
 	DefaultPodsInterval   = 15 * time.Second
 )
 
+// APIVersion is the policy file format this package reads.
+const APIVersion = "rebootmanager/v1"
+
 // Duration is a time.Duration written as Go writes durations ("90s", "10m", "1h30m").
 type Duration struct{ time.Duration }
 
@@ -149,8 +155,28 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()
 // groupName is what Zincati accepts as a group (and fleetlock checks).
 var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
 
-// Parse reads and checks a configuration file. An error names the field, as a path
-// such as groups.workers.windows[0].timeZone.
+// ParseFile reads and checks a policy file (the --config file, the ConfigMap's
+// config.yaml): as Parse, and it must carry "apiVersion: rebootmanager/v1". An empty
+// document, or one without apiVersion (a file caught while it was being rewritten, a
+// ConfigMap key set to ""), is an error saying what to add, so that it never reads
+// as the zero policy.
+func ParseFile(data []byte) (*Config, error) {
+	c, err := Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	if c.APIVersion == "" {
+		if len(bytes.TrimSpace(data)) == 0 {
+			return nil, fmt.Errorf("empty document: a policy file starts with \"apiVersion: %s\"", APIVersion)
+		}
+		return nil, fmt.Errorf("apiVersion: missing: add \"apiVersion: %s\" as the file's first line", APIVersion)
+	}
+	return c, nil
+}
+
+// Parse reads and checks a policy document. An error names the field, as a path such
+// as groups.workers.windows[0].timeZone. apiVersion, if present, must be APIVersion;
+// files are read with ParseFile, which requires it.
 func Parse(data []byte) (*Config, error) {
 	var c Config
 	js, err := yaml.YAMLToJSON(data)
@@ -186,6 +212,9 @@ func decodeError(err error) error {
 // Validate checks every field and prepares windows, matchers and selectors; Parse
 // calls it. An error names the field.
 func (c *Config) Validate() error {
+	if c.APIVersion != "" && c.APIVersion != APIVersion {
+		return fmt.Errorf("apiVersion: %q is not %q", c.APIVersion, APIVersion)
+	}
 	if err := c.Defaults.compile("defaults"); err != nil {
 		return err
 	}

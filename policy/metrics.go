@@ -13,17 +13,35 @@ var (
 		"1 while the blocker refuses new grants (it found something, its check failed, or it is stale), else 0; per configured blocker (alerts, pods).", []string{"blocker"}, nil)
 )
 
+var (
+	configSuccessDesc = prometheus.NewDesc("rebootmanager_config_last_reload_successful",
+		"1 while the policy file, as last read, is the policy in force; 0 while it cannot be read or is invalid (the last valid version stays in force). Only with --config.", nil, nil)
+	configSuccessTimeDesc = prometheus.NewDesc("rebootmanager_config_last_reload_success_timestamp_seconds",
+		"When the policy in force was read from the policy file (Unix seconds). Only with --config.", nil, nil)
+	configFailuresDesc = prometheus.NewDesc("rebootmanager_config_reload_failures_total",
+		"Versions of the policy file that could not be read or were invalid; each counts once, however many checks see it. Only with --config.", nil, nil)
+)
+
 // Describe implements prometheus.Collector.
 func (p *Policy) Describe(ch chan<- *prometheus.Desc) {
 	ch <- pausedDesc
 	ch <- windowOpenDesc
 	ch <- blockingDesc
+	ch <- configSuccessDesc
+	ch <- configSuccessTimeDesc
+	ch <- configFailuresDesc
 }
 
 // Collect implements prometheus.Collector, from the state in force at scrape time.
 func (p *Policy) Collect(ch chan<- prometheus.Metric) {
 	cfg := p.Config()
 	now := p.opts.Now()
+	if p.opts.ConfigState != nil {
+		st := p.opts.ConfigState()
+		ch <- prometheus.MustNewConstMetric(configSuccessDesc, prometheus.GaugeValue, b2f(st.Error == ""))
+		ch <- prometheus.MustNewConstMetric(configSuccessTimeDesc, prometheus.GaugeValue, float64(st.Loaded.UnixNano())/1e9)
+		ch <- prometheus.MustNewConstMetric(configFailuresDesc, prometheus.CounterValue, float64(st.Failures))
+	}
 	_, paused := p.Paused()
 	ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, b2f(paused))
 	for _, g := range cfg.GroupNames() {

@@ -29,6 +29,10 @@ type Options struct {
 	// Config returns the configuration in force; called on every decision, so a
 	// reloaded file takes effect at once. Required.
 	Config func() *Config
+	// ConfigState says where Config comes from and whether its source is in force
+	// (File.State), for the config metrics and status. Default: none (a fixed
+	// policy), and no config metrics.
+	ConfigState func() ConfigState
 	// Client reads the pause ConfigMap and the pods of pod blockers.
 	Client kubernetes.Interface
 	// Namespace holds the pause ConfigMap.
@@ -106,6 +110,15 @@ func (p *Policy) Start(ctx context.Context) error {
 
 // Config is the configuration in force.
 func (p *Policy) Config() *Config { return p.opts.Config() }
+
+// ConfigState says where the policy in force comes from and why its source, as it
+// is now, is not in force, if it is not. Zero without Options.ConfigState.
+func (p *Policy) ConfigState() ConfigState {
+	if p.opts.ConfigState == nil {
+		return ConfigState{}
+	}
+	return p.opts.ConfigState()
+}
 
 // Slots is the group's slot count in force.
 func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots }

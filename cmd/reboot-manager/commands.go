@@ -113,7 +113,7 @@ func clusterPolicy(ctx context.Context, client kubernetes.Interface, namespace, 
 		data = []byte(cm.Data["config.yaml"])
 		source = fmt.Sprintf("ConfigMap %s/%s config.yaml", namespace, name)
 	}
-	cfg, err := policy.Parse(data)
+	cfg, err := policy.ParseFile(data)
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: %w", source, err)
 	}

@@ -23,6 +23,9 @@ type status struct {
 	// Source is "server" (a replica's live view: its cache, its drains, its blockers'
 	// last checks) or "cluster" (read from the API server by the status command).
 	Source string `json:"source"`
+	// Policy is where the policy shown comes from and, when its source as it is now is
+	// not in force (unreadable, invalid), why; absent for a policy from flags.
+	Policy *policy.ConfigState `json:"policy,omitempty"`
 	// Paused is the pause ConfigMap's reason; absent when not paused.
 	Paused   *pauseStatus          `json:"paused,omitempty"`
 	Groups   []groupStatus         `json:"groups"`
@@ -74,12 +77,17 @@ type statusInput struct {
 	drain    func(node string) string
 	blockers []policy.BlockerState
 	note     string
+	// configState is the policy's source and its error; zero: from flags.
+	configState policy.ConfigState
 }
 
 // buildStatus computes the status from its input.
 func buildStatus(in statusInput) status {
 	s := status{Time: in.now.UTC(), Source: in.source, Blockers: in.blockers, Note: in.note,
 		Holders: []holderStatus{}}
+	if in.configState.Source != "" {
+		s.Policy = &in.configState
+	}
 	if reason, ok := in.paused(); ok {
 		s.Paused = &pauseStatus{Reason: reason}
 	}
@@ -145,6 +153,7 @@ func (s status) writeJSON(w io.Writer) error {
 func (s status) writeText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "reboot-manager status at %s (from the %s)\n", s.Time.Format(time.RFC3339), s.Source)
+	writePolicyState(tw, s.Policy)
 	if s.Paused != nil {
 		fmt.Fprintf(tw, "PAUSED: %s\n", cmp.Or(s.Paused.Reason, "(no reason given)"))
 	} else {
@@ -184,4 +193,24 @@ func (s status) writeText(w io.Writer) error {
 		fmt.Fprintf(tw, "\nnote: %s\n", s.Note)
 	}
 	return tw.Flush()
+}
+
+// writePolicyState writes where the policy comes from and, if its source is not in
+// force, the error.
+func writePolicyState(w io.Writer, p *policy.ConfigState) {
+	if p == nil {
+		return
+	}
+	if p.Error == "" {
+		fmt.Fprintf(w, "policy: %s\n", p.Source)
+		return
+	}
+	fmt.Fprintf(w, "POLICY SOURCE NOT IN FORCE: %s\n", p.Error)
+	since := ""
+	if !p.ErrorSince.IsZero() {
+		since = " since " + p.ErrorSince.UTC().Format(time.RFC3339)
+	}
+	if !p.Loaded.IsZero() {
+		fmt.Fprintf(w, "  (invalid%s; in force: %s as read at %s, shown below)\n", since, p.Source, p.Loaded.UTC().Format(time.RFC3339))
+	}
 }

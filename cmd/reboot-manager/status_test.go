@@ -61,6 +61,7 @@ func TestStatusAndRelease(t *testing.T) {
 	_, err = env.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager-config"},
 		Data: map[string]string{"config.yaml": `
+apiVersion: rebootmanager/v1
 groups:
   workers:
     slots: 2
