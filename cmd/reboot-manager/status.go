@@ -27,7 +27,8 @@ type status struct {
 	// not in force (unreadable, invalid), why; absent for a policy from flags.
 	Policy *policy.ConfigState `json:"policy,omitempty"`
 	// Paused is the pause ConfigMap's reason; absent when not paused.
-	Paused   *pauseStatus          `json:"paused,omitempty"`
+	Paused *pauseStatus `json:"paused,omitempty"`
+	// Groups is empty when the policy in force is unknown (Policy.Error).
 	Groups   []groupStatus         `json:"groups"`
 	Holders  []holderStatus        `json:"holders"`
 	Held     []heldNode            `json:"heldNodes,omitempty"`
@@ -107,8 +108,10 @@ func buildStatus(in statusInput) status {
 		groups[name] = g
 		return g
 	}
-	for _, name := range in.config.GroupNames() {
-		group(name)
+	if in.config != nil { // nil: the policy in force is unknown here
+		for _, name := range in.config.GroupNames() {
+			group(name)
+		}
 	}
 	for _, n := range in.nodes {
 		if reason, ok := n.Annotations[lock.AnnotationHold]; ok {
@@ -118,11 +121,13 @@ func buildStatus(in statusInput) status {
 		if !ok {
 			continue
 		}
-		g := group(h.Group)
-		if h.State == lock.StateClaiming {
-			g.Claims++
-		} else {
-			g.Holders++
+		if in.config != nil {
+			g := group(h.Group)
+			if h.State == lock.StateClaiming {
+				g.Claims++
+			} else {
+				g.Holders++
+			}
 		}
 		hs := holderStatus{Node: h.Node, Group: h.Group, State: h.State, Since: h.Since.UTC(),
 			Age: in.now.Sub(h.Since).Round(time.Second).String()}
@@ -159,7 +164,9 @@ func (s status) writeText(w io.Writer) error {
 	} else {
 		fmt.Fprintln(tw, "not paused")
 	}
-	fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+	if len(s.Groups) > 0 {
+		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+	}
 	for _, g := range s.Groups {
 		window := "open (no windows)"
 		if len(g.Windows) > 0 {
@@ -184,9 +191,9 @@ func (s status) writeText(w io.Writer) error {
 		}
 	}
 	if len(s.Blockers) > 0 {
-		fmt.Fprintln(tw, "\nBLOCKER\tACTIVE\tDETAIL")
+		fmt.Fprintln(tw, "\nBLOCKER\tSTATE\tDETAIL")
 		for _, b := range s.Blockers {
-			fmt.Fprintf(tw, "%s\t%v\t%s\n", b.Name, b.Active, cmp.Or(b.Detail, "-"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Name, b.State, cmp.Or(b.Detail, "-"))
 		}
 	}
 	if s.Note != "" {
@@ -198,19 +205,14 @@ func (s status) writeText(w io.Writer) error {
 // writePolicyState writes where the policy comes from and, if its source is not in
 // force, the error.
 func writePolicyState(w io.Writer, p *policy.ConfigState) {
-	if p == nil {
-		return
-	}
-	if p.Error == "" {
+	switch {
+	case p == nil:
+	case p.Error == "":
 		fmt.Fprintf(w, "policy: %s\n", p.Source)
-		return
-	}
-	fmt.Fprintf(w, "POLICY SOURCE NOT IN FORCE: %s\n", p.Error)
-	since := ""
-	if !p.ErrorSince.IsZero() {
-		since = " since " + p.ErrorSince.UTC().Format(time.RFC3339)
-	}
-	if !p.Loaded.IsZero() {
-		fmt.Fprintf(w, "  (invalid%s; in force: %s as read at %s, shown below)\n", since, p.Source, p.Loaded.UTC().Format(time.RFC3339))
+	case p.Loaded.IsZero():
+		fmt.Fprintf(w, "POLICY NOT READABLE OR INVALID: %s: %s\n", p.Source, p.Error)
+	default:
+		fmt.Fprintf(w, "POLICY FILE INVALID since %s, IGNORED: %s\n", p.ErrorSince.UTC().Format(time.RFC3339), p.Error)
+		fmt.Fprintf(w, "policy in force: %s as read at %s (shown below)\n", p.Source, p.Loaded.UTC().Format(time.RFC3339))
 	}
 }
