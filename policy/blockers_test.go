@@ -369,3 +369,24 @@ func TestPodsCheckForbidden(t *testing.T) {
 	assert.Equal(t, "cannot check: forbidden", b[0].State)
 	assert.True(t, b[0].Active, "a server that cannot check blocks")
 }
+
+// A redirect is not followed: the credentials, added to every request, would reach
+// the redirect's target. It is an answer that is not clean, and blocks.
+func TestAlertsRedirectNotFollowed(t *testing.T) {
+	var leaked atomic.Value
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		leaked.Store(req.Header.Get("Authorization"))
+		fmt.Fprint(w, noAlerts)
+	}))
+	t.Cleanup(elsewhere.Close)
+	prom := httptest.NewServer(http.RedirectHandler(elsewhere.URL+"/api/v1/alerts", http.StatusFound))
+	t.Cleanup(prom.Close)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("s3cret-token"), 0o600))
+	p, _ := startPolicy(t, fmt.Sprintf("blockers: {alerts: {url: %q, interval: 1s, bearerTokenFile: %s}}", prom.URL, tokenFile), nil)
+	err := awaitAdmit(t, p, "a redirect blocks", func(err error) bool {
+		return errors.Is(err, fleetlock.ErrBlockerCheckFailing) && !strings.Contains(err.Error(), "not checked yet")
+	})
+	assert.Contains(t, err.Error(), "302 Found")
+	assert.Nil(t, leaked.Load(), "the redirect's target was never asked")
+}

@@ -186,6 +186,9 @@ func (a *AlertsBlocker) compile() error {
 		return fmt.Errorf("blockers.alerts.timeout: %s is under a second", a.Timeout)
 	}
 	hc := promconfig.DefaultHTTPClientConfig
+	// The credentials are added to every request, redirected ones too: a redirect
+	// elsewhere must not receive them. A redirect is an answer that is not clean.
+	hc.FollowRedirects = false
 	hc.BearerTokenFile = a.BearerTokenFile
 	if b := a.BasicAuth; b != nil {
 		if b.Username == "" || b.PasswordFile == "" {
