@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -256,4 +258,44 @@ func TestStatusShowsPolicyError(t *testing.T) {
 	out.Reset()
 	require.NoError(t, s.writeJSON(&out))
 	assert.Contains(t, out.String(), `"error": "/etc/reboot-manager/config.yaml: empty document"`)
+}
+
+// The server: a --config file emptied in place (config.yaml: "") keeps the policy in
+// force, and /status and /metrics say so.
+func TestServerKeepsPolicyWhenFileEmptied(t *testing.T) {
+	env := controlplane.Shared(t)
+	ns := env.Namespace(t)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {etcd: {slots: 0}}\n"), 0o600))
+	srv := startServer(t, env.Kubeconfig, "--namespace="+ns, "--config="+path)
+	get := func() status {
+		t.Helper()
+		resp, err := http.Get(srv.Admin + "/status")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var s status
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&s))
+		return s
+	}
+	s := get()
+	require.NotNil(t, s.Policy)
+	assert.Equal(t, path, s.Policy.Source)
+	assert.Empty(t, s.Policy.Error)
+	assert.Contains(t, metrics(t, srv), "rebootmanager_config_last_reload_successful 1")
+
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	require.Eventually(t, func() bool { return get().Policy.Error != "" }, 60*time.Second, 500*time.Millisecond)
+	s = get()
+	assert.Equal(t, path+`: empty document: a policy file starts with "apiVersion: rebootmanager/v1"`, s.Policy.Error)
+	var etcd *groupStatus
+	for i := range s.Groups {
+		if s.Groups[i].Name == "etcd" {
+			etcd = &s.Groups[i]
+		}
+	}
+	require.NotNil(t, etcd, "the policy in force is kept")
+	assert.Equal(t, 0, etcd.Slots)
+	m := metrics(t, srv)
+	assert.Contains(t, m, "rebootmanager_config_last_reload_successful 0")
+	assert.Contains(t, m, "rebootmanager_config_reload_failures_total 1")
 }
