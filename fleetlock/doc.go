@@ -74,6 +74,7 @@
 //	window_closed       409     ErrWindowClosed
 //	reboot_gap          409     ErrRebootGap
 //	alert_firing        409     ErrAlertFiring
+//	blocker_check_failing 409   ErrBlockerCheckFailing
 //	pods_blocking       409     ErrPodsBlocking
 //	group_not_ready     409     ErrGroupNotReady
 //	node_not_ready      409     ErrNodeNotReady (steady-state)

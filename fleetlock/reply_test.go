@@ -96,6 +96,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindWindowClosed, 409, locker(ErrWindowClosed, false), "POST", "/v1/pre-reboot", validBody},
 		{KindRebootGap, 409, locker(ErrRebootGap, false), "POST", "/v1/pre-reboot", validBody},
 		{KindAlertFiring, 409, locker(ErrAlertFiring, false), "POST", "/v1/pre-reboot", validBody},
+		{KindBlockerCheckFailing, 409, locker(ErrBlockerCheckFailing, false), "POST", "/v1/pre-reboot", validBody},
 		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
 		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
