@@ -290,6 +290,11 @@ func (h *handler) logRequest(ctx context.Context, endpoint string, p ClientParam
 }
 
 // registerMetrics creates the collectors on reg, reusing registered ones.
+// DurationBuckets are the upper bounds, in seconds, of the request-duration
+// histogram: from a millisecond (an answer from the cache) to Zincati's 30-minute
+// request timeout (a pre-reboot held open while the node waits for a slot).
+var DurationBuckets = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1500, 1800}
+
 func (h *handler) registerMetrics(reg prometheus.Registerer) {
 	h.requests = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rebootmanager_fleetlock_requests_total",
@@ -297,8 +302,8 @@ func (h *handler) registerMetrics(reg prometheus.Registerer) {
 	}, []string{"endpoint", "kind"}))
 	h.duration = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "rebootmanager_fleetlock_request_duration_seconds",
-		Help:    "FleetLock request handling time by endpoint.",
-		Buckets: prometheus.DefBuckets,
+		Help:    "FleetLock request handling time by endpoint, including the time a request is held open.",
+		Buckets: DurationBuckets,
 	}, []string{"endpoint"}))
 }
 
