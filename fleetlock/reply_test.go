@@ -96,6 +96,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindWindowClosed, 409, locker(ErrWindowClosed, false), "POST", "/v1/pre-reboot", validBody},
 		{KindRebootGap, 409, locker(ErrRebootGap, false), "POST", "/v1/pre-reboot", validBody},
 		{KindAlertFiring, 409, locker(ErrAlertFiring, false), "POST", "/v1/pre-reboot", validBody},
+		{KindBlockerCheckFailing, 409, locker(ErrBlockerCheckFailing, false), "POST", "/v1/pre-reboot", validBody},
 		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
 		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
@@ -107,6 +108,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindMethodNotAllowed, 405, locker(nil, false), "GET", "/v1/pre-reboot", ""},
 		{KindNotFound, 404, locker(nil, false), "POST", "/v1/nope", validBody},
 		{KindBodyTooLarge, 413, locker(nil, false), "POST", "/v1/pre-reboot", validBody + string(make([]byte, 5000))},
+		{KindTooManyRequests, 429, locker(ErrTooManyRequests, false), "POST", "/v1/steady-state", validBody},
 		{KindAPIUnavailable, 503, locker(ErrUnavailable, false), "POST", "/v1/pre-reboot", validBody},
 		{KindInternalError, 500, locker(errors.New("boom"), false), "POST", "/v1/steady-state", validBody},
 	}
@@ -116,7 +118,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 			rec := serve(NewHandler(tt.locker, Options{}), tt.method, tt.path, validHeader, tt.body)
 			rep := assertReply(t, rec, tt.status, tt.kind)
 			assert.Equal(t, tt.kind == KindMethodNotAllowed, rec.Header().Get("Allow") == "POST")
-			assert.Equal(t, tt.kind == KindAPIUnavailable, rec.Header().Get("Retry-After") == "10")
+			assert.Equal(t, tt.kind == KindAPIUnavailable || tt.kind == KindTooManyRequests, rec.Header().Get("Retry-After") == "10")
 			assert.Equal(t, tt.kind == KindUnauthorized, rec.Header().Get("WWW-Authenticate") == `Basic realm="reboot-manager"`)
 			if tt.kind == KindInternalError {
 				assert.NotContains(t, rep.Value, "boom")

@@ -60,7 +60,7 @@ func NewRefusal(sentinel error, msg string) *Refusal {
 }
 
 // noteOutcome counts a pre-reboot refusal by its reason and posts an Event on the node
-// when its reason differs from the last one posted, so that a node asking every few
+// when its cause differs from the last one posted, so that a node asking every few
 // minutes for hours does not flood the Events.
 func (l *Lock) noteOutcome(node, group string, err error) {
 	var ref *Refusal
@@ -77,9 +77,13 @@ func (l *Lock) noteOutcome(node, group string, err error) {
 		reason = RefusalReason(ref.Err)
 	}
 	l.refusals.WithLabelValues(l.groupLabel(group), reason).Inc()
+	cause := ref.Cause
+	if cause == "" {
+		cause = reason
+	}
 	l.refusedMu.Lock()
-	same := l.lastRefusal[node] == reason
-	l.lastRefusal[node] = reason
+	same := l.lastRefusal[node] == cause
+	l.lastRefusal[node] = cause
 	l.refusedMu.Unlock()
 	if !same {
 		eventType := corev1.EventTypeNormal
