@@ -28,6 +28,21 @@
 //     last, once every other target is gone, so that the drain gets as far as it can
 //     before this process stops. The replica that takes over resumes the drain.
 //
+// We do not use kubectl's drain helper (k8s.io/kubectl/pkg/drain): it blocks its
+// caller for the whole drain, falls back to DELETE when evictions are refused, and
+// polls each pod to see it go; a drain here runs in the background, never deletes
+// unless told to, and watches the node's pods.
+//
+// # Files
+//
+// drainer.go holds the Drainer (one drain per node); drain.go a drain's state
+// machine (its Phase, changed only by setPhase, and the run loop); target.go each
+// pod's state machine (its podPhase, changed only by setPodPhase); attempt.go the
+// eviction requests and their outcomes; filters.go which pods must leave, with
+// kubectl's filter names; pdb.go what a refusal says about PodDisruptionBudgets;
+// finish.go the final check; progress.go, events.go and metrics.go what is
+// reported.
+//
 // # Contract
 //
 // Start is idempotent and cheap: it starts a drain of the node unless one is known,

@@ -49,7 +49,7 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	require.NoError(t, err)
 	c.deployment("web", 3, nil)
 	one := intstr.FromInt32(1)
-	c.budget("web", "web", nil, &one)
+	c.pdb("web", "web", nil, &one)
 	c.deployment("cache", 1, func(s *corev1.PodSpec) {
 		s.Volumes = []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	})
@@ -102,7 +102,7 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 			}}
 		}
 	})
-	c.waitBudget("web", 3, 1)
+	c.waitPDB("web", 3, 1)
 
 	mustGo, mustStay := map[types.UID]string{}, map[types.UID]string{}
 	for _, p := range c.nodePods(a) {
@@ -217,9 +217,9 @@ func blockedWorkload(c *cluster, n int32) (string, []corev1.Pod, string) {
 	spare := c.addNode("y", false)
 	c.deployment("db", n, nil)
 	all := intstr.FromInt32(n)
-	c.budget("db", "db", &all, nil)
+	c.pdb("db", "db", &all, nil)
 	pods := c.waitRunning(node, "db", int(n))
-	c.waitBudget("db", n, 0)
+	c.waitPDB("db", n, 0)
 	c.cordon(spare, false)
 	c.cordon(node, true)
 	return node, pods, c.ns + "/db"

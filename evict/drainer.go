@@ -103,8 +103,8 @@ func (d *Drainer) Run(ctx context.Context) {
 	factory := informers.NewSharedInformerFactoryWithOptions(d.client, 0, informers.WithTransform(stripManagedFields))
 	pdbs := factory.Policy().V1().PodDisruptionBudgets().Informer()
 	if _, err := pdbs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    d.budgetChanged,
-		UpdateFunc: func(_, obj any) { d.budgetChanged(obj) },
+		AddFunc:    d.pdbChanged,
+		UpdateFunc: func(_, obj any) { d.pdbChanged(obj) },
 	}); err != nil {
 		d.log.Error("cannot watch disruption budgets", "err", err)
 	}
@@ -123,8 +123,8 @@ func (d *Drainer) Run(ctx context.Context) {
 // eventGrace is how long Events may still be posted after Run's context ends.
 const eventGrace = 5 * time.Second
 
-// budgetChanged wakes the drains blocked by a budget that now allows a disruption.
-func (d *Drainer) budgetChanged(obj any) {
+// pdbChanged wakes the drains blocked by a budget that now allows a disruption.
+func (d *Drainer) pdbChanged(obj any) {
 	pdb, ok := obj.(*policyv1.PodDisruptionBudget)
 	if !ok || pdb.Status.DisruptionsAllowed <= 0 || pdb.Status.ObservedGeneration < pdb.Generation {
 		return

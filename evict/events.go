@@ -49,7 +49,7 @@ func NodeRef(node string) *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: node, UID: types.UID(node)}
 }
 
-// podRef and budgetRef are the objects an Event is related to. The events library
+// podRef and pdbRef are the objects an Event is related to. The events library
 // merges Events that differ only in their notes into one series, so an Event about a
 // particular pod or budget names it as related.
 func podRef(key string, uid types.UID) *corev1.ObjectReference {
@@ -57,7 +57,7 @@ func podRef(key string, uid types.UID) *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: name, UID: uid}
 }
 
-func budgetRef(key string) *corev1.ObjectReference {
+func pdbRef(key string) *corev1.ObjectReference {
 	ns, name, _ := strings.Cut(key, "/")
 	return &corev1.ObjectReference{Kind: "PodDisruptionBudget", APIVersion: "policy/v1", Namespace: ns, Name: name}
 }
@@ -78,6 +78,32 @@ func (dr *drain) event(related *corev1.ObjectReference, eventType, reason, actio
 		return
 	}
 	r.Eventf(NodeRef(dr.node), related, eventType, reason, action, "%s", note)
+}
+
+// announce logs and posts the drain's start, and the pods whose eviction loses
+// something: no controller recreates them, or their emptyDir data.
+func (dr *drain) announce() {
+	var bare, local []string
+	for _, t := range dr.targets {
+		if t.unreplicated {
+			bare = append(bare, t.key)
+			dr.log.Warn("evicting a pod no controller recreates", "pod", t.key)
+		}
+		if t.localStorage {
+			local = append(local, t.key)
+			dr.log.Warn("evicting a pod with emptyDir data", "pod", t.key)
+		}
+	}
+	dr.log.Info("drain started", "pods", len(dr.targets), "unmanaged", len(bare), "localData", len(local))
+	dr.event(nil, corev1.EventTypeNormal, ReasonDrainStarted, actionDrain, "Draining node: %d pods to evict", len(dr.targets))
+	if len(bare) > 0 {
+		dr.event(nil, corev1.EventTypeWarning, ReasonDrainUnmanagedPods, actionEvict,
+			"Evicting %d pods that no controller recreates: %s", len(bare), listNames(bare))
+	}
+	if len(local) > 0 {
+		dr.event(nil, corev1.EventTypeWarning, ReasonDrainLocalData, actionEvict,
+			"Evicting %d pods whose emptyDir data is lost: %s", len(local), listNames(local))
+	}
 }
 
 // listNames joins names for a note, eliding after a few.

@@ -1,8 +1,6 @@
 package evict
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -64,7 +62,7 @@ func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 		states["running"]++
 		ch <- prometheus.MustNewConstMetric(podsLeftDesc, prometheus.GaugeValue, float64(p.PodsLeft), p.Node)
 		if !p.BlockedSince.IsZero() {
-			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, time.Since(p.BlockedSince).Seconds(), p.Node)
+			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, d.opts.Clock.Since(p.BlockedSince).Seconds(), p.Node)
 		}
 	}
 	for s, n := range states {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 )
 
 // FailurePolicy says what a drain does once Options.Timeout has passed and pods are
@@ -83,6 +84,9 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// Clock tells the time and makes the timers of the drains' waits. Default: the
+	// real clock.
+	Clock clock.Clock
 }
 
 // Defaults of Options.
@@ -116,6 +120,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
 	return o
 }

@@ -1,0 +1,232 @@
+package evict
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+)
+
+// podPhase is where one target stands. It changes only in drain.setPodPhase.
+//
+//	toEvict ──attempt──▶ evicting ──accepted──▶ terminating ──gone──▶ gone
+//	   ▲                    │
+//	   └── nextTry ◀── refused (a budget, an error)
+//
+// Any phase becomes gone when the pod's UID leaves the node or the pod finishes, and
+// terminating when someone else deletes it.
+type podPhase int
+
+const (
+	// podToEvict: an eviction is to be sent (at nextTry, if set).
+	podToEvict podPhase = iota
+	// podEvicting: an eviction (or, under Force, a deletion) is in flight.
+	podEvicting
+	// podRefused: the last attempt was refused or failed; the next is due at nextTry.
+	podRefused
+	// podTerminating: the pod is being deleted (evicted by us or anyone); the drain
+	// waits for it to be gone.
+	podTerminating
+	// podGone: deleted, replaced by a pod of another UID, or finished.
+	podGone
+)
+
+func (p podPhase) String() string {
+	return [...]string{"toEvict", "evicting", "refused", "terminating", "gone"}[p]
+}
+
+// target is a pod that must leave the node, identified by its UID: a pod of the same
+// name with another UID (a StatefulSet's replacement) is another pod.
+type target struct {
+	key          string // namespace/name
+	uid          types.UID
+	pod          *corev1.Pod // as last seen
+	self         bool
+	unreplicated bool
+	localStorage bool
+
+	phase     podPhase
+	failures  int
+	nextTry   time.Time
+	blockedBy []string // budgets that refused its last eviction
+	err       error    // the last attempt's error
+	errAt     time.Time
+	warned    bool // its first error was logged at warning level
+}
+
+// setPodPhase is the one place where a target's phase changes. Leaving podRefused
+// (or entering it afresh) forgets the refusal's budgets and error unless the new
+// phase is podRefused, whose caller sets them.
+func (dr *drain) setPodPhase(t *target, p podPhase) {
+	if t.phase == p {
+		return
+	}
+	if t.phase == podEvicting {
+		dr.inflight--
+	}
+	if p == podEvicting {
+		dr.inflight++
+	}
+	if p != podRefused && p != podEvicting {
+		t.blockedBy, t.err = nil, nil
+	}
+	t.phase = p
+	if p == podGone {
+		dr.log.Debug("pod gone", "pod", t.key)
+	}
+}
+
+// watchPods starts a watch of the pods bound to the node and waits until it has
+// listed them. It returns a function that stops the watch, or false if the drain's
+// context ended first.
+func (dr *drain) watchPods() (func(), bool) {
+	ctx, cancel := context.WithCancel(dr.ctx)
+	selector := fields.OneTermEqualSelector("spec.nodeName", dr.node).String()
+	factory := informers.NewSharedInformerFactoryWithOptions(dr.d.client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
+		informers.WithTransform(stripManagedFields))
+	inf := factory.Core().V1().Pods().Informer()
+	poke := func(any) { dr.poke() }
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    poke,
+		UpdateFunc: func(_, obj any) { dr.poke() },
+		DeleteFunc: poke,
+	}); err != nil {
+		dr.log.Error("cannot watch the node's pods", "err", err)
+	}
+	factory.Start(ctx.Done())
+	stop := func() {
+		cancel()
+		factory.Shutdown()
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		stop()
+		return nil, false
+	}
+	dr.pods = inf.GetStore()
+	return stop, true
+}
+
+// selectTargets picks, from the node's pods as first listed, those that must leave.
+// Pods bound to the node later are not added: the node is cordoned, so only pods that
+// tolerate that arrive, and evicting what keeps coming back would never end.
+func (dr *drain) selectTargets() {
+	for _, obj := range dr.pods.List() {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok || classify(pod) != evictIt {
+			continue
+		}
+		dr.addTarget(pod)
+	}
+	sort.Slice(dr.targets, func(i, j int) bool {
+		a, b := dr.targets[i], dr.targets[j]
+		if a.self != b.self {
+			return b.self
+		}
+		return a.key < b.key
+	})
+}
+
+// addTarget makes pod a target, waiting for it if it is already terminating.
+func (dr *drain) addTarget(pod *corev1.Pod) {
+	t := &target{
+		key:          pod.Namespace + "/" + pod.Name,
+		uid:          pod.UID,
+		pod:          pod,
+		unreplicated: unreplicatedFilter(pod),
+		localStorage: localStorageFilter(pod),
+	}
+	t.self = t.key == dr.d.opts.Self
+	if pod.DeletionTimestamp != nil {
+		dr.setPodPhase(t, podTerminating)
+	}
+	dr.targets = append(dr.targets, t)
+}
+
+// refresh updates the targets from the watched pods.
+func (dr *drain) refresh() {
+	for _, t := range dr.targets {
+		if t.phase == podGone {
+			continue
+		}
+		obj, exists, _ := dr.pods.GetByKey(t.key)
+		pod, _ := obj.(*corev1.Pod)
+		if !exists || pod == nil || pod.UID != t.uid || finished(pod) {
+			dr.setPodPhase(t, podGone)
+			continue
+		}
+		t.pod = pod
+		if pod.DeletionTimestamp != nil && t.phase != podEvicting {
+			dr.setPodPhase(t, podTerminating)
+		}
+	}
+}
+
+// takeKicks makes the pods blocked by a budget that now allows a disruption due.
+func (dr *drain) takeKicks() {
+	dr.kickMu.Lock()
+	kicked := dr.kicked
+	dr.kicked = map[string]bool{}
+	dr.kickMu.Unlock()
+	if len(kicked) == 0 {
+		return
+	}
+	for _, t := range dr.targets {
+		for _, b := range t.blockedBy {
+			if kicked[b] {
+				t.nextTry = time.Time{}
+			}
+		}
+	}
+}
+
+// left counts the targets not gone yet.
+func (dr *drain) left() int {
+	n := 0
+	for _, t := range dr.targets {
+		if t.phase != podGone {
+			n++
+		}
+	}
+	return n
+}
+
+// due reports whether t waits for an attempt (not necessarily now).
+func (dr *drain) due(t *target) bool {
+	if t.phase != podToEvict && t.phase != podRefused {
+		return false
+	}
+	if t.self {
+		// Self leaves last, once every other pod is gone.
+		for _, o := range dr.targets {
+			if !o.self && o.phase != podGone {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// nextTry returns when the next attempt is due; zero if none is, or if no attempt may
+// start before one in flight ends (its result wakes the loop).
+func (dr *drain) nextTry() time.Time {
+	var at time.Time
+	if dr.inflight >= dr.d.opts.Parallelism {
+		return at
+	}
+	for _, t := range dr.targets {
+		if dr.due(t) {
+			at = earliest(at, t.nextTry)
+			if at.IsZero() {
+				return time.Unix(0, 1) // due now
+			}
+		}
+	}
+	return at
+}
