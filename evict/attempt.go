@@ -2,6 +2,7 @@ package evict
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -97,12 +98,14 @@ func (dr *drain) attempt(t *target, pod *corev1.Pod, o op) result {
 }
 
 // refusedBy names the budgets behind a refused eviction: the one the reply names,
-// or, when it names none, those of the namespace that select the pod.
+// or, for the 500 about a pod that more than one budget selects, those of the
+// namespace that select the pod. A 429 that names no budget comes from API Priority
+// and Fairness (or another limit), not from a budget: a retry, blamed on nobody.
 func (dr *drain) refusedBy(ctx context.Context, pod *corev1.Pod, err error) (outcome, []string) {
 	if name := pdbFromRefusal(err); name != "" {
 		return refused, []string{pod.Namespace + "/" + name}
 	}
-	if !apierrors.IsTooManyRequests(err) && !tooManyPDBs(err) {
+	if !tooManyPDBs(err) {
 		return failed, nil
 	}
 	list, lerr := dr.d.client.PolicyV1().PodDisruptionBudgets(pod.Namespace).List(ctx, metav1.ListOptions{})
@@ -184,26 +187,41 @@ func (dr *drain) refused(t *target, r result, log *slog.Logger) {
 		wait = max(wait, min(time.Duration(s)*time.Second, dr.d.opts.BackoffMax))
 	}
 	t.nextTry = now.Add(wait)
-	t.blockedBy = nil
-	dr.setPodPhase(t, podRefused)
-	if r.outcome != refused {
-		if !t.warned {
-			t.warned = true
-			log.Warn("pod eviction failed; retrying", "err", r.err)
-		} else {
-			log.Debug("pod eviction failed; retrying", "err", r.err, "failures", t.failures, "wait", wait)
-		}
-		return
-	}
 	t.blockedBy = r.budgets
-	for _, b := range r.budgets {
-		log.Debug("pod eviction refused by disruption budget", "pdb", b, "failures", t.failures, "wait", wait)
-		if dr.announced[b] {
-			continue
-		}
-		dr.announced[b] = true
-		log.Info("drain blocked by disruption budget", "pdb", b, "err", r.err)
-		dr.event(pdbRef(b), corev1.EventTypeWarning, ReasonDrainBlocked, actionEvict,
-			"PodDisruptionBudget %s refuses to let pod %s be evicted; retrying", b, t.key)
+	t.blocks = blocksOf(t, r)
+	dr.setPodPhase(t, podRefused)
+	switch {
+	case r.outcome == refused:
+		log.Debug("pod eviction refused by disruption budget", "pdb", r.budgets, "failures", t.failures, "wait", wait)
+	case !t.warned:
+		t.warned = true
+		log.Warn("pod eviction failed; retrying", "err", r.err)
+	default:
+		log.Debug("pod eviction failed; retrying", "err", r.err, "failures", t.failures, "wait", wait)
 	}
+}
+
+// blocksOf says what a refused or failed attempt means for the drain: a Block per
+// refusing budget, one for a refusal of another kind, one for errors once they
+// persist; none for an error that may pass.
+func blocksOf(t *target, r result) []Block {
+	msg := r.err.Error()
+	var status apierrors.APIStatus
+	if errors.As(r.err, &status) && status.Status().Message != "" {
+		msg = status.Status().Message
+	}
+	if r.outcome == refused {
+		out := make([]Block, 0, len(r.budgets))
+		for _, b := range r.budgets {
+			out = append(out, Block{Reason: BlockedByPDB, Pod: t.key, Object: b, Message: msg})
+		}
+		return out
+	}
+	if reason, ok := refusalReason(r.err); ok {
+		return []Block{{Reason: reason, Pod: t.key, Message: msg}}
+	}
+	if t.failures >= FailuresBeforeBlocked {
+		return []Block{{Reason: BlockedByErrors, Pod: t.key, Message: msg}}
+	}
+	return nil
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -15,6 +18,7 @@ import (
 type drain struct {
 	d      *Drainer
 	node   string
+	uid    types.UID // the Node object drained
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -24,6 +28,9 @@ type drain struct {
 	exited chan struct{} // closed when run has returned and no worker runs
 
 	progress Progress // guarded by d.mu
+
+	nodeGone atomic.Bool                 // the Node was deleted or replaced
+	nodeSeen atomic.Pointer[corev1.Node] // the Node as last watched
 
 	kickMu sync.Mutex
 	kicked map[string]bool // budgets (namespace/name) that now allow a disruption
@@ -39,20 +46,21 @@ type drain struct {
 	results    chan result
 	inflight   int
 	workers    sync.WaitGroup
-	announced  map[string]bool // budgets whose refusal was logged and posted
 	forced     int
-	listErr    error // the last failure of the final check
-	// blockedSince is when a budget began to refuse this drain; zero while none does.
-	blockedSince time.Time
+	listErr    error                // the last failure of the final check
+	rounds     int                  // final checks that found pods arrived since
+	blockedAt  map[string]time.Time // when each current Block began, by Block.key
+	posted     map[string]time.Time // when each current Block's Event was posted, by Block.eventKey
 }
 
-func newDrain(d *Drainer, node string, prev *drain) *drain {
+func newDrain(d *Drainer, node *corev1.Node, prev *drain) *drain {
 	ctx, cancel := context.WithCancel(d.base)
 	now := d.opts.Clock.Now()
 	dr := &drain{
 		d:         d,
-		node:      node,
-		log:       d.log.With("node", node),
+		node:      node.Name,
+		uid:       node.UID,
+		log:       d.log.With("node", node.Name),
 		ctx:       ctx,
 		cancel:    cancel,
 		prev:      prev,
@@ -61,13 +69,22 @@ func newDrain(d *Drainer, node string, prev *drain) *drain {
 		wake:      make(chan struct{}, 1),
 		kicked:    map[string]bool{},
 		results:   make(chan result, d.opts.Parallelism),
-		announced: map[string]bool{},
+		blockedAt: map[string]time.Time{},
+		posted:    map[string]time.Time{},
 		phase:     PhasePending,
 		started:   now,
 		deadline:  now.Add(d.opts.Timeout),
 	}
-	dr.progress = Progress{Node: node, Phase: PhasePending, Started: dr.started, Done: dr.done}
+	dr.progress = Progress{Node: node.Name, NodeUID: node.UID, Phase: PhasePending, Started: dr.started, Done: dr.done}
 	return dr
+}
+
+// resume carries over what a drained drain of the same Node learnt, for a drain that
+// goes back to evicting pods found since (Drainer.Remaining): its start, deadline
+// and rounds.
+func (dr *drain) resume(prev *drain) {
+	dr.started, dr.deadline, dr.rounds = prev.started, prev.deadline, prev.rounds
+	dr.progress.Started = dr.started
 }
 
 // setPhase is the one place where the drain's phase changes. It publishes the new
@@ -87,7 +104,11 @@ func (dr *drain) setPhase(p Phase) {
 func (dr *drain) closeDone() { dr.once.Do(func() { close(dr.done) }) }
 
 // publish stores the drain's progress as its run loop knows it.
-func (dr *drain) publish() { dr.d.publish(dr, dr.snapshot()) }
+func (dr *drain) publish() Progress {
+	p := dr.snapshot()
+	dr.d.publish(dr, p)
+	return p
+}
 
 // poke wakes the run loop.
 func (dr *drain) poke() {
@@ -112,6 +133,15 @@ func (dr *drain) run() {
 	defer dr.workers.Wait()
 	defer dr.cancel()
 	if !dr.awaitTurn() {
+		return
+	}
+	stopNodeWatch, ok := dr.watchNode()
+	if !ok {
+		return
+	}
+	defer stopNodeWatch()
+	if dr.nodeGone.Load() {
+		dr.loseNode()
 		return
 	}
 	stopWatch, ok := dr.watchPods()
@@ -149,11 +179,7 @@ func (dr *drain) run() {
 // runs; false if the drain's context ended first.
 func (dr *drain) awaitTurn() bool {
 	if dr.prev != nil {
-		select {
-		case <-dr.prev.exited:
-		case <-dr.ctx.Done():
-			return false
-		}
+		<-dr.prev.exited // stopped already: it exits soon
 	}
 	select {
 	case <-dr.d.running:
@@ -163,29 +189,43 @@ func (dr *drain) awaitTurn() bool {
 	}
 }
 
-// step takes the drain one transition further: it reads the watched pods, ends the
-// drain when they are gone, applies the FailurePolicy at the deadline, and starts
-// the attempts that are due.
+// step takes the drain one transition further: it stops if the Node is gone, reads
+// the watched pods, ends the drain when they are gone (checked by a LIST), applies
+// the FailurePolicy at the deadline, starts the attempts that are due, and reports.
 func (dr *drain) step() {
+	if dr.nodeGone.Load() {
+		dr.loseNode()
+		return
+	}
 	dr.refresh()
 	dr.takeKicks()
 	now := dr.d.opts.Clock.Now()
 	if dr.left() == 0 && !now.Before(dr.checkAgain) {
-		if dr.confirmGone() {
+		if dr.finalCheck() {
 			dr.succeed()
 			return
 		}
 		dr.checkAgain = now.Add(dr.d.opts.BackoffBase)
 	}
-	if dr.phase == PhaseEvicting && dr.d.opts.FailurePolicy != KeepRefusing && !now.Before(dr.deadline) {
-		if dr.d.opts.FailurePolicy == Release {
+	if dr.d.opts.FailurePolicy != KeepRefusing && !now.Before(dr.deadline) {
+		switch {
+		case dr.d.opts.FailurePolicy == Release, dr.returned() > 0:
+			// Returning pods are not forced: deleting them would not keep them away.
 			dr.fail()
 			return
+		case dr.phase == PhaseEvicting:
+			dr.startForcing()
 		}
-		dr.startForcing()
 	}
 	dr.launch(now)
-	dr.publish()
+	dr.postBlocks(dr.publish().Blocks)
+}
+
+// loseNode stops the drain whose Node is gone: nothing more is evicted.
+func (dr *drain) loseNode() {
+	dr.cancel() // requests in flight end
+	dr.log.Info("drain stopped: the node is gone", "nodeUID", dr.uid, "podsLeft", dr.left())
+	dr.setPhase(PhaseNodeGone)
 }
 
 // wakeAt returns when the run loop must look again without being woken: the next
@@ -195,7 +235,7 @@ func (dr *drain) wakeAt() time.Time {
 	if !dr.checkAgain.IsZero() && dr.left() == 0 {
 		at = earliest(at, dr.checkAgain)
 	}
-	if dr.phase == PhaseEvicting && dr.d.opts.FailurePolicy != KeepRefusing {
+	if dr.d.opts.FailurePolicy != KeepRefusing && (dr.phase == PhaseEvicting || dr.returned() > 0) {
 		at = earliest(at, dr.deadline)
 	}
 	return at

@@ -3,6 +3,7 @@ package evict
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -10,8 +11,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -137,32 +141,60 @@ func (d *Drainer) pdbChanged(obj any) {
 	}
 }
 
-// Start starts draining node unless a drain of it is under way or done, and returns
-// its progress without blocking or making a request. A drain that ended (drained or
-// failed) stays as it ended until Forget. After Run has returned, Start starts nothing:
-// the progress it returns has Err ErrStopped, and its Done is closed only if the drain
+// Start starts draining node unless a drain of this Node object (its UID) is under
+// way or done, and returns its progress without blocking or making a request. A
+// drain of another Node object of the same name (deleted and re-created) is stopped
+// and replaced by a fresh one. A drain that ended (drained, failed, or NodeGone)
+// stays as it ended until Forget. After Run has returned, Start starts nothing: the
+// progress it returns has Err ErrStopped, and its Done is closed only if the drain
 // had ended before.
-func (d *Drainer) Start(node string) Progress {
+func (d *Drainer) Start(node *corev1.Node) Progress {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if dr := d.drains[node]; dr != nil {
+	dr := d.drains[node.Name]
+	if dr != nil && dr.uid == node.UID {
 		p := dr.progress
-		if d.stopped && !p.Drained && !p.Failed {
+		if d.stopped && !p.Phase.ended() {
 			p.Err = ErrStopped
 		}
 		return p
 	}
 	if d.stopped {
-		return Progress{Node: node, Err: ErrStopped, Done: make(chan struct{})}
+		return Progress{Node: node.Name, NodeUID: node.UID, Err: ErrStopped, Done: make(chan struct{})}
 	}
-	dr := newDrain(d, node, d.ending[node])
-	d.drains[node] = dr
+	if dr != nil {
+		dr.log.Info("drain stopped: the node was replaced", "nodeUID", dr.uid, "newNodeUID", node.UID)
+		d.retire(dr)
+	}
+	return d.launch(newDrain(d, node, d.ending[node.Name])).progress
+}
+
+// launch registers a new drain and starts its goroutine; d.mu is held.
+func (d *Drainer) launch(dr *drain) *drain {
+	d.drains[dr.node] = dr
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		dr.run()
 	}()
-	return dr.progress
+	return dr
+}
+
+// retire stops dr without waiting: its Done is closed once it has stopped; d.mu is
+// held.
+func (d *Drainer) retire(dr *drain) {
+	delete(d.drains, dr.node)
+	d.ending[dr.node] = dr
+	dr.cancel()
+	go func() {
+		<-dr.exited
+		dr.closeDone()
+		d.mu.Lock()
+		if d.ending[dr.node] == dr {
+			delete(d.ending, dr.node)
+		}
+		d.mu.Unlock()
+	}()
 }
 
 // Forget stops any drain of node and drops what is known of it. It returns once the
@@ -175,22 +207,58 @@ func (d *Drainer) Forget(node string) {
 		d.mu.Unlock()
 		return
 	}
-	delete(d.drains, node)
-	d.ending[node] = dr
+	d.retire(dr)
 	d.mu.Unlock()
 
-	dr.cancel()
 	<-dr.exited
 	dr.closeDone()
-	if p := dr.progress; !p.Drained && !p.Failed { // dr's run has exited: no writer left
+	if p := dr.progress; !p.Phase.ended() { // dr's run has exited: no writer left
 		dr.log.Info("drain stopped", "podsLeft", p.PodsLeft)
 	}
+}
 
-	d.mu.Lock()
-	if d.ending[node] == dr {
-		delete(d.ending, node)
+// Remaining lists, from the API server (not a cache), the pods bound to node that
+// must leave it (see MustLeave), sorted; an error if the LIST fails. Call it just
+// before telling the node to reboot. If it finds any and the drain of this Node
+// object had ended Drained, the drain goes back to evicting them (budgets respected)
+// with a new Done: call Start for its progress. A drain under way finds them itself
+// before it reports Drained.
+func (d *Drainer) Remaining(ctx context.Context, node *corev1.Node) ([]types.NamespacedName, error) {
+	pods, err := d.listNodePods(ctx, node.Name)
+	if err != nil {
+		return nil, err
 	}
-	d.mu.Unlock()
+	var left []types.NamespacedName
+	for i := range pods {
+		if MustLeave(&pods[i]) {
+			left = append(left, types.NamespacedName{Namespace: pods[i].Namespace, Name: pods[i].Name})
+		}
+	}
+	sort.Slice(left, func(i, j int) bool { return left[i].String() < left[j].String() })
+	if len(left) == 0 {
+		return nil, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dr := d.drains[node.Name]; dr != nil && dr.uid == node.UID && !d.stopped && dr.progress.Phase == PhaseDrained {
+		dr.log.Info("drain resumed: pods that must leave are on the node", "pods", len(left))
+		delete(d.drains, node.Name)
+		next := newDrain(d, node, dr)
+		next.resume(dr)
+		d.launch(next)
+	}
+	return left, nil
+}
+
+// listNodePods lists, from the API server, the pods bound to node.
+func (d *Drainer) listNodePods(ctx context.Context, node string) ([]corev1.Pod, error) {
+	list, err := d.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the pods of node %s: %w", node, err)
+	}
+	return list.Items, nil
 }
 
 // Progress returns the progress of node's drain, if the Drainer knows one.

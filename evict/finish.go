@@ -5,37 +5,59 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// confirmGone lists the node's pods from the API server, not the watch, and reports
-// whether every target is gone.
-func (dr *drain) confirmGone() bool {
-	list, err := dr.d.client.CoreV1().Pods(metav1.NamespaceAll).List(dr.ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", dr.node).String(),
-	})
+// finalCheck lists the node's pods from the API server, not the watch, and reports
+// whether none that must leave is there: neither a target nor a pod that arrived
+// since the drain began (one that tolerates the cordon, or names the node itself).
+// Newcomers become targets, to be evicted like the first ones, and the drain goes
+// on; once Options.ReturningRounds checks have found newcomers, further ones are not
+// evicted but block the drain (BlockedByPodsReturning): the workload would only
+// churn, and the node is not rebooted while they run on it.
+func (dr *drain) finalCheck() bool {
+	pods, err := dr.d.listNodePods(dr.ctx, dr.node)
 	if err != nil {
 		if dr.ctx.Err() == nil {
-			dr.listErr = fmt.Errorf("list the node's pods: %w", err)
+			dr.listErr = err
 			dr.log.Debug("cannot list the node's pods", "err", err)
 		}
 		return false
 	}
 	dr.listErr = nil
-	uids := map[types.UID]bool{}
-	for i := range list.Items {
-		if !finished(&list.Items[i]) {
-			uids[list.Items[i].UID] = true
-		}
-	}
+	known := map[types.UID]bool{}
 	for _, t := range dr.targets {
-		if uids[t.uid] {
-			return false
+		known[t.uid] = true
+	}
+	var newcomers []*target
+	for i := range pods {
+		pod := &pods[i]
+		if known[pod.UID] {
+			if !finished(pod) {
+				return false // the watch is behind
+			}
+			continue
+		}
+		if classify(pod) == evictIt {
+			newcomers = append(newcomers, dr.addTarget(pod.DeepCopy()))
 		}
 	}
-	return true
+	if len(newcomers) == 0 {
+		return true
+	}
+	dr.rounds++
+	dr.sortTargets()
+	for _, t := range newcomers {
+		if dr.rounds <= dr.d.opts.ReturningRounds || t.phase == podTerminating {
+			dr.log.Info("evicting a pod that arrived during the drain", "pod", t.key, "round", dr.rounds)
+			continue
+		}
+		t.blocks = []Block{{Reason: BlockedByPodsReturning, Pod: t.key, Message: fmt.Sprintf(
+			"pods that must leave keep arriving on the cordoned node (%d rounds); this one tolerates the cordon or names the node, and is not evicted again: the node is not rebooted while it runs here",
+			dr.rounds)}}
+		dr.setPodPhase(t, podReturned)
+	}
+	return false
 }
 
 // succeed reports the node drained.

@@ -64,6 +64,14 @@ func (c *cluster) addNode(suffix string, schedulable bool) string {
 	return name
 }
 
+// start starts a drain of the node as it is now.
+func (c *cluster) start(d *evict.Drainer, node string) evict.Progress {
+	c.t.Helper()
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(c.t, err)
+	return d.Start(n)
+}
+
 // cordon sets the node's spec.unschedulable, as the lock does in production.
 func (c *cluster) cordon(node string, unschedulable bool) {
 	c.t.Helper()

@@ -1,6 +1,8 @@
 package evict
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -9,8 +11,10 @@ var (
 		"Drains this process knows, by state: running, drained or failed.", []string{"state"}, nil)
 	podsLeftDesc = prometheus.NewDesc("rebootmanager_drain_pods_left",
 		"Pods still to leave the node, per running drain.", []string{"node"}, nil)
-	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_seconds",
-		"How long a PodDisruptionBudget has refused the drain's evictions, per blocked drain.", []string{"node"}, nil)
+	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_since_timestamp_seconds",
+		"When the drain of the node became blocked for this reason (Unix time), per blocked drain and reason: "+
+			"PodDisruptionBudget, AdmissionDenied, NamespaceTerminating, Forbidden, EvictionErrors, PodsReturning.",
+		[]string{"node", "reason"}, nil)
 )
 
 // newEvictionsCounter counts eviction (and, under Force, deletion) answers by result.
@@ -61,8 +65,14 @@ func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 		}
 		states["running"]++
 		ch <- prometheus.MustNewConstMetric(podsLeftDesc, prometheus.GaugeValue, float64(p.PodsLeft), p.Node)
-		if !p.BlockedSince.IsZero() {
-			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, d.opts.Clock.Since(p.BlockedSince).Seconds(), p.Node)
+		since := map[BlockReason]time.Time{}
+		for _, b := range p.Blocks {
+			if s, ok := since[b.Reason]; !ok || b.Since.Before(s) {
+				since[b.Reason] = b.Since
+			}
+		}
+		for reason, s := range since {
+			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, float64(s.UnixNano())/1e9, p.Node, string(reason))
 		}
 	}
 	for s, n := range states {

@@ -84,6 +84,16 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// ReturningRounds is how many times the drain's final check may find pods that
+	// must leave and arrived since the drain began (pods that tolerate the cordon,
+	// or name the node) and evict them. Past it, newcomers are not evicted: they
+	// block the drain (BlockedByPodsReturning) until they leave, and under Release
+	// or Force the drain fails at Timeout. Default 3.
+	ReturningRounds int
+	// BlockedEventInterval is how often the Warning Event DrainBlocked is posted
+	// again while the same block lasts (Events expire, after an hour by default).
+	// Default 30 minutes.
+	BlockedEventInterval time.Duration
 	// Clock tells the time and makes the timers of the drains' waits. Default: the
 	// real clock.
 	Clock clock.Clock
@@ -91,11 +101,13 @@ type Options struct {
 
 // Defaults of Options.
 const (
-	DefaultParallelism        = 5
-	DefaultEvictionsPerSecond = 10
-	DefaultBackoffBase        = time.Second
-	DefaultBackoffMax         = 30 * time.Second
-	DefaultTimeout            = 15 * time.Minute
+	DefaultParallelism          = 5
+	DefaultEvictionsPerSecond   = 10
+	DefaultBackoffBase          = time.Second
+	DefaultBackoffMax           = 30 * time.Second
+	DefaultTimeout              = 15 * time.Minute
+	DefaultReturningRounds      = 3
+	DefaultBlockedEventInterval = 30 * time.Minute
 )
 
 // withDefaults returns o with every zero field set to its default.
@@ -117,6 +129,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.ReturningRounds <= 0 {
+		o.ReturningRounds = DefaultReturningRounds
+	}
+	if o.BlockedEventInterval <= 0 {
+		o.BlockedEventInterval = DefaultBlockedEventInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Phase is where a drain stands as a whole. A drain moves from Pending to Evicting,
@@ -22,18 +24,25 @@ const (
 	PhaseForcing Phase = "Forcing"
 	// PhaseDrained: every target is gone. Final.
 	PhaseDrained Phase = "Drained"
-	// PhaseFailed: the drain gave up (FailurePolicy Release). Final.
+	// PhaseFailed: the drain gave up: under FailurePolicy Release past Timeout, or
+	// under Release or Force past Timeout while pods keep returning
+	// (BlockedByPodsReturning). Final.
 	PhaseFailed Phase = "Failed"
+	// PhaseNodeGone: the Node object drained (Progress.NodeUID) was deleted, or
+	// replaced by another of the same name; the drain evicts nothing more. Final.
+	PhaseNodeGone Phase = "NodeGone"
 )
 
 // ended reports whether the phase ends the drain: its Done is closed.
-func (p Phase) ended() bool { return p == PhaseDrained || p == PhaseFailed }
+func (p Phase) ended() bool { return p == PhaseDrained || p == PhaseFailed || p == PhaseNodeGone }
 
 // Progress is where one node's drain stands. It is a snapshot: call Drainer.Start or
 // Drainer.Progress again for a newer one.
 type Progress struct {
 	// Node is the drained node's name.
 	Node string
+	// NodeUID is the UID of the Node object drained: the drain is bound to it.
+	NodeUID types.UID
 	// Phase is the drain's phase.
 	Phase Phase
 	// Started is when this drain began.
@@ -46,10 +55,14 @@ type Progress struct {
 	Failed bool
 	// PodsLeft is the number of pods still to leave the node.
 	PodsLeft int
+	// Blocks are the reasons the drain cannot go on now, one per pod (a refused
+	// eviction, pods returning), sorted by Reason; empty while nothing blocks it.
+	// A drain that waits only for pods to terminate is not blocked.
+	Blocks []Block
 	// BlockedBy names the PodDisruptionBudgets (namespace/name) that refused the last
-	// evictions; empty when nothing blocks.
+	// evictions (the Objects of the BlockedByPDB Blocks); empty when none does.
 	BlockedBy []string
-	// BlockedSince is when a budget began to refuse the evictions; zero while none does.
+	// BlockedSince is when the oldest of Blocks began; zero while nothing blocks.
 	BlockedSince time.Time
 	// Err is the last error met, if any (an eviction refused, an API error).
 	Err error
@@ -71,6 +84,21 @@ type Progress struct {
 	Left []string
 }
 
+// Blocked returns the oldest reason the drain cannot go on, if any: what a reply
+// that says "blocked" names (its Message is the refusal's own, Pod the pod).
+func (p Progress) Blocked() (Block, bool) {
+	if len(p.Blocks) == 0 {
+		return Block{}, false
+	}
+	oldest := p.Blocks[0]
+	for _, b := range p.Blocks[1:] {
+		if b.Since.Before(oldest.Since) {
+			oldest = b
+		}
+	}
+	return oldest, true
+}
+
 // String describes the progress for a person: "3 pods left, blocked by PDB ns/web".
 func (p Progress) String() string {
 	switch {
@@ -78,8 +106,12 @@ func (p Progress) String() string {
 		return "drained"
 	case p.Failed:
 		return fmt.Sprintf("drain failed with %d pods left: %v", p.PodsLeft, p.Err)
+	case p.Phase == PhaseNodeGone:
+		return fmt.Sprintf("drain stopped: node %s (UID %s) is gone", p.Node, p.NodeUID)
 	case len(p.BlockedBy) > 0:
 		return fmt.Sprintf("%d pods left, evictions blocked by PodDisruptionBudget %s", p.PodsLeft, strings.Join(p.BlockedBy, ", "))
+	case len(p.Blocks) > 0:
+		return fmt.Sprintf("%d pods left, blocked by %s", p.PodsLeft, p.Blocks[0])
 	default:
 		return fmt.Sprintf("draining, %d pods left", p.PodsLeft)
 	}
@@ -98,7 +130,6 @@ func (dr *drain) snapshot() Progress {
 		Drained: dr.phase == PhaseDrained,
 		Failed:  dr.phase == PhaseFailed,
 	}
-	budgets := map[string]bool{}
 	var errAt time.Time
 	for _, t := range dr.targets {
 		if t.unreplicated {
@@ -112,24 +143,22 @@ func (dr *drain) snapshot() Progress {
 		}
 		p.PodsLeft++
 		p.Left = append(p.Left, t.key)
-		for _, b := range t.blockedBy {
-			budgets[b] = true
-		}
 		if t.err != nil && t.errAt.After(errAt) {
 			p.Err, errAt = t.err, t.errAt
 		}
 	}
-	for b := range budgets {
-		p.BlockedBy = append(p.BlockedBy, b)
+	p.Blocks = dr.blocks()
+	budgets := map[string]bool{}
+	for _, b := range p.Blocks {
+		if b.Reason == BlockedByPDB && !budgets[b.Object] {
+			budgets[b.Object] = true
+			p.BlockedBy = append(p.BlockedBy, b.Object)
+		}
+		if p.BlockedSince.IsZero() || b.Since.Before(p.BlockedSince) {
+			p.BlockedSince = b.Since
+		}
 	}
 	sort.Strings(p.BlockedBy)
-	switch {
-	case len(p.BlockedBy) == 0:
-		dr.blockedSince = time.Time{}
-	case dr.blockedSince.IsZero():
-		dr.blockedSince = dr.d.opts.Clock.Now()
-	}
-	p.BlockedSince = dr.blockedSince
 	if p.Failed {
 		p.Err = dr.timeoutErr(p)
 	}

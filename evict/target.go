@@ -1,16 +1,11 @@
 package evict
 
 import (
-	"context"
 	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/tools/cache"
 )
 
 // podPhase is where one target stands. It changes only in drain.setPodPhase.
@@ -35,10 +30,14 @@ const (
 	podTerminating
 	// podGone: deleted, replaced by a pod of another UID, or finished.
 	podGone
+	// podReturned: arrived after Options.ReturningRounds final checks had each
+	// found newcomers; not evicted (the workload would only churn), it blocks the
+	// drain (BlockedByPodsReturning) until it leaves.
+	podReturned
 )
 
 func (p podPhase) String() string {
-	return [...]string{"toEvict", "evicting", "refused", "terminating", "gone"}[p]
+	return [...]string{"toEvict", "evicting", "refused", "terminating", "gone", "returned"}[p]
 }
 
 // target is a pod that must leave the node, identified by its UID: a pod of the same
@@ -55,6 +54,7 @@ type target struct {
 	failures  int
 	nextTry   time.Time
 	blockedBy []string // budgets that refused its last eviction
+	blocks    []Block  // why it cannot leave now; Since is kept by the drain
 	err       error    // the last attempt's error
 	errAt     time.Time
 	warned    bool // its first error was logged at warning level
@@ -73,44 +73,13 @@ func (dr *drain) setPodPhase(t *target, p podPhase) {
 	if p == podEvicting {
 		dr.inflight++
 	}
-	if p != podRefused && p != podEvicting {
-		t.blockedBy, t.err = nil, nil
+	if p != podRefused && p != podEvicting && p != podReturned {
+		t.blockedBy, t.err, t.blocks = nil, nil, nil
 	}
 	t.phase = p
 	if p == podGone {
 		dr.log.Debug("pod gone", "pod", t.key)
 	}
-}
-
-// watchPods starts a watch of the pods bound to the node and waits until it has
-// listed them. It returns a function that stops the watch, or false if the drain's
-// context ended first.
-func (dr *drain) watchPods() (func(), bool) {
-	ctx, cancel := context.WithCancel(dr.ctx)
-	selector := fields.OneTermEqualSelector("spec.nodeName", dr.node).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(dr.d.client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
-		informers.WithTransform(stripManagedFields))
-	inf := factory.Core().V1().Pods().Informer()
-	poke := func(any) { dr.poke() }
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    poke,
-		UpdateFunc: func(_, obj any) { dr.poke() },
-		DeleteFunc: poke,
-	}); err != nil {
-		dr.log.Error("cannot watch the node's pods", "err", err)
-	}
-	factory.Start(ctx.Done())
-	stop := func() {
-		cancel()
-		factory.Shutdown()
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		stop()
-		return nil, false
-	}
-	dr.pods = inf.GetStore()
-	return stop, true
 }
 
 // selectTargets picks, from the node's pods as first listed, those that must leave.
@@ -124,6 +93,11 @@ func (dr *drain) selectTargets() {
 		}
 		dr.addTarget(pod)
 	}
+	dr.sortTargets()
+}
+
+// sortTargets puts the targets in the order of their attempts: by name, Self last.
+func (dr *drain) sortTargets() {
 	sort.Slice(dr.targets, func(i, j int) bool {
 		a, b := dr.targets[i], dr.targets[j]
 		if a.self != b.self {
@@ -134,7 +108,7 @@ func (dr *drain) selectTargets() {
 }
 
 // addTarget makes pod a target, waiting for it if it is already terminating.
-func (dr *drain) addTarget(pod *corev1.Pod) {
+func (dr *drain) addTarget(pod *corev1.Pod) *target {
 	t := &target{
 		key:          pod.Namespace + "/" + pod.Name,
 		uid:          pod.UID,
@@ -147,6 +121,7 @@ func (dr *drain) addTarget(pod *corev1.Pod) {
 		dr.setPodPhase(t, podTerminating)
 	}
 	dr.targets = append(dr.targets, t)
+	return t
 }
 
 // refresh updates the targets from the watched pods.
@@ -162,7 +137,7 @@ func (dr *drain) refresh() {
 			continue
 		}
 		t.pod = pod
-		if pod.DeletionTimestamp != nil && t.phase != podEvicting {
+		if pod.DeletionTimestamp != nil && t.phase != podEvicting && t.phase != podTerminating {
 			dr.setPodPhase(t, podTerminating)
 		}
 	}
@@ -184,6 +159,17 @@ func (dr *drain) takeKicks() {
 			}
 		}
 	}
+}
+
+// returned counts the targets that block the drain by returning.
+func (dr *drain) returned() int {
+	n := 0
+	for _, t := range dr.targets {
+		if t.phase == podReturned {
+			n++
+		}
+	}
+	return n
 }
 
 // left counts the targets not gone yet.
