@@ -17,8 +17,12 @@ const (
 	// ReasonDrainLocalData (Warning): pods with emptyDir volumes are evicted; their
 	// data is lost.
 	ReasonDrainLocalData = "DrainLocalData"
-	// ReasonDrainBlocked (Warning): a PodDisruptionBudget refused an eviction. Posted
-	// once per budget per drain, not per retry.
+	// ReasonDrainBlocked (Warning): something refuses to let a pod leave (a Block:
+	// a PodDisruptionBudget, an admission policy or webhook, a terminating
+	// namespace, missing permissions, persistent errors, pods returning). Posted
+	// when the block begins, once per budget (related: the budget) or per pod
+	// (related: the pod), not per retry; posted again every
+	// Options.BlockedEventInterval while it lasts, since Events expire.
 	ReasonDrainBlocked = "DrainBlocked"
 	// ReasonDrainSucceeded (Normal): every pod that had to leave is gone.
 	ReasonDrainSucceeded = "DrainSucceeded"
