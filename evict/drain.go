@@ -238,6 +238,9 @@ func (dr *drain) wakeAt() time.Time {
 	if dr.d.opts.FailurePolicy != KeepRefusing && (dr.phase == PhaseEvicting || dr.returned() > 0) {
 		at = earliest(at, dr.deadline)
 	}
+	for _, t := range dr.targets {
+		at = earliest(at, dr.skipWaitAt(t))
+	}
 	return at
 }
 

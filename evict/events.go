@@ -24,6 +24,10 @@ const (
 	// (related: the pod), not per retry; posted again every
 	// Options.BlockedEventInterval while it lasts, since Events expire.
 	ReasonDrainBlocked = "DrainBlocked"
+	// ReasonDrainSkippedTerminatingPod (Warning): a pod terminating on a NotReady
+	// node past its grace period and Options.SkipWaitForDeleteTimeout counts as
+	// gone, one Event per pod.
+	ReasonDrainSkippedTerminatingPod = "DrainSkippedTerminatingPod"
 	// ReasonDrainSucceeded (Normal): every pod that had to leave is gone.
 	ReasonDrainSucceeded = "DrainSucceeded"
 	// ReasonDrainFailed (Warning): the drain gave up (FailurePolicy Release).

@@ -25,15 +25,15 @@ func (dr *drain) finalCheck() bool {
 		return false
 	}
 	dr.listErr = nil
-	known := map[types.UID]bool{}
+	known, skipped := map[types.UID]bool{}, map[types.UID]bool{}
 	for _, t := range dr.targets {
-		known[t.uid] = true
+		known[t.uid], skipped[t.uid] = true, t.skipped
 	}
 	var newcomers []*target
 	for i := range pods {
 		pod := &pods[i]
 		if known[pod.UID] {
-			if !finished(pod) {
+			if !finished(pod) && !skipped[pod.UID] {
 				return false // the watch is behind
 			}
 			continue

@@ -84,6 +84,13 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// SkipWaitForDeleteTimeout is how long past its deletion timestamp (which already
+	// includes its grace period) a target pod that is terminating on a NotReady node
+	// is waited for. Past it the pod counts as gone: its eviction was accepted, so its
+	// budget was honoured, and with the kubelet silent nobody would ever finish its
+	// deletion. As kubectl drain's --skip-wait-for-delete-timeout, but only while the
+	// node is NotReady. Default 1 minute; negative: wait for ever.
+	SkipWaitForDeleteTimeout time.Duration
 	// ReturningRounds is how many times the drain's final check may find pods that
 	// must leave and arrived since the drain began (pods that tolerate the cordon,
 	// or name the node) and evict them. Past it, newcomers are not evicted: they
@@ -101,13 +108,14 @@ type Options struct {
 
 // Defaults of Options.
 const (
-	DefaultParallelism          = 5
-	DefaultEvictionsPerSecond   = 10
-	DefaultBackoffBase          = time.Second
-	DefaultBackoffMax           = 30 * time.Second
-	DefaultTimeout              = 15 * time.Minute
-	DefaultReturningRounds      = 3
-	DefaultBlockedEventInterval = 30 * time.Minute
+	DefaultParallelism              = 5
+	DefaultEvictionsPerSecond       = 10
+	DefaultBackoffBase              = time.Second
+	DefaultBackoffMax               = 30 * time.Second
+	DefaultTimeout                  = 15 * time.Minute
+	DefaultReturningRounds          = 3
+	DefaultSkipWaitForDeleteTimeout = time.Minute
+	DefaultBlockedEventInterval     = 30 * time.Minute
 )
 
 // withDefaults returns o with every zero field set to its default.
@@ -129,6 +137,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.SkipWaitForDeleteTimeout == 0 {
+		o.SkipWaitForDeleteTimeout = DefaultSkipWaitForDeleteTimeout
 	}
 	if o.ReturningRounds <= 0 {
 		o.ReturningRounds = DefaultReturningRounds

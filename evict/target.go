@@ -51,6 +51,7 @@ type target struct {
 	localStorage bool
 
 	phase     podPhase
+	skipped   bool // terminating on a NotReady node for too long: counted gone
 	failures  int
 	nextTry   time.Time
 	blockedBy []string // budgets that refused its last eviction
@@ -126,6 +127,7 @@ func (dr *drain) addTarget(pod *corev1.Pod) *target {
 
 // refresh updates the targets from the watched pods.
 func (dr *drain) refresh() {
+	now := dr.d.opts.Clock.Now()
 	for _, t := range dr.targets {
 		if t.phase == podGone {
 			continue
@@ -140,7 +142,50 @@ func (dr *drain) refresh() {
 		if pod.DeletionTimestamp != nil && t.phase != podEvicting && t.phase != podTerminating {
 			dr.setPodPhase(t, podTerminating)
 		}
+		if t.phase == podTerminating && dr.skipWait(t, now) {
+			dr.skip(t)
+		}
 	}
+}
+
+// skipWaitAt returns when a terminating target stops being waited for: its deletion
+// timestamp plus SkipWaitForDeleteTimeout, while the node is NotReady; zero for never.
+func (dr *drain) skipWaitAt(t *target) time.Time {
+	if t.phase != podTerminating || t.pod.DeletionTimestamp == nil || dr.d.opts.SkipWaitForDeleteTimeout < 0 || !dr.nodeNotReady() {
+		return time.Time{}
+	}
+	return t.pod.DeletionTimestamp.Add(dr.d.opts.SkipWaitForDeleteTimeout)
+}
+
+func (dr *drain) skipWait(t *target, now time.Time) bool {
+	at := dr.skipWaitAt(t)
+	return !at.IsZero() && !now.Before(at)
+}
+
+// skip counts a pod that terminates on a NotReady node as gone (see
+// Options.SkipWaitForDeleteTimeout), and says so.
+func (dr *drain) skip(t *target) {
+	t.skipped = true
+	dr.setPodPhase(t, podGone)
+	dr.log.Warn("pod counted gone: terminating on a NotReady node past its grace period",
+		"pod", t.key, "deletionTimestamp", t.pod.DeletionTimestamp.Time, "skipWaitForDeleteTimeout", dr.d.opts.SkipWaitForDeleteTimeout)
+	dr.event(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainSkippedTerminatingPod, actionDrain,
+		"Pod %s counted gone: it has been terminating since %s on this NotReady node (its kubelet does not answer), %s past its grace period; its eviction was accepted",
+		t.key, t.pod.DeletionTimestamp.UTC().Format(time.RFC3339), dr.d.opts.SkipWaitForDeleteTimeout)
+}
+
+// nodeNotReady reports whether the drain's Node, as last watched, is not Ready.
+func (dr *drain) nodeNotReady() bool {
+	n := dr.nodeSeen.Load()
+	if n == nil {
+		return false
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status != corev1.ConditionTrue
+		}
+	}
+	return true // no Ready condition: no kubelet has ever posted
 }
 
 // takeKicks makes the pods blocked by a budget that now allows a disruption due.
