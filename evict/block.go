@@ -35,6 +35,10 @@ const (
 	// in a row for another reason (API server errors, timeouts, API Priority and
 	// Fairness 429s naming no budget).
 	BlockedByErrors BlockReason = "EvictionErrors"
+	// BlockedByVolumes: the node's pods are gone but a VolumeAttachment of the node
+	// is still attached past Options.VolumeDetachTimeout (FailurePolicy
+	// KeepRefusing). Block.Object is the VolumeAttachment.
+	BlockedByVolumes BlockReason = "VolumesAttached"
 	// BlockedByPodsReturning: pods that must leave kept arriving on the cordoned
 	// node (they tolerate node.kubernetes.io/unschedulable, or name the node
 	// themselves) for Options.ReturningRounds rounds; the drain no longer evicts
@@ -129,6 +133,7 @@ func (dr *drain) blocks() []Block {
 			out = append(out, t.blocks...)
 		}
 	}
+	out = append(out, dr.volumeBlocks...)
 	now := dr.d.opts.Clock.Now()
 	seen := map[string]time.Time{}
 	for i := range out {

@@ -37,20 +37,23 @@ type drain struct {
 	wake   chan struct{}   // capacity 1: something changed
 
 	// owned by run
-	phase      Phase
-	started    time.Time
-	deadline   time.Time   // when the FailurePolicy acts (not under KeepRefusing)
-	checkAgain time.Time   // when to repeat a final check that failed
-	pods       cache.Store // the node's pods, kept by a watch
-	targets    []*target   // the pods that must leave, sorted, Self last
-	results    chan result
-	inflight   int
-	workers    sync.WaitGroup
-	forced     int
-	listErr    error                // the last failure of the final check
-	rounds     int                  // final checks that found pods arrived since
-	blockedAt  map[string]time.Time // when each current Block began, by Block.key
-	posted     map[string]time.Time // when each current Block's Event was posted, by Block.eventKey
+	phase        Phase
+	started      time.Time
+	deadline     time.Time   // when the FailurePolicy acts (not under KeepRefusing)
+	checkAgain   time.Time   // when to repeat a final check that failed
+	pods         cache.Store // the node's pods, kept by a watch
+	targets      []*target   // the pods that must leave, sorted, Self last
+	results      chan result
+	inflight     int
+	workers      sync.WaitGroup
+	forced       int
+	listErr      error                // the last failure of the final check
+	rounds       int                  // final checks that found pods arrived since
+	attached     []string             // VolumeAttachments still attached, once pods are gone
+	volumesSince time.Time            // when the wait for volumes began
+	volumeBlocks []Block              // the volumes past VolumeDetachTimeout (KeepRefusing)
+	blockedAt    map[string]time.Time // when each current Block began, by Block.key
+	posted       map[string]time.Time // when each current Block's Event was posted, by Block.eventKey
 }
 
 func newDrain(d *Drainer, node *corev1.Node, prev *drain) *drain {
@@ -201,9 +204,19 @@ func (dr *drain) step() {
 	dr.takeKicks()
 	now := dr.d.opts.Clock.Now()
 	if dr.left() == 0 && !now.Before(dr.checkAgain) {
-		if dr.finalCheck() {
+		switch {
+		case !dr.finalCheck():
+			if dr.phase == PhaseWaitingForVolumes {
+				dr.volumeBlocks, dr.attached = nil, nil
+				dr.setPhase(PhaseEvicting) // pods arrived
+			}
+		case dr.volumesDetached():
 			dr.succeed()
 			return
+		default:
+			if dr.awaitVolumes(now); dr.phase.ended() {
+				return
+			}
 		}
 		dr.checkAgain = now.Add(dr.d.opts.BackoffBase)
 	}

@@ -54,6 +54,8 @@ type Drainer struct {
 	stopped bool              // Run has returned
 	wg      sync.WaitGroup    // drain goroutines
 
+	volumes cache.Indexer // VolumeAttachments by node; set by Run
+
 	evictions *prometheus.CounterVec
 }
 
@@ -112,6 +114,7 @@ func (d *Drainer) Run(ctx context.Context) {
 	}); err != nil {
 		d.log.Error("cannot watch disruption budgets", "err", err)
 	}
+	d.volumesInformer(factory.Storage().V1().VolumeAttachments().Informer())
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 

@@ -28,6 +28,12 @@ const (
 	// node past its grace period and Options.SkipWaitForDeleteTimeout counts as
 	// gone, one Event per pod.
 	ReasonDrainSkippedTerminatingPod = "DrainSkippedTerminatingPod"
+	// ReasonDrainWaitingForVolumes (Normal): the pods are gone; the drain waits for
+	// the node's VolumeAttachments to detach.
+	ReasonDrainWaitingForVolumes = "DrainWaitingForVolumes"
+	// ReasonDrainVolumesAttached (Warning): under FailurePolicy Force, volumes still
+	// attached past Options.VolumeDetachTimeout; the node is reported drained anyway.
+	ReasonDrainVolumesAttached = "DrainVolumesAttached"
 	// ReasonDrainSucceeded (Normal): every pod that had to leave is gone.
 	ReasonDrainSucceeded = "DrainSucceeded"
 	// ReasonDrainFailed (Warning): the drain gave up (FailurePolicy Release).

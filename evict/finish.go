@@ -75,6 +75,12 @@ func (dr *drain) fail() {
 	dr.setPhase(PhaseFailed)
 	p := dr.snapshot()
 	dr.log.Warn("drain failed", "err", p.Err, "blockedBy", p.BlockedBy)
+	if p.PodsLeft == 0 && len(p.VolumesAttached) > 0 {
+		dr.event(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
+			"Drain gave up: volumes still attached %s after the pods left (%s); the node is not rebooted",
+			dr.d.opts.VolumeDetachTimeout, listNames(p.VolumesAttached))
+		return
+	}
 	dr.event(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
 		"Drain gave up after %s with %d pods left (%s); the node is not rebooted", dr.d.opts.Timeout, p.PodsLeft, listNames(p.Left))
 }

@@ -8,12 +8,14 @@ import (
 
 var (
 	drainsDesc = prometheus.NewDesc("rebootmanager_drains",
-		"Drains this process knows, by state: running, drained or failed.", []string{"state"}, nil)
+		"Drains this process knows, by state: running, drained, failed or nodeGone (the Node was deleted or replaced).", []string{"state"}, nil)
 	podsLeftDesc = prometheus.NewDesc("rebootmanager_drain_pods_left",
 		"Pods still to leave the node, per running drain.", []string{"node"}, nil)
+	volumesDesc = prometheus.NewDesc("rebootmanager_drain_volumes_attached",
+		"VolumeAttachments still attached to the node once its pods are gone, per drain waiting for them.", []string{"node"}, nil)
 	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_since_timestamp_seconds",
 		"When the drain of the node became blocked for this reason (Unix time), per blocked drain and reason: "+
-			"PodDisruptionBudget, AdmissionDenied, NamespaceTerminating, Forbidden, EvictionErrors, PodsReturning.",
+			"PodDisruptionBudget, AdmissionDenied, NamespaceTerminating, Forbidden, EvictionErrors, PodsReturning, VolumesAttached.",
 		[]string{"node", "reason"}, nil)
 )
 
@@ -46,6 +48,7 @@ func (d *Drainer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- drainsDesc
 	ch <- podsLeftDesc
 	ch <- blockedDesc
+	ch <- volumesDesc
 	d.evictions.Describe(ch)
 }
 
@@ -53,7 +56,7 @@ func (d *Drainer) Describe(ch chan<- *prometheus.Desc) {
 // drains' progress at scrape time.
 func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 	d.evictions.Collect(ch)
-	states := map[string]int{"running": 0, "drained": 0, "failed": 0}
+	states := map[string]int{"running": 0, "drained": 0, "failed": 0, "nodeGone": 0}
 	for _, p := range d.Drains() {
 		switch {
 		case p.Drained:
@@ -62,9 +65,15 @@ func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 		case p.Failed:
 			states["failed"]++
 			continue
+		case p.Phase == PhaseNodeGone:
+			states["nodeGone"]++
+			continue
 		}
 		states["running"]++
 		ch <- prometheus.MustNewConstMetric(podsLeftDesc, prometheus.GaugeValue, float64(p.PodsLeft), p.Node)
+		if p.Phase == PhaseWaitingForVolumes {
+			ch <- prometheus.MustNewConstMetric(volumesDesc, prometheus.GaugeValue, float64(len(p.VolumesAttached)), p.Node)
+		}
 		since := map[BlockReason]time.Time{}
 		for _, b := range p.Blocks {
 			if s, ok := since[b.Reason]; !ok || b.Since.Before(s) {

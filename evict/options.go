@@ -91,6 +91,12 @@ type Options struct {
 	// deletion. As kubectl drain's --skip-wait-for-delete-timeout, but only while the
 	// node is NotReady. Default 1 minute; negative: wait for ever.
 	SkipWaitForDeleteTimeout time.Duration
+	// VolumeDetachTimeout bounds the wait, once the pods are gone, for the node's
+	// VolumeAttachments (storage.k8s.io/v1, spec.nodeName = the node) to be detached:
+	// a node rebooted with CSI volumes still attached can leave them stuck. Past it
+	// the FailurePolicy applies: KeepRefusing blocks (BlockedByVolumes), Release
+	// fails, Force reports the node drained anyway. Default 5 minutes.
+	VolumeDetachTimeout time.Duration
 	// ReturningRounds is how many times the drain's final check may find pods that
 	// must leave and arrived since the drain began (pods that tolerate the cordon,
 	// or name the node) and evict them. Past it, newcomers are not evicted: they
@@ -115,6 +121,7 @@ const (
 	DefaultTimeout                  = 15 * time.Minute
 	DefaultReturningRounds          = 3
 	DefaultSkipWaitForDeleteTimeout = time.Minute
+	DefaultVolumeDetachTimeout      = 5 * time.Minute
 	DefaultBlockedEventInterval     = 30 * time.Minute
 )
 
@@ -140,6 +147,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.SkipWaitForDeleteTimeout == 0 {
 		o.SkipWaitForDeleteTimeout = DefaultSkipWaitForDeleteTimeout
+	}
+	if o.VolumeDetachTimeout <= 0 {
+		o.VolumeDetachTimeout = DefaultVolumeDetachTimeout
 	}
 	if o.ReturningRounds <= 0 {
 		o.ReturningRounds = DefaultReturningRounds

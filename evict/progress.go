@@ -22,7 +22,11 @@ const (
 	// PhaseForcing: under FailurePolicy Force, past Timeout: deleting the targets
 	// still refused, and waiting for them to be gone.
 	PhaseForcing Phase = "Forcing"
-	// PhaseDrained: every target is gone. Final.
+	// PhaseWaitingForVolumes: the targets are gone; VolumeAttachments of the node are
+	// still attached (Progress.VolumesAttached).
+	PhaseWaitingForVolumes Phase = "WaitingForVolumes"
+	// PhaseDrained: every target is gone, and no VolumeAttachment of the node is
+	// attached. Final.
 	PhaseDrained Phase = "Drained"
 	// PhaseFailed: the drain gave up: under FailurePolicy Release past Timeout, or
 	// under Release or Force past Timeout while pods keep returning
@@ -82,6 +86,9 @@ type Progress struct {
 	Forced int
 	// Left names the pods still to leave (namespace/name), sorted.
 	Left []string
+	// VolumesAttached names the node's VolumeAttachments still attached once its
+	// pods are gone (Phase PhaseWaitingForVolumes), sorted.
+	VolumesAttached []string
 }
 
 // Blocked returns the oldest reason the drain cannot go on, if any: what a reply
@@ -111,7 +118,10 @@ func (p Progress) String() string {
 	case len(p.BlockedBy) > 0:
 		return fmt.Sprintf("%d pods left, evictions blocked by PodDisruptionBudget %s", p.PodsLeft, strings.Join(p.BlockedBy, ", "))
 	case len(p.Blocks) > 0:
-		return fmt.Sprintf("%d pods left, blocked by %s", p.PodsLeft, p.Blocks[0])
+		b, _ := p.Blocked()
+		return fmt.Sprintf("%d pods left, blocked by %s", p.PodsLeft, b)
+	case p.Phase == PhaseWaitingForVolumes:
+		return fmt.Sprintf("pods gone, waiting for %d volumes to detach: %s", len(p.VolumesAttached), strings.Join(p.VolumesAttached, ", "))
 	default:
 		return fmt.Sprintf("draining, %d pods left", p.PodsLeft)
 	}
@@ -148,6 +158,9 @@ func (dr *drain) snapshot() Progress {
 		}
 	}
 	p.Blocks = dr.blocks()
+	if dr.phase != PhaseDrained {
+		p.VolumesAttached = dr.attached
+	}
 	budgets := map[string]bool{}
 	for _, b := range p.Blocks {
 		if b.Reason == BlockedByPDB && !budgets[b.Object] {
@@ -167,6 +180,9 @@ func (dr *drain) snapshot() Progress {
 
 // timeoutErr is the Err of a drain that gave up.
 func (dr *drain) timeoutErr(p Progress) error {
+	if p.PodsLeft == 0 && len(p.VolumesAttached) > 0 {
+		return fmt.Errorf("%w: volumes still attached %s after the pods left: %s", ErrTimeout, dr.d.opts.VolumeDetachTimeout, strings.Join(p.VolumesAttached, ", "))
+	}
 	if p.Err != nil {
 		return fmt.Errorf("%w after %s with %d pods left; last error: %w", ErrTimeout, dr.d.opts.Timeout, p.PodsLeft, p.Err)
 	}
