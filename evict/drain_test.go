@@ -387,6 +387,7 @@ func TestReleaseGivesUpAndForgetStops(t *testing.T) {
 	assert.Empty(t, d.Drains())
 
 	before := counter.Count("create pods/eviction")
+	d.Retry(node) // what an operator's release does; see TestReleasedDrainDoesNotChurn
 	fresh := c.start(d, node)
 	assert.False(t, fresh.Failed)
 	assert.True(t, fresh.Started.After(p.Started), "a new drain")
@@ -622,4 +623,56 @@ func gather(t *testing.T, d *evict.Drainer) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// Issue 15 item 6: after a drain gave up under Release, the node is not drained
+// again until something changes: Start returns the drain that gave up (no new
+// cordon-and-evict round for each Zincati retry), GaveUp says why from a fresh
+// look, and once the blocking budget allows a disruption the node drains again.
+// Before, each Start after Forget began a new drain that evicted afresh.
+func TestReleasedDrainDoesNotChurn(t *testing.T) {
+	c := newCluster(t)
+	node, _, budget := blockedWorkload(c, 2)
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
+		FailurePolicy: evict.Release, Timeout: 2 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
+	})
+	p := awaitDone(t, d, node, c.start(d, node), 30*time.Second)
+	require.True(t, p.Failed, "progress: %s", p)
+	d.Forget(node) // the lock releases the node
+
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(t, err)
+	before := counter.Count("create pods/eviction")
+	for range 3 { // Zincati asks again, and again
+		again := d.Start(n)
+		assert.True(t, again.Failed, "not drained again: %s", again)
+		assert.True(t, again.GaveUpBefore)
+		assert.Equal(t, p.Started, again.Started, "the drain that gave up")
+		assert.Equal(t, []string{budget}, again.BlockedBy, "the refusal says why")
+		time.Sleep(500 * time.Millisecond)
+	}
+	assert.Equal(t, before, counter.Count("create pods/eviction"), "no eviction while nothing changed")
+	g, gaveUp, err := d.GaveUp(context.Background(), n)
+	require.NoError(t, err)
+	assert.True(t, gaveUp)
+	assert.True(t, g.GaveUpBefore)
+	b, ok := g.Blocked()
+	require.True(t, ok)
+	assert.Equal(t, evict.BlockedByPDB, b.Reason)
+	assert.Equal(t, budget, b.Object)
+
+	// The budget is relaxed: something changed, the node drains again.
+	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+		[]byte(`{"spec":{"minAvailable":0}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	c.waitFor(30*time.Second, "the change seen", func(ctx context.Context) (bool, error) {
+		_, gaveUp, err := d.GaveUp(ctx, n)
+		return !gaveUp, err
+	})
+	fresh := d.Start(n)
+	assert.False(t, fresh.GaveUpBefore)
+	assert.True(t, fresh.Started.After(p.Started), "a new drain")
+	fresh = awaitDone(t, d, node, fresh, time.Minute)
+	require.True(t, fresh.Drained, "progress: %s", fresh)
 }

@@ -54,7 +54,9 @@ type Drainer struct {
 	stopped bool              // Run has returned
 	wg      sync.WaitGroup    // drain goroutines
 
-	volumes cache.Indexer // VolumeAttachments by node; set by Run
+	volumes cache.Indexer     // VolumeAttachments by node; set by Run
+	pdbs    cache.Store       // PodDisruptionBudgets; set by Run
+	gaveUp  map[string]*drain // drains that gave up, by node, kept past Forget; guarded by mu
 
 	evictions *prometheus.CounterVec
 }
@@ -72,6 +74,7 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 		running:  make(chan struct{}),
 		drains:   map[string]*drain{},
 		ending:   map[string]*drain{},
+		gaveUp:   map[string]*drain{},
 
 		evictions: newEvictionsCounter(),
 	}
@@ -114,6 +117,7 @@ func (d *Drainer) Run(ctx context.Context) {
 	}); err != nil {
 		d.log.Error("cannot watch disruption budgets", "err", err)
 	}
+	d.pdbs = pdbs.GetStore()
 	d.volumesInformer(factory.Storage().V1().VolumeAttachments().Informer())
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
@@ -125,6 +129,16 @@ func (d *Drainer) Run(ctx context.Context) {
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait()
+}
+
+// isRunning reports whether Run has started: its informers' stores are set.
+func (d *Drainer) isRunning() bool {
+	select {
+	case <-d.running:
+		return true
+	default:
+		return false
+	}
 }
 
 // eventGrace is how long Events may still be posted after Run's context ends.
@@ -164,6 +178,11 @@ func (d *Drainer) Start(node *corev1.Node) Progress {
 	}
 	if d.stopped {
 		return Progress{Node: node.Name, NodeUID: node.UID, Err: ErrStopped, Done: make(chan struct{})}
+	}
+	if gone := d.gaveUp[node.Name]; gone != nil && gone.uid == node.UID && dr == nil {
+		p := gone.progress // not drained again until GaveUp sees a change, or Retry
+		p.GaveUpBefore = true
+		return p
 	}
 	if dr != nil {
 		dr.log.Info("drain stopped: the node was replaced", "nodeUID", dr.uid, "newNodeUID", node.UID)

@@ -73,6 +73,7 @@ func (dr *drain) succeed() {
 // fail gives up (FailurePolicy Release).
 func (dr *drain) fail() {
 	dr.setPhase(PhaseFailed)
+	dr.d.recordGaveUp(dr)
 	p := dr.snapshot()
 	dr.log.Warn("drain failed", "err", p.Err, "blockedBy", p.BlockedBy)
 	if p.PodsLeft == 0 && len(p.VolumesAttached) > 0 {

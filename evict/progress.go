@@ -86,9 +86,15 @@ type Progress struct {
 	Forced int
 	// Left names the pods still to leave (namespace/name), sorted.
 	Left []string
+	// GaveUpBefore is set on the final Progress of a drain that gave up, as Start
+	// and GaveUp return it while nothing has changed: the node is not drained again
+	// (see Drainer.GaveUp).
+	GaveUpBefore bool
 	// VolumesAttached names the node's VolumeAttachments still attached once its
 	// pods are gone (Phase PhaseWaitingForVolumes), sorted.
 	VolumesAttached []string
+
+	leftUIDs []types.UID // the UIDs of Left
 }
 
 // Blocked returns the oldest reason the drain cannot go on, if any: what a reply
@@ -158,6 +164,7 @@ func (dr *drain) snapshot() Progress {
 		}
 	}
 	p.Blocks = dr.blocks()
+	p.leftUIDs = dr.leftUIDsOf()
 	if dr.phase != PhaseDrained {
 		p.VolumesAttached = dr.attached
 	}

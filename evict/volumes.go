@@ -52,7 +52,7 @@ func (d *Drainer) volumesInformer(inf cache.SharedIndexInformer) {
 // attachedVolumes names the VolumeAttachments of node that are attached, from the
 // watch's cache: what the drain waits for.
 func (d *Drainer) attachedVolumes(node string) []string {
-	if d.volumes == nil {
+	if !d.isRunning() {
 		return nil
 	}
 	objs, _ := d.volumes.ByIndex(byNode, node)
