@@ -3,7 +3,6 @@ package evict
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -14,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -237,50 +234,6 @@ func (d *Drainer) Forget(node string) {
 	if p := dr.progress; !p.Phase.ended() { // dr's run has exited: no writer left
 		dr.log.Info("drain stopped", "podsLeft", p.PodsLeft)
 	}
-}
-
-// Remaining lists, from the API server (not a cache), the pods bound to node that
-// must leave it (see MustLeave), sorted; an error if the LIST fails. Call it just
-// before telling the node to reboot. If it finds any and the drain of this Node
-// object had ended Drained, the drain goes back to evicting them (budgets respected)
-// with a new Done: call Start for its progress. A drain under way finds them itself
-// before it reports Drained.
-func (d *Drainer) Remaining(ctx context.Context, node *corev1.Node) ([]types.NamespacedName, error) {
-	pods, err := d.listNodePods(ctx, node.Name)
-	if err != nil {
-		return nil, err
-	}
-	var left []types.NamespacedName
-	for i := range pods {
-		if MustLeave(&pods[i]) {
-			left = append(left, types.NamespacedName{Namespace: pods[i].Namespace, Name: pods[i].Name})
-		}
-	}
-	sort.Slice(left, func(i, j int) bool { return left[i].String() < left[j].String() })
-	if len(left) == 0 {
-		return nil, nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if dr := d.drains[node.Name]; dr != nil && dr.uid == node.UID && !d.stopped && dr.progress.Phase == PhaseDrained {
-		dr.log.Info("drain resumed: pods that must leave are on the node", "pods", len(left))
-		delete(d.drains, node.Name)
-		next := newDrain(d, node, dr)
-		next.resume(dr)
-		d.launch(next)
-	}
-	return left, nil
-}
-
-// listNodePods lists, from the API server, the pods bound to node.
-func (d *Drainer) listNodePods(ctx context.Context, node string) ([]corev1.Pod, error) {
-	list, err := d.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list the pods of node %s: %w", node, err)
-	}
-	return list.Items, nil
 }
 
 // Progress returns the progress of node's drain, if the Drainer knows one.
