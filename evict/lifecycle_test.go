@@ -173,6 +173,7 @@ func TestDrainStopsWhenItsNodeIsDeleted(t *testing.T) {
 	require.NoError(t, c.client.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}))
 	p = awaitDone(t, d, node, p, 30*time.Second)
 	assert.Equal(t, evict.PhaseNodeGone, p.Phase, "progress: %s", p)
+	assert.Equal(t, old.UID, p.NodeUID)
 	assert.False(t, p.Drained)
 	assert.False(t, p.Failed)
 	stopped := counter.Count("create pods/eviction")

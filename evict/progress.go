@@ -137,6 +137,7 @@ func (p Progress) String() string {
 func (dr *drain) snapshot() Progress {
 	p := Progress{
 		Node:    dr.node,
+		NodeUID: dr.uid,
 		Phase:   dr.phase,
 		Started: dr.started,
 		Done:    dr.done,
