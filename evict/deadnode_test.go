@@ -51,6 +51,12 @@ func TestDrainOfADeadKubeletsNode(t *testing.T) {
 	require.NotNil(t, left.DeletionTimestamp)
 	assert.GreaterOrEqual(t, time.Since(left.DeletionTimestamp.Time), 2*time.Second, "counted gone only past its grace period plus the timeout")
 	assert.Zero(t, counter.Count("delete pods"), "nothing deleted: the eviction was accepted")
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(t, err)
+	rest, err := d.Remaining(context.Background(), n)
+	require.NoError(t, err)
+	assert.Empty(t, rest, "what the drain counts gone, Remaining does too")
+	assert.True(t, d.Start(n).Drained, "not reopened")
 	evs := c.waitEvents(node, evict.ReasonDrainSkippedTerminatingPod)
 	for _, e := range evs {
 		if e.Reason == evict.ReasonDrainSkippedTerminatingPod {

@@ -12,7 +12,9 @@ import (
 )
 
 // Remaining lists, from the API server (not a cache), the pods bound to node that
-// must leave it (see MustLeave), sorted; an error if the LIST fails. Call it just
+// must leave it (see MustLeave), sorted; an error if the LIST fails. A pod
+// terminating on a NotReady node past Options.SkipWaitForDeleteTimeout (judged from
+// node as given) is not listed: the drain counts it gone. Call it just
 // before telling the node to reboot. If it finds any and the drain of this Node
 // object had ended Drained, the drain goes back to evicting them (budgets respected)
 // with a new Done: call Start for its progress. A drain under way finds them itself
@@ -23,7 +25,11 @@ func (d *Drainer) Remaining(ctx context.Context, node *corev1.Node) ([]types.Nam
 		return nil, err
 	}
 	var left []types.NamespacedName
+	now := d.opts.Clock.Now()
 	for i := range pods {
+		if at := d.skipWaitAt(node, &pods[i]); !at.IsZero() && !now.Before(at) {
+			continue
+		}
 		if MustLeave(&pods[i]) {
 			left = append(left, types.NamespacedName{Namespace: pods[i].Namespace, Name: pods[i].Name})
 		}

@@ -151,10 +151,19 @@ func (dr *drain) refresh() {
 // skipWaitAt returns when a terminating target stops being waited for: its deletion
 // timestamp plus SkipWaitForDeleteTimeout, while the node is NotReady; zero for never.
 func (dr *drain) skipWaitAt(t *target) time.Time {
-	if t.phase != podTerminating || t.pod.DeletionTimestamp == nil || dr.d.opts.SkipWaitForDeleteTimeout < 0 || !dr.nodeNotReady() {
+	if t.phase != podTerminating {
 		return time.Time{}
 	}
-	return t.pod.DeletionTimestamp.Add(dr.d.opts.SkipWaitForDeleteTimeout)
+	return dr.d.skipWaitAt(dr.nodeSeen.Load(), t.pod)
+}
+
+// skipWaitAt returns when pod, terminating on node, counts as gone: its deletion
+// timestamp plus SkipWaitForDeleteTimeout, if node is NotReady; zero for never.
+func (d *Drainer) skipWaitAt(node *corev1.Node, pod *corev1.Pod) time.Time {
+	if pod.DeletionTimestamp == nil || d.opts.SkipWaitForDeleteTimeout < 0 || !notReady(node) {
+		return time.Time{}
+	}
+	return pod.DeletionTimestamp.Add(d.opts.SkipWaitForDeleteTimeout)
 }
 
 func (dr *drain) skipWait(t *target, now time.Time) bool {
@@ -174,9 +183,8 @@ func (dr *drain) skip(t *target) {
 		t.key, t.pod.DeletionTimestamp.UTC().Format(time.RFC3339), dr.d.opts.SkipWaitForDeleteTimeout)
 }
 
-// nodeNotReady reports whether the drain's Node, as last watched, is not Ready.
-func (dr *drain) nodeNotReady() bool {
-	n := dr.nodeSeen.Load()
+// notReady reports whether the Node is not Ready; false for no Node.
+func notReady(n *corev1.Node) bool {
 	if n == nil {
 		return false
 	}
