@@ -9,8 +9,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// Phase is where a drain stands as a whole. A drain moves from Pending to Evicting,
-// possibly to Forcing, and ends Drained or Failed; Forget stops it in any phase.
+// Phase is where a drain stands as a whole. A drain moves from Pending to Evicting
+// (to Forcing under Force past Timeout), to WaitingForVolumes once its pods are gone
+// (back to Evicting if pods arrive), and ends Drained, Failed or NodeGone; Forget
+// stops it in any phase. It changes only in the drain's setPhase.
 type Phase string
 
 const (
@@ -70,8 +72,8 @@ type Progress struct {
 	BlockedSince time.Time
 	// Err is the last error met, if any (an eviction refused, an API error).
 	Err error
-	// Done is closed when the drain ends, drained or failed (or stopped by Forget).
-	// It is never nil.
+	// Done is closed when the drain ends: drained, failed, node gone, or stopped by
+	// Forget. It is never nil.
 	Done <-chan struct{}
 
 	// Pods is how many pods the drain must move: those bound to the node when it
