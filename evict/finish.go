@@ -34,7 +34,8 @@ func (dr *drain) finalCheck() bool {
 		pod := &pods[i]
 		if known[pod.UID] {
 			if !finished(pod) && !skipped[pod.UID] {
-				return false // the watch is behind
+				dr.revive(pod) // the watch is behind
+				return false
 			}
 			continue
 		}
@@ -58,6 +59,25 @@ func (dr *drain) finalCheck() bool {
 		dr.setPodPhase(t, podReturned)
 	}
 	return false
+}
+
+// revive takes back a target that the watch, lagging behind the LIST, counted gone
+// (it had not delivered the pod yet, or still held an older pod of the same name):
+// the LIST shows the pod on the node, so it is evicted or waited for again. Without
+// this, nothing would ever evict it and every final check would fail.
+func (dr *drain) revive(pod *corev1.Pod) {
+	for _, t := range dr.targets {
+		if t.uid != pod.UID || t.phase != podGone {
+			continue
+		}
+		t.pod = pod.DeepCopy()
+		if pod.DeletionTimestamp != nil {
+			dr.setPodPhase(t, podTerminating)
+		} else {
+			dr.setPodPhase(t, podToEvict)
+		}
+		dr.log.Debug("pod still on the node after the watch saw it go", "pod", t.key)
+	}
 }
 
 // succeed reports the node drained.
