@@ -38,6 +38,9 @@ func TestDrainOfADeadKubeletsNode(t *testing.T) {
 	})
 	c.cordon(node, true)
 	require.NoError(t, c.env.Kubelet.Fail(context.Background(), node))
+	// The simulated kubelet posts Ready False as it fails; once a real kubelet's
+	// heartbeats stop, the node lifecycle controller marks the node Ready Unknown.
+	c.setReady(node, corev1.ConditionUnknown, "NodeStatusUnknown")
 
 	cfg, counter := c.env.CountingConfig()
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{

@@ -18,7 +18,8 @@
 //     Options.ReturningRounds such rounds, newcomers are not evicted but block the
 //     drain (BlockedByPodsReturning).
 //   - Gone: a target is gone when no pod with its UID is on the node any more, or it
-//     has Succeeded or Failed, or it has been terminating on a NotReady node past its
+//     has Succeeded or Failed, or it has been terminating on a node whose kubelet is
+//     silent (Ready Unknown; a live kubelet's Ready False does not count) past its
 //     deletion timestamp plus Options.SkipWaitForDeleteTimeout. A pod of the same
 //     name with another UID (a StatefulSet's replacement) is another pod.
 //   - Drained: every target is gone, a final LIST finds no pod that must leave, and

@@ -24,8 +24,8 @@ const (
 	// (related: the pod), not per retry; posted again every
 	// Options.BlockedEventInterval while it lasts, since Events expire.
 	ReasonDrainBlocked = "DrainBlocked"
-	// ReasonDrainSkippedTerminatingPod (Warning): a pod terminating on a NotReady
-	// node past its grace period and Options.SkipWaitForDeleteTimeout counts as
+	// ReasonDrainSkippedTerminatingPod (Warning): a pod terminating on a node whose
+	// kubelet is silent (Ready Unknown) past its grace period and Options.SkipWaitForDeleteTimeout counts as
 	// gone, one Event per pod.
 	ReasonDrainSkippedTerminatingPod = "DrainSkippedTerminatingPod"
 	// ReasonDrainWaitingForVolumes (Normal): the pods are gone; the drain waits for

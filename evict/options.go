@@ -85,11 +85,13 @@ type Options struct {
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
 	// SkipWaitForDeleteTimeout is how long past its deletion timestamp (which already
-	// includes its grace period) a target pod that is terminating on a NotReady node
+	// includes its grace period) a target pod that is terminating on a node whose
+	// kubelet is silent (Ready Unknown, as the node lifecycle controller marks it)
 	// is waited for. Past it the pod counts as gone: its eviction was accepted, so its
 	// budget was honoured, and with the kubelet silent nobody would ever finish its
 	// deletion. As kubectl drain's --skip-wait-for-delete-timeout, but only while the
-	// node is NotReady. Default 1 minute; negative: wait for ever.
+	// kubelet is silent: a live kubelet that reports Ready False still stops its pods.
+	// Default 1 minute; negative: wait for ever.
 	SkipWaitForDeleteTimeout time.Duration
 	// VolumeDetachTimeout bounds the wait, once the pods are gone, for the node's
 	// VolumeAttachments (storage.k8s.io/v1, spec.nodeName = the node) to be detached:

@@ -13,7 +13,8 @@ import (
 
 // Remaining lists, from the API server (not a cache), the pods bound to node that
 // must leave it (see MustLeave), sorted; an error if the LIST fails. A pod
-// terminating on a NotReady node past Options.SkipWaitForDeleteTimeout (judged from
+// terminating on a node whose kubelet is silent (Ready Unknown) past
+// Options.SkipWaitForDeleteTimeout (judged from
 // node as given) is not listed: the drain counts it gone. Call it just
 // before telling the node to reboot. If it finds any and the drain of this Node
 // object had ended Drained, the drain goes back to evicting them (budgets respected)

@@ -51,7 +51,7 @@ type target struct {
 	localStorage bool
 
 	phase     podPhase
-	skipped   bool // terminating on a NotReady node for too long: counted gone
+	skipped   bool // terminating on a node with a silent kubelet for too long: counted gone
 	failures  int
 	nextTry   time.Time
 	blockedBy []string // budgets that refused its last eviction
@@ -149,7 +149,8 @@ func (dr *drain) refresh() {
 }
 
 // skipWaitAt returns when a terminating target stops being waited for: its deletion
-// timestamp plus SkipWaitForDeleteTimeout, while the node is NotReady; zero for never.
+// timestamp plus SkipWaitForDeleteTimeout, while the node's kubelet is silent (Ready
+// Unknown); zero for never.
 func (dr *drain) skipWaitAt(t *target) time.Time {
 	if t.phase != podTerminating {
 		return time.Time{}
@@ -158,9 +159,10 @@ func (dr *drain) skipWaitAt(t *target) time.Time {
 }
 
 // skipWaitAt returns when pod, terminating on node, counts as gone: its deletion
-// timestamp plus SkipWaitForDeleteTimeout, if node is NotReady; zero for never.
+// timestamp plus SkipWaitForDeleteTimeout, if node's kubelet is silent (Ready
+// Unknown); zero for never.
 func (d *Drainer) skipWaitAt(node *corev1.Node, pod *corev1.Pod) time.Time {
-	if pod.DeletionTimestamp == nil || d.opts.SkipWaitForDeleteTimeout < 0 || !notReady(node) {
+	if pod.DeletionTimestamp == nil || d.opts.SkipWaitForDeleteTimeout < 0 || !kubeletSilent(node) {
 		return time.Time{}
 	}
 	return pod.DeletionTimestamp.Add(d.opts.SkipWaitForDeleteTimeout)
@@ -171,26 +173,30 @@ func (dr *drain) skipWait(t *target, now time.Time) bool {
 	return !at.IsZero() && !now.Before(at)
 }
 
-// skip counts a pod that terminates on a NotReady node as gone (see
+// skip counts a pod that terminates on a node whose kubelet is silent as gone (see
 // Options.SkipWaitForDeleteTimeout), and says so.
 func (dr *drain) skip(t *target) {
 	t.skipped = true
 	dr.setPodPhase(t, podGone)
-	dr.log.Warn("pod counted gone: terminating on a NotReady node past its grace period",
+	dr.log.Warn("pod counted gone: terminating on a node whose kubelet is silent, past its grace period",
 		"pod", t.key, "deletionTimestamp", t.pod.DeletionTimestamp.Time, "skipWaitForDeleteTimeout", dr.d.opts.SkipWaitForDeleteTimeout)
 	dr.event(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainSkippedTerminatingPod, actionDrain,
-		"Pod %s counted gone: it has been terminating since %s on this NotReady node (its kubelet does not answer), %s past its grace period; its eviction was accepted",
+		"Pod %s counted gone: it has been terminating since %s on this node, whose kubelet is silent (Ready Unknown), %s past its grace period; its eviction was accepted",
 		t.key, t.pod.DeletionTimestamp.UTC().Format(time.RFC3339), dr.d.opts.SkipWaitForDeleteTimeout)
 }
 
-// notReady reports whether the Node is not Ready; false for no Node.
-func notReady(n *corev1.Node) bool {
+// kubeletSilent reports whether the Node's kubelet has stopped posting: its Ready
+// condition is Unknown (what the node lifecycle controller writes once the kubelet's
+// heartbeats stop, judged on the controller's own clock) or absent (no kubelet ever
+// posted); false for no Node. Ready False does not count: a live kubelet posts it
+// (runtime or network not ready, PLEG unhealthy), and it is still stopping its pods.
+func kubeletSilent(n *corev1.Node) bool {
 	if n == nil {
 		return false
 	}
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {
-			return c.Status != corev1.ConditionTrue
+			return c.Status == corev1.ConditionUnknown
 		}
 	}
 	return true // no Ready condition: no kubelet has ever posted
