@@ -58,7 +58,14 @@ func (dr *drain) launch(now time.Time) {
 		pod := t.pod
 		go func() {
 			defer dr.workers.Done()
-			dr.results <- dr.attempt(t, pod, o)
+			r := dr.attempt(t, pod, o)
+			// More attempts than Parallelism may be in flight (a target the watch saw
+			// go frees its slot before its reply is read), so the channel may be
+			// full: a drain that has ended reads no more.
+			select {
+			case dr.results <- r:
+			case <-dr.ctx.Done():
+			}
 		}()
 	}
 }
