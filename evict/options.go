@@ -91,7 +91,10 @@ type Options struct {
 	// budget was honoured, and with the kubelet silent nobody would ever finish its
 	// deletion. As kubectl drain's --skip-wait-for-delete-timeout, but only while the
 	// kubelet is silent: a live kubelet that reports Ready False still stops its pods.
-	// Default 1 minute; negative: wait for ever.
+	// A drain also waits at least the pod's grace period plus this timeout from when
+	// it first saw the pod terminating, on its own clock, so that a clock running
+	// ahead of the API server's does not cut the wait short (after a restart, that
+	// can add up to one grace period). Default 1 minute; negative: wait for ever.
 	SkipWaitForDeleteTimeout time.Duration
 	// VolumeDetachTimeout bounds the wait, once the pods are gone, for the node's
 	// VolumeAttachments (storage.k8s.io/v1, spec.nodeName = the node) to be detached:

@@ -51,7 +51,8 @@ type target struct {
 	localStorage bool
 
 	phase     podPhase
-	skipped   bool // terminating on a node with a silent kubelet for too long: counted gone
+	skipped   bool      // terminating on a node with a silent kubelet for too long: counted gone
+	termSeen  time.Time // when the drain first saw it terminating, on its own clock
 	failures  int
 	nextTry   time.Time
 	blockedBy []string // budgets that refused its last eviction
@@ -78,6 +79,9 @@ func (dr *drain) setPodPhase(t *target, p podPhase) {
 		t.blockedBy, t.err, t.blocks = nil, nil, nil
 	}
 	t.phase = p
+	if p == podTerminating && t.termSeen.IsZero() {
+		t.termSeen = dr.d.opts.Clock.Now()
+	}
 	if p == podGone {
 		dr.log.Debug("pod gone", "pod", t.key)
 	}
@@ -150,12 +154,26 @@ func (dr *drain) refresh() {
 
 // skipWaitAt returns when a terminating target stops being waited for: its deletion
 // timestamp plus SkipWaitForDeleteTimeout, while the node's kubelet is silent (Ready
-// Unknown); zero for never.
+// Unknown); zero for never. It is never earlier than the pod's grace period plus
+// SkipWaitForDeleteTimeout after the drain first saw the pod terminating, on this
+// process's clock: the deletion timestamp comes from the API server's clock, and a
+// clock of ours running ahead would otherwise skip the wait.
 func (dr *drain) skipWaitAt(t *target) time.Time {
 	if t.phase != podTerminating {
 		return time.Time{}
 	}
-	return dr.d.skipWaitAt(dr.nodeSeen.Load(), t.pod)
+	at := dr.d.skipWaitAt(dr.nodeSeen.Load(), t.pod)
+	if at.IsZero() || t.termSeen.IsZero() {
+		return at
+	}
+	var grace time.Duration
+	if s := t.pod.DeletionGracePeriodSeconds; s != nil && *s > 0 {
+		grace = time.Duration(*s) * time.Second
+	}
+	if own := t.termSeen.Add(grace + dr.d.opts.SkipWaitForDeleteTimeout); own.After(at) {
+		return own
+	}
+	return at
 }
 
 // skipWaitAt returns when pod, terminating on node, counts as gone: its deletion
