@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 )
@@ -87,7 +88,8 @@ func TestDrainWaitsForVolumesToDetach(t *testing.T) {
 }
 
 // Under Release, volumes attached past VolumeDetachTimeout make the drain fail; an
-// attachment of another node, or one not attached, holds nothing.
+// attachment of another node, or one not attached, holds nothing; one being
+// detached (deleted, its finalizer kept while the attacher works) still holds.
 func TestVolumesPastTimeoutUnderRelease(t *testing.T) {
 	c := newCluster(t)
 	node := c.addNode("rel", true)
@@ -95,8 +97,26 @@ func TestVolumesPastTimeoutUnderRelease(t *testing.T) {
 	c.cordon(node, true)
 	c.attachVolume(node, "va-"+c.id)
 	c.attachVolume(other, "va-other-"+c.id)
+	c.attachVolume(node, "va-off-"+c.id)
+	va, err := c.client.StorageV1().VolumeAttachments().Get(context.Background(), "va-off-"+c.id, metav1.GetOptions{})
+	require.NoError(t, err)
+	va.Status.Attached = false
+	_, err = c.client.StorageV1().VolumeAttachments().UpdateStatus(context.Background(), va, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	detaching := "va-detaching-" + c.id
+	c.attachVolume(node, detaching)
+	_, err = c.client.StorageV1().VolumeAttachments().Patch(context.Background(), detaching, types.MergePatchType,
+		[]byte(`{"metadata":{"finalizers":["external-attacher/csi-example-com"]}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = c.client.StorageV1().VolumeAttachments().Patch(context.Background(), detaching, types.MergePatchType,
+			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+	})
+	require.NoError(t, c.client.StorageV1().VolumeAttachments().Delete(context.Background(), detaching, metav1.DeleteOptions{}))
+
 	d := c.drainer(c.client, evict.Options{FailurePolicy: evict.Release, BackoffBase: 100 * time.Millisecond, VolumeDetachTimeout: time.Second})
 	p := awaitDone(t, d, node, c.start(d, node), 30*time.Second)
 	require.True(t, p.Failed, "progress: %s", p)
-	assert.Equal(t, []string{"va-" + c.id}, p.VolumesAttached, "only the node's own attachment")
+	assert.ElementsMatch(t, []string{"va-" + c.id, detaching}, p.VolumesAttached,
+		"the node's own attachments that are attached, the one being detached included")
 }
