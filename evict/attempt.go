@@ -50,7 +50,9 @@ func (dr *drain) launch(now time.Time) {
 			continue
 		}
 		o := opEvict
-		if dr.phase == PhaseForcing {
+		if dr.phase == PhaseForcing && !now.Before(t.since.Add(dr.d.opts.Timeout)) {
+			// A pod that arrived after the drain began gets its own Timeout of
+			// evictions, its budget respected, before it is deleted.
 			o = opDelete
 		}
 		dr.setPodPhase(t, podEvicting)

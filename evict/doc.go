@@ -107,7 +107,9 @@
 // Options.Timeout: Progress.Failed is set and Done closed, and the caller releases
 // the node. With Force, after Options.Timeout it DELETEs the targets still refused,
 // each with its own grace period (a Warning Event DrainForced per pod), then waits for
-// them to be gone as usual.
+// them to be gone as usual. A target that arrived during the drain is evicted for an
+// Options.Timeout of its own, counted from when the drain found it, before it is
+// deleted.
 //
 // # Watching
 //

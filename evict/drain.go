@@ -49,6 +49,7 @@ type drain struct {
 	forced       int
 	listErr      error                // the last failure of the final check
 	rounds       int                  // final checks that found pods arrived since
+	resumed      bool                 // resumes a drained drain (Drainer.Remaining)
 	attached     []string             // VolumeAttachments still attached, once pods are gone
 	volumesSince time.Time            // when the wait for volumes began
 	volumeBlocks []Block              // the volumes past VolumeDetachTimeout (KeepRefusing)
@@ -87,6 +88,7 @@ func newDrain(d *Drainer, node *corev1.Node, prev *drain) *drain {
 // and rounds.
 func (dr *drain) resume(prev *drain) {
 	dr.started, dr.deadline, dr.rounds = prev.started, prev.deadline, prev.rounds
+	dr.resumed = true
 	dr.progress.Started = dr.started
 }
 

@@ -23,7 +23,9 @@ const (
 	// the lock releases the node (and uncordons it). Nothing is deleted.
 	Release
 	// Force, after Timeout, DELETEs the pods whose evictions are still refused, with
-	// each pod's own grace period, and then waits for them to be gone.
+	// each pod's own grace period, and then waits for them to be gone. A pod that
+	// arrived during the drain is evicted for a Timeout of its own (counted from when
+	// the drain found it) before it is deleted.
 	Force
 )
 

@@ -53,6 +53,7 @@ type target struct {
 	phase     podPhase
 	skipped   bool      // terminating on a node with a silent kubelet for too long: counted gone
 	termSeen  time.Time // when the drain first saw it terminating, on its own clock
+	since     time.Time // when it became a target: Force deletes it Timeout after
 	failures  int
 	nextTry   time.Time
 	blockedBy []string // budgets that refused its last eviction
@@ -88,15 +89,19 @@ func (dr *drain) setPodPhase(t *target, p podPhase) {
 }
 
 // selectTargets picks, from the node's pods as first listed, those that must leave.
-// Pods bound to the node later are not added: the node is cordoned, so only pods that
-// tolerate that arrive, and evicting what keeps coming back would never end.
+// Pods bound to the node later are found by the final check (finalCheck). They count
+// as targets since the drain's start, or since now for a resumed drain, whose pods
+// all arrived after the drain it resumes.
 func (dr *drain) selectTargets() {
 	for _, obj := range dr.pods.List() {
 		pod, ok := obj.(*corev1.Pod)
 		if !ok || classify(pod) != evictIt {
 			continue
 		}
-		dr.addTarget(pod)
+		t := dr.addTarget(pod)
+		if !dr.resumed {
+			t.since = dr.started
+		}
 	}
 	dr.sortTargets()
 }
@@ -120,6 +125,7 @@ func (dr *drain) addTarget(pod *corev1.Pod) *target {
 		pod:          pod,
 		unreplicated: unreplicatedFilter(pod),
 		localStorage: localStorageFilter(pod),
+		since:        dr.d.opts.Clock.Now(),
 	}
 	t.self = t.key == dr.d.opts.Self
 	if pod.DeletionTimestamp != nil {
