@@ -44,7 +44,9 @@ func (c *cluster) setReady(node string, status corev1.ConditionStatus, reason st
 func TestTerminatingPodOfALiveNotReadyKubeletIsWaitedFor(t *testing.T) {
 	c := newCluster(t)
 	node := c.addNode("sick", true)
-	c.deployment("app", 1, nil)
+	// A bare pod: a controller's replacement could be scheduled before the
+	// scheduler sees the cordon, and be listed for its own sake.
+	c.bareOn(node, "app", nil)
 	pod := c.waitRunning(node, "app", 1)[0]
 	const finalizer = "evict.test/slow-kubelet"
 	_, err := c.client.CoreV1().Pods(c.ns).Patch(context.Background(), pod.Name, types.MergePatchType,
