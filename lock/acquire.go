@@ -54,6 +54,9 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
 			if err := a.admit(n); err != nil {
 				return err
 			}
+			if err := a.drainGaveUp(ctx, n); err != nil {
+				return err
+			}
 		}
 		if a.claim == nil || a.claimAging() {
 			claimed, err := a.write(ctx, n, write{state: StateClaiming, group: a.group})
@@ -214,4 +217,19 @@ func (a *acquisition) removeStaleClaim(ctx context.Context, n *corev1.Node) bool
 	}
 	a.log.Info("stale reboot lock claim removed", "staleNode", n.Name, "claimedAt", lockOf(n).Since)
 	return true
+}
+
+// drainGaveUp refuses a node whose last drain gave up (the Release failure policy)
+// while nothing has changed that would let a new drain finish: cordoning it and
+// evicting its pods again would only churn its workloads. The refusal names the
+// drain's blocks; an error reading them refuses too (fail closed).
+func (a *acquisition) drainGaveUp(ctx context.Context, n *corev1.Node) error {
+	p, gaveUp, err := a.lock.drainer.GaveUp(ctx, n)
+	if !gaveUp {
+		return nil
+	}
+	if err != nil {
+		return apiError("check the last drain", err)
+	}
+	return &DrainError{Progress: p}
 }

@@ -50,6 +50,13 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 			continue
 		case p.Failed:
 			return a.drainFailed(ctx, p)
+		case p.Phase == evict.PhaseNodeGone:
+			// The drain saw its Node object go; confirm from the API server.
+			if err := a.stillThisNode(ctx, g); err != nil {
+				return err
+			}
+			l.drainer.Forget(a.name) // it is still there: drain it afresh
+			continue
 		}
 		// The drain's end and any lock change wake us; the timer is a fallback.
 		if err := l.sleep(ctx, 5*time.Second, a.expires, p.Done, l.changed.wait()); err != nil {

@@ -58,11 +58,18 @@ func (c *cluster) addNode(name, machineID string) (*corev1.Node, string) {
 // lock starts a lock whose drains are the evict package's, posting Events.
 func (c *cluster) lock(opts Options) (*Lock, *evict.Drainer) {
 	c.t.Helper()
+	return c.lockWithDrains(opts, evict.Options{})
+}
+
+// lockWithDrains is lock with the drains' options.
+func (c *cluster) lockWithDrains(opts Options, dopts evict.Options) (*Lock, *evict.Drainer) {
+	c.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: c.env.Client.EventsV1()})
 	require.NoError(c.t, broadcaster.StartRecordingToSinkWithContext(ctx))
 	opts.Recorder = broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
-	d := evict.New(c.env.Client, evict.Options{Recorder: opts.Recorder})
+	dopts.Recorder = opts.Recorder
+	d := evict.New(c.env.Client, dopts)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -73,7 +80,7 @@ func (c *cluster) lock(opts Options) (*Lock, *evict.Drainer) {
 		<-stopped
 		broadcaster.Shutdown()
 	})
-	return startLockWith(c.t, c.env.Client, NewEvictDrainer(d, c.env.Client), opts), d
+	return startLockWith(c.t, c.env.Client, d, opts), d
 }
 
 // deployment creates a Deployment of replicas pods on the test's nodes; mutate may

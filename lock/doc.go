@@ -67,7 +67,6 @@
 //   - annotations.go: the annotations and label the lock lives in; nodes.go: the
 //     node cache's indexes and transform; errors.go: the errors PreReboot returns.
 //   - reregistered.go: a machine back under a new Node name frees its old Node's slot.
-//   - evictdrainer.go: evict.Drainer as the lock's Drainer; locktest: fakes of it.
 //
 // docs/model/lock-requests.pml is a Promela model of the requests (claims, holds,
 // withdrawals, stale claims) that spin checks.

@@ -41,10 +41,13 @@ func (e *DrainError) Error() string {
 	return fmt.Sprintf("node %s: %s", e.Progress.Node, e.Progress)
 }
 
-// Is matches fleetlock.ErrDrainBlocked when a PodDisruptionBudget refuses evictions or
-// the drain failed, fleetlock.ErrDrainInProgress otherwise.
+// Is matches fleetlock.ErrDrainBlocked when something blocks the drain (a
+// PodDisruptionBudget, an admission policy, a terminating namespace, missing RBAC, pods
+// that keep returning, volumes still attached: Progress.Blocks), it failed or gave up,
+// fleetlock.ErrDrainInProgress otherwise.
 func (e *DrainError) Is(target error) bool {
-	if len(e.Progress.BlockedBy) > 0 || e.Progress.Failed {
+	p := e.Progress
+	if len(p.BlockedBy) > 0 || len(p.Blocks) > 0 || p.Failed || p.GaveUpBefore {
 		return target == fleetlock.ErrDrainBlocked
 	}
 	return target == fleetlock.ErrDrainInProgress

@@ -35,7 +35,14 @@ type Drainer interface {
 	// bound to node that a drain must move, with the drain's own filters. If there
 	// are any, the drain is restarted to evict them.
 	Remaining(ctx context.Context, node *corev1.Node) ([]types.NamespacedName, error)
+	// GaveUp reports whether the last drain of node gave up (the Release failure
+	// policy) and nothing has changed since that would let a new one finish: such a
+	// node is refused before it is cordoned again, with the drain's blocks as the
+	// reason. An error comes with true: it fails closed.
+	GaveUp(ctx context.Context, node *corev1.Node) (evict.Progress, bool, error)
 }
+
+var _ Drainer = (*evict.Drainer)(nil)
 
 // maxConflicts bounds how often one request re-reads a node after a 409 Conflict.
 const maxConflicts = 20

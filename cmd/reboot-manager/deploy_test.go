@@ -201,7 +201,7 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	}
 	// Granted for paths a healthy cycle does not take: the events library patches an
 	// Event only to count a repeat within minutes (a series); the drain lists budgets
-	// only when a 429 names none, and informers list only when they cannot stream
+	// only for a pod that several select, and informers list only when they cannot stream
 	// their initial state through the watch.
 	notExercised := map[string]bool{
 		"events.k8s.io events patch":       true,

@@ -119,7 +119,7 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	if s.replacer != nil {
 		lockOpts.Hooks = s.replacer
 	}
-	if s.lock, err = lock.New(client, lock.NewEvictDrainer(s.drainer, client), lockOpts); err != nil {
+	if s.lock, err = lock.New(client, s.drainer, lockOpts); err != nil {
 		return nil, err
 	}
 	if c.verifySourceAddress {

@@ -49,6 +49,7 @@ func closed() chan struct{} {
 
 // Drained is a Drainer whose drains are over at once.
 type Drained struct {
+	NeverGaveUp
 	// Client, if set, is what Remaining lists pods with.
 	Client kubernetes.Interface
 	// Forgot counts the calls of Forget.
@@ -74,6 +75,7 @@ func (d *Drained) Remaining(ctx context.Context, node *corev1.Node) ([]types.Nam
 // Gated is a Drainer whose drains end when the test calls Finish. A drain is bound to
 // the Node's UID: a Start for another UID of the same name starts a fresh drain.
 type Gated struct {
+	NeverGaveUp
 	// Client, if set, is what Remaining lists pods with.
 	Client kubernetes.Interface
 	// Started receives a node's name when a drain of it starts.
@@ -133,6 +135,7 @@ func (d *Gated) Remaining(ctx context.Context, node *corev1.Node) ([]types.Names
 
 // Endless is a Drainer whose drains never finish; it records what was forgotten.
 type Endless struct {
+	NeverGaveUp
 	mu     sync.Mutex
 	done   map[string]chan struct{}
 	forgot []string
@@ -172,4 +175,12 @@ func (d *Endless) Forgotten() []string {
 // Remaining returns nothing.
 func (d *Endless) Remaining(context.Context, *corev1.Node) ([]types.NamespacedName, error) {
 	return nil, nil
+}
+
+// NeverGaveUp is embedded by the fakes: no drain of theirs ever gives up for good.
+type NeverGaveUp struct{}
+
+// GaveUp returns false: the node may be drained.
+func (NeverGaveUp) GaveUp(_ context.Context, node *corev1.Node) (evict.Progress, bool, error) {
+	return evict.Progress{Node: node.Name, NodeUID: node.UID}, false, nil
 }

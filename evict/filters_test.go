@@ -13,7 +13,7 @@ func owner(apiVersion, kind string, controller bool) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: "owner", UID: types.UID("u-" + kind), Controller: &controller}
 }
 
-func TestClassify(t *testing.T) {
+func TestFilters(t *testing.T) {
 	now := metav1.Now()
 	tests := []struct {
 		name      string
@@ -82,8 +82,8 @@ func TestClassify(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			assert.Equal(t, tt.class, classify(&tt.pod), "class")
-			assert.Equal(t, tt.unmanaged, unmanaged(&tt.pod), "unmanaged")
-			assert.Equal(t, tt.localData, hasLocalData(&tt.pod), "localData")
+			assert.Equal(t, tt.unmanaged, unreplicatedFilter(&tt.pod), "unmanaged")
+			assert.Equal(t, tt.localData, localStorageFilter(&tt.pod), "localData")
 		})
 	}
 }
