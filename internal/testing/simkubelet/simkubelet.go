@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -25,10 +26,15 @@ type Options struct {
 	TerminationDelay time.Duration
 	// Workers is how many pods are handled at once. Default 8.
 	Workers int
+	// LeasePeriod is how often each node's kubelet renews its Lease in kube-node-lease
+	// (a real kubelet: every 10s, a quarter of its 40s lease duration). Default 10s;
+	// NodeOptions.LeasePeriod overrides it per node.
+	LeasePeriod time.Duration
 }
 
 // Kubelet simulates the kubelets of a cluster's nodes.
 type Kubelet struct {
+	ctx    context.Context // Start's: it bounds the Lease renewals
 	client kubernetes.Interface
 	opts   Options
 	queue  workqueue.TypedRateLimitingInterface[string]
@@ -47,7 +53,11 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
+	if opts.LeasePeriod <= 0 {
+		opts.LeasePeriod = 10 * time.Second
+	}
 	k := &Kubelet{
+		ctx:    ctx,
 		client: client,
 		opts:   opts,
 		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
@@ -182,12 +192,18 @@ type NodeOptions struct {
 	Unschedulable bool
 	// ProviderID is spec.providerID, such as aws:///eu-west-1a/i-0123456789abcdef0.
 	ProviderID string
+	// LeasePeriod overrides Options.LeasePeriod for this node.
+	LeasePeriod time.Duration
 }
 
-// AddNode creates a Ready node named name.
+// AddNode creates a Ready node named name, whose kubelet renews its Lease in
+// kube-node-lease every LeasePeriod while the node is up, until the Node is deleted.
 func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*corev1.Node, error) {
 	if opts.MachineID == "" {
 		opts.MachineID = RandomID()
+	}
+	if opts.LeasePeriod <= 0 {
+		opts.LeasePeriod = k.opts.LeasePeriod
 	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: opts.Labels, Annotations: opts.Annotations},
@@ -201,7 +217,63 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return nil, err
 	}
+	if err := k.renewLease(ctx, created); err != nil {
+		return nil, err
+	}
+	go k.renewLeases(created, opts.LeasePeriod)
 	return k.setNotReadyTaint(ctx, name, false)
+}
+
+// renewLeases renews the node's Lease every period, as its kubelet does, except while
+// the node is down; it stops when the Node (the same object) is gone or Start's
+// context ends.
+func (k *Kubelet) renewLeases(node *corev1.Node, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-k.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if k.isDown(node.Name) {
+			continue
+		}
+		n, err := k.client.CoreV1().Nodes().Get(k.ctx, node.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || err == nil && n.UID != node.UID {
+			return
+		}
+		if err == nil {
+			_ = k.renewLease(k.ctx, node) // unreachable: try at the next period
+		}
+	}
+}
+
+// renewLease creates or renews the node's Lease: holder the node, duration 40s,
+// renewTime now, owned by the Node (so it goes with it).
+func (k *Kubelet) renewLease(ctx context.Context, node *corev1.Node) error {
+	leases := k.client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	now := metav1.NowMicro()
+	l, err := leases.Get(ctx, node.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: node.Name, OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID,
+			}}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &node.Name, LeaseDurationSeconds: new(int32(40)), RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if len(l.OwnerReferences) > 0 && l.OwnerReferences[0].UID != node.UID {
+		// A Lease left by an earlier Node of the same name: replace it.
+		l.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
 }
 
 // setNotReadyTaint adds or removes the node.kubernetes.io/not-ready:NoSchedule taint,
