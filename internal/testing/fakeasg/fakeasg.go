@@ -42,7 +42,10 @@ type Fake struct {
 	// OnTerminate, if set, runs (without the lock held) after an instance is set
 	// Terminating: a test launches the replacement there.
 	OnTerminate func(group, instance string)
-	server      *httptest.Server
+	// OnCall, if set, runs (without the lock held) when a call arrives, before it is
+	// answered: a test changes the world there while the caller waits.
+	OnCall func(action string)
+	server *httptest.Server
 }
 
 type failure struct {
@@ -62,6 +65,13 @@ func (f *Fake) URL() string { return f.server.URL }
 
 // Close stops the server.
 func (f *Fake) Close() { f.server.Close() }
+
+// SetOnCall sets OnCall while the fake serves.
+func (f *Fake) SetOnCall(hook func(action string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.OnCall = hook
+}
 
 // AddGroup adds a group.
 func (f *Fake) AddGroup(g *Group) {
@@ -145,6 +155,12 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	if r.PostForm.Get("Version") != "2011-01-01" {
 		writeError(w, http.StatusBadRequest, "InvalidAction", "unknown Version "+r.PostForm.Get("Version"))
 		return
+	}
+	f.mu.Lock()
+	onCall := f.OnCall
+	f.mu.Unlock()
+	if onCall != nil {
+		onCall(action)
 	}
 	var onTerminate func()
 	f.mu.Lock()
