@@ -76,10 +76,16 @@ func TestResolve(t *testing.T) {
 	assert.ErrorIs(t, err, replace.ErrNotManaged)
 	assert.Len(t, fake.Calls(), calls, "another cloud's node costs no AWS call")
 
+	fake.FailNext("DescribeAutoScalingInstances", "AccessDenied", "not allowed", http.StatusForbidden)
+	_, err = c.Resolve(ctx, pid)
+	require.ErrorContains(t, err, "not allowed")
+	assert.NotErrorIs(t, err, replace.ErrNotManaged, "an API failure is not 'never touch'")
+
+	calls = fake.Count("DescribeAutoScalingInstances")
 	fake.FailNext("DescribeAutoScalingInstances", "InternalFailure", "boom", http.StatusInternalServerError)
 	_, err = c.Resolve(ctx, pid)
-	require.Error(t, err)
-	assert.NotErrorIs(t, err, replace.ErrNotManaged, "an API failure is not 'never touch'")
+	require.NoError(t, err, "the SDK's retryer retries a 5xx")
+	assert.Equal(t, calls+2, fake.Count("DescribeAutoScalingInstances"))
 }
 
 func TestPreflight(t *testing.T) {
