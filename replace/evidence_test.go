@@ -20,6 +20,7 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 )
 
@@ -326,4 +327,16 @@ func TestNewGrantKeepsFailedRecord(t *testing.T) {
 	assert.Equal(t, "default", recs[0].Group)
 	assert.Contains(t, recs[0].Why, "instance is protected")
 	assert.Equal(t, asg, recs[0].Instance.Group)
+}
+
+// replaceAfter under the safe minimum is refused, but in a dry run.
+func TestReplaceAfterMinimum(t *testing.T) {
+	_, err := policy.Parse([]byte("groups: {w: {replaceAfter: 90s}}"))
+	require.ErrorContains(t, err, "groups.w.replaceAfter: 1m30s is under 2m0s")
+	_, err = policy.Parse([]byte("defaults: {replaceAfter: 5s}"))
+	require.ErrorContains(t, err, "defaults.replaceAfter: 5s is under")
+	_, err = policy.Parse([]byte("defaults: {replaceAfter: 5s}\nreplacement: {dryRun: true}"))
+	require.NoError(t, err)
+	_, err = policy.Parse([]byte("defaults: {replaceAfter: 2m}"))
+	require.NoError(t, err)
 }

@@ -215,7 +215,9 @@ groups:
 // Scaling group: the group launches a new instance, whose node joins; the old Node is
 // deleted, its slot frees, and the rollout of the other nodes completes behind it.
 func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
-	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
+	// replaceAfter 3s is under policy.MinReplaceAfter: a test build accepts it.
+	unsafeReplace := []string{"rebootmanager_unsafe_replace"}
+	serverBinary(t, unsafeReplace) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	env := controlplane.Shared(t)
@@ -253,7 +255,7 @@ groups:
 replacement: {interval: 1s, timeout: 1m}
 `), 0o600))
 	groups := []fleetsim.Group{{Name: "w", Nodes: 4, Slots: 1}}
-	h := newHarness(t, groups, 1, nil, "--config="+config, "--cloud=aws")
+	h := newHarness(t, groups, 1, unsafeReplace, "--config="+config, "--cloud=aws")
 	dead := "lost-w-01"
 	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "lost", Groups: groups,
 		ProviderID: providerID, NeverReturns: func(node string) bool { return node == dead }}))
