@@ -40,7 +40,8 @@ type Fake struct {
 	calls  []string  // actions, in order
 	fail   []failure // queued failures
 	// OnTerminate, if set, runs (without the lock held) after an instance is set
-	// Terminating: a test launches the replacement there.
+	// Terminating (not again for an instance already Terminating): a test launches
+	// the replacement there.
 	OnTerminate func(group, instance string)
 	// OnCall, if set, runs (without the lock held) when a call arrives, before it is
 	// answered: a test changes the world there while the caller waits.
@@ -312,8 +313,9 @@ func (f *Fake) terminate(id, decrement string) (reply any, code, message string,
 	if decrement != "false" && decrement != "true" {
 		return nil, "ValidationError", "ShouldDecrementDesiredCapacity is required", nil
 	}
+	again := in.State == "Terminating" // terminating it again: no new launch
 	in.State = "Terminating"
-	if decrement == "true" {
+	if decrement == "true" && !again {
 		g.Desired--
 	}
 	type activity struct {
@@ -331,7 +333,7 @@ func (f *Fake) terminate(id, decrement string) (reply any, code, message string,
 		Activity activity         `xml:"TerminateInstanceInAutoScalingGroupResult>Activity"`
 		Metadata responseMetadata `xml:"ResponseMetadata"`
 	}
-	if hook := f.OnTerminate; hook != nil {
+	if hook := f.OnTerminate; hook != nil && !again {
 		group := g.Name
 		after = func() { hook(group, id) }
 	}
