@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/internal/testing/fakeasg"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
@@ -271,35 +272,46 @@ func TestNewNodeWithTheOldName(t *testing.T) {
 // each counted the replacements in flight from its own list, and two instances of one
 // Auto Scaling group were terminated.
 func TestTwoReplicasMaxInFlight(t *testing.T) {
-	r := newRig(t, time.Second, "replacement: {maxInFlight: 1}")
-	ctx := context.Background()
-	a, b := r.prefix+"-a", r.prefix+"-b"
-	r.addNode(a, asg)
-	r.addNode(b, asg)
-	r.slots.Store(2)
-	r.launch = func(string, string) {} // no new node joins: the first replacement stays in flight
-	for _, n := range []string{a, b} {
-		require.NoError(t, r.grant(n))
-		require.NoError(t, r.env.Kubelet.Fail(ctx, n))
-	}
-	// Both replicas ask the Auto Scaling API before either claims: the first two
-	// DescribeAutoScalingGroups calls wait for each other.
-	var arrived sync.WaitGroup
-	arrived.Add(2)
-	var calls atomic.Int32
-	r.fake.SetOnCall(func(action string) {
-		if action == "DescribeAutoScalingGroups" && calls.Add(1) <= 2 {
-			arrived.Done()
-			done := make(chan struct{})
-			go func() { arrived.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
+	// One Auto Scaling group (one replacement per group, always), or two (the global
+	// maxInFlight).
+	for _, groups := range []int{1, 2} {
+		t.Run(fmt.Sprintf("groups-%d", groups), func(t *testing.T) {
+			r := newRig(t, time.Second, "replacement: {maxInFlight: 1}")
+			ctx := context.Background()
+			a, b := r.prefix+"-a", r.prefix+"-b"
+			r.addNode(a, asg)
+			other := asg
+			if groups == 2 {
+				other = "asg-other"
+				r.fake.AddGroup(&fakeasg.Group{Name: other, Tags: map[string]string{"reboot-manager/replace": "true"}, Desired: 1})
 			}
-		}
-	})
-	r.reconcileFor(3*time.Second, r.replacer("replica-1"), r.replacer("replica-2"))
-	assert.LessOrEqual(t, r.fake.Count(terminate), 1, "maxInFlight 1")
+			r.addNode(b, other)
+			r.slots.Store(2)
+			r.launch = func(string, string) {} // no new node joins: the first replacement stays in flight
+			for _, n := range []string{a, b} {
+				require.NoError(t, r.grant(n))
+				require.NoError(t, r.env.Kubelet.Fail(ctx, n))
+			}
+			// Both replicas ask the Auto Scaling API before either claims: the first two
+			// DescribeAutoScalingGroups calls wait for each other.
+			var arrived sync.WaitGroup
+			arrived.Add(2)
+			var calls atomic.Int32
+			r.fake.SetOnCall(func(action string) {
+				if action == "DescribeAutoScalingGroups" && calls.Add(1) <= 2 {
+					arrived.Done()
+					done := make(chan struct{})
+					go func() { arrived.Wait(); close(done) }()
+					select {
+					case <-done:
+					case <-time.After(5 * time.Second):
+					}
+				}
+			})
+			r.reconcileFor(3*time.Second, r.replacer("replica-1"), r.replacer("replica-2"))
+			assert.Equal(t, 1, r.fake.Count(terminate), "maxInFlight 1")
+		})
+	}
 }
 
 // A new grant of a node whose replacement failed keeps the Failed record: the
