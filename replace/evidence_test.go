@@ -352,3 +352,22 @@ func TestReplaceAfterMinimum(t *testing.T) {
 	_, err = policy.Parse([]byte("defaults: {replaceAfter: 2m}"))
 	require.NoError(t, err)
 }
+
+// A record an earlier version wrote (the promotion as grantedAt, no Node UID, no 2xx)
+// never justifies a replacement: it is dropped.
+func TestEarlierRecordDropped(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.promote(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	_, err := r.env.Client.CoreV1().ConfigMaps(r.ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "replace-" + node, Labels: map[string]string{replace.LabelRecord: "true"}},
+		Data: map[string]string{"record": `{"node": "` + node + `", "group": "default", "providerID": "aws:///eu-west-1a/` + id +
+			`", "instance": {"id": "` + id + `", "group": "` + asg + `"}, "grantedAt": "2026-01-01T00:00:00Z", "state": "Granted"}`},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	r.reconcileUntil("dropped", func() bool { return r.record(node) == nil }, r.replacer("replica"))
+	assert.Zero(t, r.fake.Count(terminate))
+}

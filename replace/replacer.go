@@ -149,9 +149,11 @@ func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) erro
 // after the 2xx, continuously, its boot ID stayed the one of the 2xx and its kubelet
 // was silent (evidence.go), and no API outage was seen for Options.APIGrace.
 func (r *Replacer) failedToReturn(ctx context.Context, rec *record) (look, bool, error) {
-	after := r.opts.Config().Group(rec.Group).ReplaceAfter.Duration
-	if after == 0 || rec.ToldAt.IsZero() {
-		return look{}, false, nil
+	if rec.UID == "" || rec.ToldAt.IsZero() {
+		// Written by an earlier version, without this grant's identity: it never
+		// justifies a replacement.
+		r.log.Info("replacement record without the grant's identity dropped", "node", rec.Node)
+		return look{}, false, r.forget(ctx, rec)
 	}
 	l, err := r.read(ctx, rec)
 	if err != nil {
@@ -161,7 +163,8 @@ func (r *Replacer) failedToReturn(ctx context.Context, rec *record) (look, bool,
 		return l, false, r.forget(ctx, rec) // released: it came back, or an operator released it
 	}
 	now := r.opts.Now()
-	if l.back != "" {
+	after := r.opts.Config().Group(rec.Group).ReplaceAfter.Duration
+	if l.back != "" || after == 0 {
 		r.mu.Lock()
 		delete(r.watches, rec.Node)
 		r.mu.Unlock()
