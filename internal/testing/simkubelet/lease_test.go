@@ -41,14 +41,14 @@ func TestLeaseRenewedWhileUp(t *testing.T) {
 	renewed("renewed while up")
 
 	rebooted := make(chan error, 1)
-	go func() { rebooted <- env.Kubelet.Reboot(ctx, name, time.Second) }()
+	go func() { rebooted <- env.Kubelet.Reboot(ctx, name, 3*time.Second) }()
 	// Renewed every 50ms while up: the same renewal 300ms apart means it stopped (a
 	// renewal under way when the node went down may still land).
 	require.Eventually(t, func() bool {
 		before := renewTime()
 		time.Sleep(300 * time.Millisecond)
 		return renewTime() == before
-	}, 10*time.Second, 10*time.Millisecond, "not renewed while down")
+	}, 3*time.Second, 10*time.Millisecond, "not renewed while down")
 	require.NoError(t, <-rebooted)
 	renewed("renewed once back")
 }
