@@ -60,6 +60,10 @@ type record struct {
 	TerminatedAt time.Time `json:"terminatedAt,omitzero"`
 	// By is the replica that claimed the replacement.
 	By string `json:"by,omitempty"`
+	// Attempts counts the calls to terminate the instance, each written (conditioned on
+	// the record) just before the call: of replicas that resume a claim at once, one
+	// calls the cloud.
+	Attempts int `json:"attempts,omitempty"`
 	// Before are the group's instances in service when it was claimed: the
 	// replacement is an instance not among them.
 	Before []string `json:"before,omitempty"`
@@ -194,6 +198,7 @@ func (r *Replacer) forget(ctx context.Context, rec *record) error {
 	r.mu.Lock()
 	delete(r.noted, rec.Node)
 	delete(r.watches, rec.Node)
+	delete(r.quiet, rec.Node)
 	r.mu.Unlock()
 	return err
 }

@@ -21,6 +21,12 @@ import (
 	"github.com/reboot-manager/reboot-manager/policy"
 )
 
+// DefaultResumeAfter is how long a Replacing record whose instance is in service
+// must stay unchanged, as this replica sees it, before it asks to terminate the
+// instance again: longer than a terminate call with its timeouts, so that it does not
+// ask while another replica's call is under way.
+const DefaultResumeAfter = 30 * time.Second
+
 // DefaultAPIGrace is how long replacement stays paused after this replica last
 // failed to reach the API server: twice a kubelet's 10s Lease renewal period (its
 // renewals fail during an outage too, and it retries with a backoff of up to 7s).
@@ -48,6 +54,10 @@ type Options struct {
 	// APIGrace pauses replacement this long after this replica last failed to reach
 	// the API server. Default DefaultAPIGrace.
 	APIGrace time.Duration
+	// ResumeAfter: a claimed replacement whose instance is still in service is taken
+	// up again (its instance terminated) only once its record stayed unchanged this
+	// long on this replica's clock. Default DefaultResumeAfter.
+	ResumeAfter time.Duration
 }
 
 // Replacer replaces the nodes that fail to return after a granted reboot. It
@@ -64,6 +74,9 @@ type Replacer struct {
 	watches map[string]watch
 	// downAt is when this replica last failed to reach the API server.
 	downAt time.Time
+	// quiet is, per Replacing record, its resourceVersion and when this replica first
+	// saw it.
+	quiet map[string]seenAt
 
 	replacements *prometheus.CounterVec
 }
@@ -79,9 +92,12 @@ func New(opts Options) *Replacer {
 	if opts.APIGrace <= 0 {
 		opts.APIGrace = DefaultAPIGrace
 	}
+	if opts.ResumeAfter <= 0 {
+		opts.ResumeAfter = DefaultResumeAfter
+	}
 	return &Replacer{
 		opts: opts, log: opts.Logger.With("cloud", opts.Cloud.Name()),
-		noted: map[string]string{}, watches: map[string]watch{},
+		noted: map[string]string{}, watches: map[string]watch{}, quiet: map[string]seenAt{},
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rebootmanager_replacements_total",
 			Help: "Replacements of nodes that failed to return, by result: started (instance terminated), replaced (a new node is Ready), failed, dry_run (would have started).",
@@ -277,6 +293,12 @@ func (r *Replacer) terminate(ctx context.Context, rec *record) error {
 	if err != nil {
 		return err
 	}
+	// Each call is written first, conditioned on the record: of replicas that resume
+	// this claim at once, one goes on.
+	rec.Attempts++
+	if err := r.update(ctx, rec); err != nil {
+		return err
+	}
 	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s since it was told to reboot %s ago: terminating instance %s in %s, which launches a new one",
 		rec.Node, downState(l), r.opts.Now().Sub(rec.ToldAt).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
 	if err := r.opts.Cloud.Replace(ctx, rec.Instance); err != nil {
@@ -338,7 +360,12 @@ func (r *Replacer) replacing(ctx context.Context, rec *record) error {
 	}
 	if slices.Contains(ids, rec.Instance.ID) {
 		// Claimed, but the termination did not happen (the replica stopped in between,
-		// or the cloud has not acted yet): ask again, after the same checks.
+		// the cloud said not now, or has not acted yet): ask again, after the same
+		// checks, once no replica has touched the record for ResumeAfter (one may be
+		// calling the cloud right now).
+		if !r.quietFor(rec, now) {
+			return nil
+		}
 		return r.terminate(ctx, rec)
 	}
 	newNode, err := r.newNode(ctx, rec, ids)
@@ -360,6 +387,25 @@ func (r *Replacer) replacing(ctx context.Context, rec *record) error {
 			rec.Instance.Group, now.Sub(rec.TerminatedAt).Round(time.Second), rec.Instance.ID))
 	}
 	return nil
+}
+
+// seenAt is a record's resourceVersion and when this replica first saw it.
+type seenAt struct {
+	rv string
+	at time.Time
+}
+
+// quietFor reports whether rec's record has stayed as it is for Options.ResumeAfter,
+// as this replica saw it (its own clock).
+func (r *Replacer) quietFor(rec *record, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.quiet[rec.Node]
+	if !ok || s.rv != rec.cm.ResourceVersion {
+		r.quiet[rec.Node] = seenAt{rv: rec.cm.ResourceVersion, at: now}
+		return false
+	}
+	return now.Sub(s.at) >= r.opts.ResumeAfter
 }
 
 // newNode returns a Ready node of an instance of the group in service now (ids) that

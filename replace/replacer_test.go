@@ -128,6 +128,7 @@ func (r *rig) replacerWith(identity string, client kubernetes.Interface) *replac
 	return replace.New(replace.Options{
 		Cloud: r.cloud, Client: client, Namespace: r.ns, Identity: identity,
 		Config: func() *policy.Config { return r.config }, Recorder: r.recorder, APIGrace: 500 * time.Millisecond,
+		ResumeAfter: 300 * time.Millisecond,
 	})
 }
 
