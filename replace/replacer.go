@@ -302,6 +302,10 @@ func (r *Replacer) terminate(ctx context.Context, rec *record) error {
 	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s since it was told to reboot %s ago: terminating instance %s in %s, which launches a new one",
 		rec.Node, downState(l), r.opts.Now().Sub(rec.ToldAt).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
 	if err := r.opts.Cloud.Replace(ctx, rec.Instance); err != nil {
+		if errors.Is(err, ErrTryAgain) {
+			// Still claimed: the next look reads the node again before asking again.
+			return fmt.Errorf("terminate instance %s: %w", rec.Instance.ID, err)
+		}
 		return r.fail(ctx, rec, "terminate instance: "+err.Error())
 	}
 	r.replacements.WithLabelValues("started").Inc()

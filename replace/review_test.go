@@ -2,6 +2,7 @@ package replace_test
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,30 @@ import (
 )
 
 // Inputs found in review of the change for issue 16.
+
+// The Auto Scaling API throttles the first TerminateInstanceInAutoScalingGroup; while
+// it answers, the node comes back (new boot ID, Ready, its Lease renewed). A retry of
+// the terminate inside the SDK, without a fresh read, terminated it.
+func TestNodeReturnsDuringTerminateRetry(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.grant(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	r.fake.FailNext(terminate, "Throttling", "Rate exceeded", http.StatusBadRequest)
+	var calls atomic.Int32
+	r.fake.SetOnCall(func(action string) {
+		if action == terminate && calls.Add(1) == 1 {
+			assert.NoError(t, r.env.Kubelet.Reboot(ctx, node, 0))
+		}
+	})
+	r.reconcileUntil("the terminate asked", func() bool { return calls.Load() > 0 }, r.replacer("replica"))
+	r.reconcileFor(2*time.Second, r.replacer("replica"))
+	assert.Equal(t, "InService", r.fake.InstanceState(id), "the node came back while the API throttled")
+	assert.Equal(t, 1, r.fake.Count(terminate))
+	assert.True(t, r.nodeExists(node))
+}
 
 // A replica claimed a replacement and died before calling AWS; two replicas take the
 // claim up, each on its own loop. While one's terminate call is under way (the

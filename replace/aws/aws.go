@@ -1,6 +1,6 @@
 // Package aws replaces nodes through their AWS Auto Scaling group: it implements
 // replace.Cloud with the AWS SDK for Go v2, whose standard retryer also retries the
-// Auto Scaling API's contention errors.
+// Auto Scaling API's contention errors on describes (a terminate is called once).
 package aws
 
 import (
@@ -43,7 +43,8 @@ type Options struct {
 	// AllowGroups returns the groups opted in, tagged or not; called at every
 	// Preflight. Optional.
 	AllowGroups func() []string
-	// Attempts bounds the calls of one operation, through the SDK's standard
+	// Attempts bounds the calls of one describe operation (a terminate is called
+	// once: Replace), through the SDK's standard
 	// retryer, which retries contention errors (ResourceContention,
 	// ScalingActivityInProgress) beside throttling, 5xx and broken connections.
 	// Default 5.
@@ -177,15 +178,22 @@ func (c *Cloud) optedIn(g *types.AutoScalingGroup) bool {
 	return false
 }
 
-// Replace implements replace.Cloud with TerminateInstanceInAutoScalingGroup, keeping
-// the desired capacity.
+// Replace implements replace.Cloud with one TerminateInstanceInAutoScalingGroup call,
+// keeping the desired capacity. It is not retried here: a retry seconds later would
+// act on the caller's read of the node from before the first attempt. An error the
+// retryer would retry wraps replace.ErrTryAgain.
 func (c *Cloud) Replace(ctx context.Context, in replace.Instance) error {
 	_, err := c.api.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
 		InstanceId:                     aws.String(in.ID),
 		ShouldDecrementDesiredCapacity: aws.Bool(false),
-	}, c.withRetryer)
-	if notFound(err) {
+	}, func(o *autoscaling.Options) { o.Retryer = retry.AddWithMaxAttempts(c.retryer, 1) })
+	switch {
+	case err == nil:
+		return nil
+	case notFound(err):
 		return nil // already gone: done
+	case c.retryer.IsErrorRetryable(err):
+		return fmt.Errorf("%w: %w", replace.ErrTryAgain, err)
 	}
 	return err
 }

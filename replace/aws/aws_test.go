@@ -116,9 +116,17 @@ func TestReplace(t *testing.T) {
 	c, fake := newCloud(t, rmaws.Options{Attempts: 3})
 	workers := replace.Instance{ID: "i-0123456789abcdef0", Group: "workers"}
 
+	// One call, never retried here: the caller reads the node again before a retry.
 	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ResourceContention", "busy", http.StatusInternalServerError)
-	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ScalingActivityInProgress", "scaling", http.StatusBadRequest)
-	require.NoError(t, c.Replace(ctx, workers), "contention is retried")
+	err := c.Replace(ctx, workers)
+	require.ErrorIs(t, err, replace.ErrTryAgain, "contention: ask again later")
+	assert.ErrorContains(t, err, "ResourceContention")
+	fake.FailNext("TerminateInstanceInAutoScalingGroup", "Throttling", "Rate exceeded", http.StatusBadRequest)
+	require.ErrorIs(t, c.Replace(ctx, workers), replace.ErrTryAgain, "throttling: ask again later")
+	assert.Equal(t, 2, fake.Count("TerminateInstanceInAutoScalingGroup"))
+	assert.Equal(t, "InService", fake.InstanceState(workers.ID))
+
+	require.NoError(t, c.Replace(ctx, workers))
 	assert.Equal(t, 3, fake.Count("TerminateInstanceInAutoScalingGroup"))
 	assert.Equal(t, "Terminating", fake.InstanceState(workers.ID))
 
@@ -127,11 +135,10 @@ func TestReplace(t *testing.T) {
 	assert.Equal(t, []string{"i-0fedcba9876543210"}, ids)
 
 	other := replace.Instance{ID: "i-0fedcba9876543210", Group: "workers"}
-	for range 3 {
-		fake.FailNext("TerminateInstanceInAutoScalingGroup", "ResourceContention", "busy", http.StatusInternalServerError)
-	}
+	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ValidationError", "instance is protected", http.StatusBadRequest)
 	err = c.Replace(ctx, other)
-	assert.ErrorContains(t, err, "ResourceContention", "gives up after Attempts")
+	assert.ErrorContains(t, err, "instance is protected")
+	assert.NotErrorIs(t, err, replace.ErrTryAgain, "a refusal is final")
 	assert.Equal(t, "InService", fake.InstanceState(other.ID))
 
 	require.NoError(t, c.Replace(ctx, replace.Instance{ID: "i-0aaaaaaaaaaaaaaaa", Group: "workers"}), "an instance no group manages is done")
