@@ -52,7 +52,7 @@ type Options struct {
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// APIGrace pauses replacement this long after this replica last failed to reach
-	// the API server. Default DefaultAPIGrace.
+	// the API server, and after it started. Default DefaultAPIGrace.
 	APIGrace time.Duration
 	// ResumeAfter: a claimed replacement whose instance is still in service is taken
 	// up again (its instance terminated) only once its record stayed unchanged this
@@ -72,7 +72,8 @@ type Replacer struct {
 	noted map[string]string
 	// watches are what this replica saw of each record's kubelet (evidence.go).
 	watches map[string]watch
-	// downAt is when this replica last failed to reach the API server.
+	// downAt is when this replica last failed to reach the API server (or started:
+	// it has seen nothing before).
 	downAt time.Time
 	// quiet is, per Replacing record, its resourceVersion and when this replica first
 	// saw it.
@@ -98,6 +99,7 @@ func New(opts Options) *Replacer {
 	return &Replacer{
 		opts: opts, log: opts.Logger.With("cloud", opts.Cloud.Name()),
 		noted: map[string]string{}, watches: map[string]watch{}, quiet: map[string]seenAt{},
+		downAt: opts.Now(),
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rebootmanager_replacements_total",
 			Help: "Replacements of nodes that failed to return, by result: started (instance terminated), replaced (a new node is Ready), failed, dry_run (would have started).",
@@ -292,6 +294,9 @@ func (r *Replacer) terminate(ctx context.Context, rec *record) error {
 	}
 	if err != nil {
 		return err
+	}
+	if r.paused(r.opts.Now()) {
+		return nil // an API outage hid the node's kubelet: wait for it to post again
 	}
 	// Each call is written first, conditioned on the record: of replicas that resume
 	// this claim at once, one goes on.

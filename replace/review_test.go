@@ -10,7 +10,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
+	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 )
 
@@ -38,6 +41,41 @@ func TestNodeReturnsDuringTerminateRetry(t *testing.T) {
 	assert.Equal(t, "InService", r.fake.InstanceState(id), "the node came back while the API throttled")
 	assert.Equal(t, 1, r.fake.Count(terminate))
 	assert.True(t, r.nodeExists(node))
+}
+
+// A replica claimed a replacement and died before calling AWS; then the API server
+// was down, and the node came back during the outage: its kubelet posts its new boot
+// ID and renews its Lease only some seconds after the API server answers again. A
+// replica resumed the claim at once on recovery, on the Lease as it was before the
+// outage, and terminated the instance.
+func TestOutageBeforeResumedClaim(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.grant(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	time.Sleep(300 * time.Millisecond)
+	r.claimAsDeadReplica(node, id)
+
+	down := &outage{}
+	down.on.Store(true)
+	cfg := rest.CopyConfig(r.env.Config)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { down.rt = rt; return down }
+	client, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+	// A claim is taken up at the second look: only the outage may hold it back.
+	rep := replace.New(replace.Options{Cloud: r.cloud, Client: client, Namespace: r.ns, Identity: "replica",
+		Config: func() *policy.Config { return r.config }, APIGrace: 500 * time.Millisecond, ResumeAfter: time.Nanosecond})
+	r.reconcileFor(time.Second, rep) // the API server is down
+	down.on.Store(false)
+	// Back, within the grace (500ms in the rig): the kubelet has not posted yet.
+	r.reconcileFor(200*time.Millisecond, rep)
+	assert.Zero(t, r.fake.Count(terminate), "resumed on the Lease read before the outage")
+	require.NoError(t, r.env.Kubelet.Reboot(ctx, node, 0)) // the kubelet posts
+	r.reconcileFor(time.Second, rep)
+	assert.Zero(t, r.fake.Count(terminate))
+	assert.Equal(t, "InService", r.fake.InstanceState(id))
 }
 
 // A replica claimed a replacement and died before calling AWS; two replicas take the
