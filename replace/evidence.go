@@ -154,5 +154,33 @@ func (r *Replacer) stillFailed(ctx context.Context, rec *record) (look, error) {
 	case renewString(l.lease) != renewString(rec.LeaseRenewTime) && l.lease != nil:
 		return l, &errStop{"its kubelet renewed its Lease since the replacement was claimed"}
 	}
+	other, err := r.otherNode(ctx, rec)
+	switch {
+	case err != nil:
+		return l, err
+	case other != "":
+		return l, &errStop{"its instance is Node " + other + " now"}
+	}
 	return l, nil
+}
+
+// otherNode returns the name of a Node object other than rec's whose provider ID is
+// rec's instance ("" if none): the instance came back under another name (a hostname
+// from DHCP), and the old Node, silent, says nothing about it. It lists the Nodes
+// (a consistent read); an error is the API server's.
+func (r *Replacer) otherNode(ctx context.Context, rec *record) (string, error) {
+	nodes, err := r.opts.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", r.apiDown(fmt.Errorf("list nodes: %w", err))
+	}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if n.UID == rec.UID {
+			continue
+		}
+		if id, ok := r.opts.Cloud.InstanceID(n.Spec.ProviderID); n.Spec.ProviderID == rec.ProviderID || ok && id == rec.Instance.ID {
+			return n.Name, nil
+		}
+	}
+	return "", nil
 }

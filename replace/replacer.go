@@ -191,6 +191,13 @@ func (r *Replacer) failedToReturn(ctx context.Context, rec *record) (look, bool,
 	if r.silentFor(rec, l, now) < after || r.paused(now) {
 		return l, false, nil
 	}
+	other, err := r.otherNode(ctx, rec)
+	if err != nil || other != "" {
+		if err != nil {
+			return l, false, err
+		}
+		return l, false, r.note(rec, l.node, "ReplacementAbandoned", "not replaced: its instance is Node "+other+" now")
+	}
 	return l, true, nil
 }
 

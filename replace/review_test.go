@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 )
@@ -75,6 +76,24 @@ func TestOutageBeforeResumedClaim(t *testing.T) {
 	require.NoError(t, r.env.Kubelet.Reboot(ctx, node, 0)) // the kubelet posts
 	r.reconcileFor(time.Second, rep)
 	assert.Zero(t, r.fake.Count(terminate))
+	assert.Equal(t, "InService", r.fake.InstanceState(id))
+}
+
+// The node rebooted and came back under another name (a hostname from DHCP): a new
+// Node, the same provider ID. The old Node stays, silent, with the boot ID of the 2xx;
+// its instance is up and serves as the new Node. It was terminated.
+func TestInstanceBackUnderAnotherName(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.grant(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	_, err := r.env.Kubelet.AddNode(ctx, node+"-renamed", simkubelet.NodeOptions{
+		MachineID: simkubelet.RandomID(), ProviderID: "aws:///eu-west-1a/" + id, LeasePeriod: leasePeriod})
+	require.NoError(t, err)
+	r.reconcileFor(3*time.Second, r.replacer("replica"))
+	assert.Zero(t, r.fake.Count(terminate), "its instance is the Node %s-renamed", node)
 	assert.Equal(t, "InService", r.fake.InstanceState(id))
 }
 
