@@ -42,6 +42,11 @@ type look struct {
 // server's: nothing may be decided.
 func (r *Replacer) read(ctx context.Context, rec *record) (look, error) {
 	var l look
+	if id, ok := r.opts.Cloud.InstanceID(rec.ProviderID); !ok || id != rec.Instance.ID {
+		// An edited or broken record: its instance is not its Node's. Never acted on.
+		l.back = "the record's instance " + rec.Instance.ID + " is not its provider ID's (" + rec.ProviderID + ")"
+		return l, nil
+	}
 	node, err := r.opts.Client.CoreV1().Nodes().Get(ctx, rec.Node, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):

@@ -3,6 +3,7 @@ package replace_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -143,4 +145,28 @@ func TestTwoReplicasResumeOneClaim(t *testing.T) {
 	wg.Wait()
 	assert.Equal(t, "Terminating", r.fake.InstanceState(id))
 	assert.Equal(t, int32(1), calls.Load(), "one replica asks")
+}
+
+// An operator (or a bug) edits a record's instance to another instance of the group,
+// in service, with no Node (say, a bastion): the record's provider ID still names the
+// failed node's instance. The instance of the record was terminated, not the node's.
+func TestEditedRecordInstanceNotTerminated(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	bastion := randomInstance()
+	r.fake.AddInstance(asg, bastion, "eu-west-1a")
+	require.NoError(t, r.grant(node))
+	cm, err := r.env.Client.CoreV1().ConfigMaps(r.ns).Get(ctx, "replace-"+node, metav1.GetOptions{})
+	require.NoError(t, err)
+	edited := strings.Replace(cm.Data["record"], `"id": "`+id+`"`, `"id": "`+bastion+`"`, 1)
+	require.NotEqual(t, cm.Data["record"], edited)
+	cm.Data["record"] = edited
+	_, err = r.env.Client.CoreV1().ConfigMaps(r.ns).Update(ctx, cm, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	r.reconcileFor(3*time.Second, r.replacer("replica"))
+	assert.Zero(t, r.fake.Count(terminate))
+	assert.Equal(t, "InService", r.fake.InstanceState(bastion))
 }
