@@ -56,7 +56,9 @@ type record struct {
 	LeaseRenewTime *metav1.MicroTime `json:"leaseRenewTime,omitempty"`
 	// Claim names one claim of the replacement; the in-flight lock holds it.
 	Claim string `json:"claim,omitempty"`
-	// TerminatedAt is when the replacement was claimed (state Replacing).
+	// TerminatedAt is when the instance was last asked to terminate (until then, when
+	// the replacement was claimed), on the clock of the replica that asked: the
+	// replacement's timeout counts from it.
 	TerminatedAt time.Time `json:"terminatedAt,omitzero"`
 	// By is the replica that claimed the replacement.
 	By string `json:"by,omitempty"`

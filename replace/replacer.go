@@ -307,7 +307,7 @@ func (r *Replacer) terminate(ctx context.Context, rec *record) error {
 	}
 	// Each call is written first, conditioned on the record: of replicas that resume
 	// this claim at once, one goes on.
-	rec.Attempts++
+	rec.Attempts, rec.TerminatedAt = rec.Attempts+1, r.opts.Now()
 	if err := r.update(ctx, rec); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package replace_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
@@ -169,4 +170,44 @@ func TestEditedRecordInstanceNotTerminated(t *testing.T) {
 	r.reconcileFor(3*time.Second, r.replacer("replica"))
 	assert.Zero(t, r.fake.Count(terminate))
 	assert.Equal(t, "InService", r.fake.InstanceState(bastion))
+}
+
+// A replica claimed a replacement an hour ago and died before calling AWS (the
+// replicas were down since, or the cloud kept saying "not now"). Its successor
+// terminates the instance; the new instance's node takes a second to be Ready. The
+// replacement's timeout counted from the claim: Failed at once, its place in flight
+// given back while the group was still launching.
+func TestLateClaimWaitsForNewNode(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.grant(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	time.Sleep(300 * time.Millisecond)
+	r.claimAsDeadReplica(node, id)
+	cm, err := r.env.Client.CoreV1().ConfigMaps(r.ns).Get(ctx, "replace-"+node, metav1.GetOptions{})
+	require.NoError(t, err)
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal([]byte(cm.Data["record"]), &rec))
+	rec["terminatedAt"] = time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
+	b, err := json.Marshal(rec)
+	require.NoError(t, err)
+	cm.Data["record"] = string(b)
+	_, err = r.env.Client.CoreV1().ConfigMaps(r.ns).Update(ctx, cm, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	r.launch = func(group, name string) {
+		go func() {
+			time.Sleep(time.Second)
+			r.addNode(name, group)
+		}()
+	}
+	rep := r.replacer("replica")
+	r.reconcileUntil("terminated", func() bool { return r.fake.InstanceState(id) == "Terminating" }, rep)
+	r.reconcileUntil("the record done", func() bool {
+		rec := r.record(node)
+		return rec == nil || rec["state"] == replace.StateFailed
+	}, rep)
+	assert.Nil(t, r.record(node), "replaced, not failed")
+	assert.Zero(t, results(t, "failed", rep))
 }
