@@ -45,6 +45,10 @@ const (
 	soakLook         = 200 * time.Millisecond // how often each replica reconciles
 	soakKillEvery    = 5 * time.Second
 	soakLostShare    = 0.02 // of the reboots, the machine never comes back
+	// Scaled down with replaceAfter: a replica waits soakAPIGrace after it starts, and
+	// takes a claim up once its record stayed unchanged for soakResumeAfter.
+	soakAPIGrace    = time.Second
+	soakResumeAfter = time.Second
 )
 
 type soak struct {
@@ -155,7 +159,8 @@ func (s *soak) runReplicas(ctx context.Context) (stop func()) {
 	start := func() context.CancelFunc {
 		rctx, kill := context.WithCancel(ctx)
 		r := replace.New(replace.Options{Cloud: s.cloud, Client: s.env.Client, Namespace: s.ns,
-			Identity: fmt.Sprintf("replica-%d", serial.Add(1)), Config: func() *policy.Config { return s.config }})
+			Identity: fmt.Sprintf("replica-%d", serial.Add(1)), Config: func() *policy.Config { return s.config },
+			APIGrace: soakAPIGrace, ResumeAfter: soakResumeAfter})
 		wg.Go(func() {
 			for rctx.Err() == nil {
 				_ = r.Reconcile(rctx)
