@@ -382,6 +382,9 @@ func (c *Config) Validate() error {
 	if r.Interval.Duration < time.Second {
 		return fmt.Errorf("replacement.interval: %s is under a second", r.Interval)
 	}
+	if err := c.checkReplaceAfter(); err != nil {
+		return err
+	}
 	if c.Blockers.PodsInterval.Duration == 0 {
 		c.Blockers.PodsInterval.Duration = DefaultPodsInterval
 	}
@@ -417,6 +420,41 @@ func (g *Group) compile(field string) error {
 		}
 	}
 	return nil
+}
+
+// MinReplaceAfter is the least replaceAfter accepted outside a dry run: a rebooting
+// node is silent (no Lease renewal, NotReady once the node-monitor grace period of 40
+// to 50s has passed) for its whole reboot, and a shorter replaceAfter replaces nodes
+// that reboot normally. docs/replacement.md says how to size it.
+const MinReplaceAfter = 2 * time.Minute
+
+// minReplaceAfter is MinReplaceAfter, but in test builds (replace_unsafe.go).
+var minReplaceAfter = MinReplaceAfter
+
+// checkReplaceAfter refuses a replaceAfter under minReplaceAfter unless dryRun.
+func (c *Config) checkReplaceAfter() error {
+	if c.Replacement.DryRun {
+		return nil
+	}
+	fields := map[string]Duration{"defaults": c.Defaults.ReplaceAfter}
+	for name, g := range c.Groups {
+		fields["groups."+name] = g.ReplaceAfter
+	}
+	for _, field := range sortedKeys(fields) {
+		if d := fields[field].Duration; d > 0 && d < minReplaceAfter {
+			return fmt.Errorf("%s.replaceAfter: %s is under %s, which would replace nodes that reboot normally (docs/replacement.md); replacement.dryRun allows it", field, d, minReplaceAfter)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Group returns the settings in force for a group: its own, with Defaults filling in

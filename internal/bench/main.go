@@ -234,6 +234,9 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			p.line("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
 		}
 	}
+	if err := replaceSoak(ctx, c, env, p); err != nil {
+		return err
+	}
 	p.line("")
 	p.line("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
 	sum.print(p)

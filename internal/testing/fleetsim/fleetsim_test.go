@@ -246,8 +246,11 @@ groups:
 // A node that never comes back from its reboot is replaced through its (fake) Auto
 // Scaling group: the group launches a new instance, whose node joins; the old Node is
 // deleted, its slot frees, and the rollout of the other nodes completes behind it.
+// Two replicas serve and replace (the shipped manifest runs two): one termination.
 func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
-	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
+	// replaceAfter 3s is under policy.MinReplaceAfter: a test build accepts it.
+	unsafeReplace := []string{"rebootmanager_unsafe_replace"}
+	serverBinary(t, unsafeReplace) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	env := controlplane.Shared(t)
@@ -286,7 +289,7 @@ groups:
 replacement: {interval: 1s, timeout: 1m}
 `), 0o600))
 	groups := []fleetsim.Group{{Name: "w", Nodes: 4, Slots: 1}}
-	h := newHarness(t, groups, 1, nil, "--config="+config, "--cloud=aws")
+	h := newHarness(t, groups, 2, unsafeReplace, "--config="+config, "--cloud=aws")
 	dead := "lost-w-01"
 	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "lost", Groups: groups,
 		ProviderID: providerID, NeverReturns: func(node string) bool { return node == dead }}))
@@ -297,8 +300,19 @@ replacement: {interval: 1s, timeout: 1m}
 	for _, n := range rep.Nodes {
 		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
 	}
-	m, err := h.servers[0].Metrics()
-	require.NoError(t, err)
-	assert.Contains(t, m, `rebootmanager_replacements_total{result="replaced"} 1`)
-	assert.Contains(t, m, `rebootmanager_replacements_total{result="started"} 1`)
+	// Two replicas: one may start the replacement and the other see it through.
+	started, replaced := 0, 0
+	for _, srv := range h.servers {
+		m, err := srv.Metrics()
+		require.NoError(t, err)
+		assert.NotRegexp(t, `rebootmanager_replacements_total\{result="(started|replaced)"\} [^01]`, m)
+		if strings.Contains(m, `rebootmanager_replacements_total{result="started"} 1`+"\n") {
+			started++
+		}
+		if strings.Contains(m, `rebootmanager_replacements_total{result="replaced"} 1`+"\n") {
+			replaced++
+		}
+	}
+	assert.Equal(t, 1, started, "replacements started, both replicas together")
+	assert.Equal(t, 1, replaced, "replacements seen through, both replicas together")
 }

@@ -13,7 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -27,10 +27,10 @@ type Options struct {
 	TerminationDelay time.Duration
 	// Workers is how many pods are handled at once. Default 8.
 	Workers int
-	// LeaseInterval is how often each node's kubelet renews its Lease in
-	// kube-node-lease (a real kubelet: every 10 seconds), except while the node is
-	// down. Default 2s.
-	LeaseInterval time.Duration
+	// LeasePeriod is how often each node's kubelet renews its Lease in
+	// kube-node-lease, except while the node is down. A real kubelet renews every 10
+	// s; the default, 2s, keeps tests short. NodeOptions.LeasePeriod overrides it.
+	LeasePeriod time.Duration
 }
 
 // Kubelet simulates the kubelets of a cluster's nodes.
@@ -43,8 +43,9 @@ type Kubelet struct {
 	skew atomic.Int64 // nanoseconds the kubelets' clock is off
 
 	mu     sync.Mutex
-	down   map[string]bool // nodes that are rebooting: their pods are not started
-	leased map[string]bool // nodes whose Lease the kubelet renews
+	down   map[string]bool      // nodes that are rebooting: their pods are not started
+	leased map[string]types.UID // nodes whose Lease the kubelet renews: the Node object
+	ctx    context.Context      // Start's: it bounds the Lease renewals
 }
 
 // Start runs the simulated kubelet until ctx ends. It returns once its pod cache has
@@ -56,15 +57,16 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
-	if opts.LeaseInterval <= 0 {
-		opts.LeaseInterval = 2 * time.Second
+	if opts.LeasePeriod <= 0 {
+		opts.LeasePeriod = 2 * time.Second
 	}
 	k := &Kubelet{
 		client: client,
 		opts:   opts,
 		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		down:   map[string]bool{},
-		leased: map[string]bool{},
+		leased: map[string]types.UID{},
+		ctx:    ctx,
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Pods().Informer()
@@ -87,7 +89,6 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	for range opts.Workers {
 		go k.work(ctx)
 	}
-	go wait.UntilWithContext(ctx, k.renewLeases, opts.LeaseInterval)
 	go func() {
 		<-ctx.Done()
 		k.queue.ShutDown()
@@ -196,9 +197,12 @@ type NodeOptions struct {
 	Unschedulable bool
 	// ProviderID is spec.providerID, such as aws:///eu-west-1a/i-0123456789abcdef0.
 	ProviderID string
+	// LeasePeriod overrides Options.LeasePeriod for this node.
+	LeasePeriod time.Duration
 }
 
-// AddNode creates a Ready node named name.
+// AddNode creates a Ready node named name, whose kubelet renews its Lease in
+// kube-node-lease every LeasePeriod while the node is up, until the Node is deleted.
 func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*corev1.Node, error) {
 	if opts.MachineID == "" {
 		opts.MachineID = RandomID()
@@ -215,10 +219,11 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return nil, err
 	}
-	k.mu.Lock()
-	k.leased[name] = true
-	k.mu.Unlock()
-	k.renewLease(ctx, name)
+	period := opts.LeasePeriod
+	if period <= 0 {
+		period = k.opts.LeasePeriod
+	}
+	k.startLease(ctx, created, period)
 	return k.setNotReadyTaint(ctx, name, false)
 }
 
