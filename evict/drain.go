@@ -41,6 +41,7 @@ type drain struct {
 	started      time.Time
 	deadline     time.Time   // when the FailurePolicy acts (not under KeepRefusing)
 	checkAgain   time.Time   // when to repeat a final check that failed
+	emptySince   time.Time   // when the final check first found no pod that must leave
 	pods         cache.Store // the node's pods, kept by a watch
 	targets      []*target   // the pods that must leave, sorted, Self last
 	results      chan result

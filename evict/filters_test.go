@@ -87,3 +87,25 @@ func TestFilters(t *testing.T) {
 		})
 	}
 }
+
+func TestToleratesCordon(t *testing.T) {
+	pod := func(tols ...corev1.Toleration) *corev1.Pod {
+		return &corev1.Pod{Spec: corev1.PodSpec{Tolerations: tols}}
+	}
+	exists := corev1.TolerationOpExists
+	for _, tt := range []struct {
+		name string
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"none", pod(), false},
+		{"everything", pod(corev1.Toleration{Operator: exists}), true},
+		{"unschedulable", pod(corev1.Toleration{Key: corev1.TaintNodeUnschedulable, Operator: exists, Effect: corev1.TaintEffectNoSchedule}), true},
+		{"unschedulable, any effect", pod(corev1.Toleration{Key: corev1.TaintNodeUnschedulable, Operator: exists}), true},
+		{"not-ready only", pod(corev1.Toleration{Key: corev1.TaintNodeNotReady, Operator: exists}), false},
+		{"everything, NoExecute only", pod(corev1.Toleration{Operator: exists, Effect: corev1.TaintEffectNoExecute}), false},
+		{"nil", nil, false},
+	} {
+		assert.Equal(t, tt.want, toleratesCordon(tt.pod), tt.name)
+	}
+}

@@ -2,6 +2,7 @@ package evict
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,8 +45,9 @@ func (dr *drain) finalCheck() bool {
 		}
 	}
 	if len(newcomers) == 0 {
-		return true
+		return dr.settled()
 	}
+	dr.emptySince = time.Time{}
 	dr.rounds++
 	dr.sortTargets()
 	for _, t := range newcomers {
@@ -104,4 +106,39 @@ func (dr *drain) fail() {
 	}
 	dr.event(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
 		"Drain gave up after %s with %d pods left (%s); the node is not rebooted", dr.d.opts.Timeout, p.PodsLeft, listNames(p.Left))
+}
+
+// ReturnSettle is how long a node must stay free of pods that must leave before a
+// drain that evicted pods tolerating the cordon ends: their controllers' replacements
+// can be scheduled back onto the cordoned node, a moment after the evicted pod is gone.
+const ReturnSettle = 5 * time.Second
+
+// settled reports whether the node, found free of pods that must leave, may count as
+// drained: at once, unless the drain evicted a pod that tolerates the cordon; then
+// only once it has stayed free for ReturnSettle (the final check runs again).
+func (dr *drain) settled() bool {
+	if !slices.ContainsFunc(dr.targets, func(t *target) bool { return toleratesCordon(t.pod) }) {
+		return true
+	}
+	now := dr.d.opts.Clock.Now()
+	if dr.emptySince.IsZero() {
+		dr.emptySince = now
+	}
+	return now.Sub(dr.emptySince) >= ReturnSettle
+}
+
+// toleratesCordon reports whether pod tolerates the node.kubernetes.io/unschedulable
+// NoSchedule taint that marks a cordoned node: the scheduler may put it there.
+func toleratesCordon(pod *corev1.Pod) bool {
+	if pod == nil {
+		return false
+	}
+	for _, t := range pod.Spec.Tolerations {
+		keyMatches := t.Key == "" && t.Operator == corev1.TolerationOpExists ||
+			t.Key == corev1.TaintNodeUnschedulable && (t.Operator == corev1.TolerationOpExists || t.Value == "")
+		if keyMatches && (t.Effect == "" || t.Effect == corev1.TaintEffectNoSchedule) {
+			return true
+		}
+	}
+	return false
 }
