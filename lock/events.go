@@ -2,6 +2,7 @@ package lock
 
 import (
 	"errors"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -59,9 +60,21 @@ func NewRefusal(sentinel error, msg string) *Refusal {
 	return &Refusal{Reason: RefusalReason(sentinel), Err: sentinel, Msg: msg}
 }
 
+// RefusalEventInterval is how often the Event of a refusal whose cause lasts is posted
+// again: Events expire (an hour by default), and a node refused for a day must still
+// show why.
+const RefusalEventInterval = 30 * time.Minute
+
+// refusalPosted is the refusal last posted as an Event on a node, and when.
+type refusalPosted struct {
+	cause string
+	at    time.Time
+}
+
 // noteOutcome counts a pre-reboot refusal by its reason and posts an Event on the node
-// when its cause differs from the last one posted, so that a node asking every few
-// minutes for hours does not flood the Events.
+// when its cause differs from the last one posted, or when RefusalEventInterval has
+// passed since, so that a node asking every few minutes for hours neither floods the
+// Events nor loses the one that explains it.
 func (l *Lock) noteOutcome(node, group string, err error) {
 	var ref *Refusal
 	if !errors.As(err, &ref) {
@@ -81,11 +94,15 @@ func (l *Lock) noteOutcome(node, group string, err error) {
 	if cause == "" {
 		cause = reason
 	}
+	now := l.opts.Clock.Now()
 	l.refusedMu.Lock()
-	same := l.lastRefusal[node] == cause
-	l.lastRefusal[node] = cause
+	last, seen := l.lastRefusal[node]
+	post := !seen || last.cause != cause || now.Sub(last.at) >= RefusalEventInterval
+	if post {
+		l.lastRefusal[node] = refusalPosted{cause: cause, at: now}
+	}
 	l.refusedMu.Unlock()
-	if !same {
+	if post {
 		eventType := corev1.EventTypeNormal
 		if ref.Warning {
 			eventType = corev1.EventTypeWarning

@@ -75,9 +75,9 @@ type Lock struct {
 	// backSince is when the stale-holder loop first saw each grant back (node UID and
 	// promotion), on this replica's clock; only that loop uses it.
 	backSince map[types.UID]time.Time
-	// lastRefusal is the reason last posted as an Event, by node.
+	// lastRefusal is the refusal last posted as an Event, by node.
 	refusedMu   sync.Mutex
-	lastRefusal map[string]string
+	lastRefusal map[string]refusalPosted
 }
 
 var _ fleetlock.Locker = (*Lock)(nil)
@@ -92,7 +92,7 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 		unmatched:   newUnmatchedCounter(),
 		refusals:    newRefusalsCounter(),
 		releases:    newReleasesCounter(),
-		lastRefusal: map[string]string{},
+		lastRefusal: map[string]refusalPosted{},
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
