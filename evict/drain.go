@@ -78,10 +78,22 @@ func newDrain(d *Drainer, node *corev1.Node, prev *drain) *drain {
 		posted:    map[string]time.Time{},
 		phase:     PhasePending,
 		started:   now,
-		deadline:  now.Add(d.opts.Timeout),
+		deadline:  d.since(node, now).Add(d.opts.Timeout),
 	}
 	dr.progress = Progress{Node: node.Name, NodeUID: node.UID, Phase: PhasePending, Started: dr.started, Done: dr.done}
 	return dr
+}
+
+// since is when node's drain counts as begun for Timeout: Options.Since, unless it
+// says nothing or a time to come.
+func (d *Drainer) since(node *corev1.Node, now time.Time) time.Time {
+	if d.opts.Since == nil {
+		return now
+	}
+	if t := d.opts.Since(node); !t.IsZero() && t.Before(now) {
+		return t
+	}
+	return now
 }
 
 // resume carries over what a drained drain of the same Node learnt, for a drain that

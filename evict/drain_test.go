@@ -676,3 +676,21 @@ func TestReleasedDrainDoesNotChurn(t *testing.T) {
 	fresh = awaitDone(t, d, node, fresh, time.Minute)
 	require.True(t, fresh.Drained, "progress: %s", fresh)
 }
+
+// Issue 20 item 5: the Release/Force deadline counts from Options.Since (the grant),
+// not from when this replica started the drain: a drain resumed long after the grant
+// gives up at once, a second later only what Timeout says.
+func TestTimeoutCountsFromSince(t *testing.T) {
+	c := newCluster(t)
+	node, _, _ := blockedWorkload(c, 1)
+	granted := time.Now().Add(-time.Minute)
+	d := c.drainer(c.env.Client, evict.Options{
+		FailurePolicy: evict.Release, Timeout: 30 * time.Second,
+		Since: func(*corev1.Node) time.Time { return granted },
+	})
+	started := time.Now()
+	p := awaitDone(t, d, node, c.start(d, node), 20*time.Second)
+	require.True(t, p.Failed, "progress: %s", p)
+	assert.ErrorIs(t, p.Err, evict.ErrTimeout)
+	t.Logf("gave up %s after this drain began; Timeout 30s from a grant 1m ago", time.Since(started).Round(time.Millisecond))
+}

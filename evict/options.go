@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 )
@@ -117,6 +118,11 @@ type Options struct {
 	// Clock tells the time and makes the timers of the drains' waits. Default: the
 	// real clock.
 	Clock clock.Clock
+	// Since, if set, returns when the node's drain began for Timeout's purposes (the
+	// lock: when the node took its slot, so that a drain resumed by another replica,
+	// or after a restart, keeps the deadline of the first); a zero time, or a time
+	// after now, counts as now. Default: the moment Start starts the drain.
+	Since func(node *corev1.Node) time.Time
 }
 
 // Defaults of Options.

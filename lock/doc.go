@@ -61,6 +61,7 @@
 //   - release.go: releasing a slot (Lock.Release, and ReleaseNode for the command).
 //   - healthgate.go: steady-state waiting for evidence of this reboot (back).
 //   - stale.go: releasing holders that rebooted but never called steady-state.
+//   - resume.go: every replica resumes the drains of holders that have not rebooted.
 //   - holders.go: the holder list behind the status page; metrics.go: the metrics.
 //   - health.go: the API server health probe behind api_unavailable and /readyz.
 //   - events.go: the Events posted on Nodes and their reasons.

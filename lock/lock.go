@@ -148,6 +148,7 @@ func (l *Lock) Start(ctx context.Context) error {
 	}
 	go l.probe(ctx)
 	go l.staleLoop(ctx)
+	go l.resumeLoop(ctx)
 	return nil
 }
 

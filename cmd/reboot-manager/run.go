@@ -111,7 +111,9 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	})
 	c.drain.Logger = log
 	c.drain.Recorder = recorder
-	s.drainer = evict.New(client, c.drain)
+	drainOpts := c.drain
+	drainOpts.Since = lock.GrantedAt // Timeout counts from the grant, on any replica
+	s.drainer = evict.New(client, drainOpts)
 	if s.replacer, err = newReplacer(ctx, c, client, policyConfig, recorder, log); err != nil {
 		return nil, err
 	}
