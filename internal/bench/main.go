@@ -116,8 +116,8 @@ func (c config) runs(name string) bool { return slices.Contains(c.only, name) }
 
 func run(ctx context.Context, c config, out io.Writer) error {
 	p := &printer{out: out}
-	p.line("reboot-manager benchmarks, %s", time.Now().UTC().Format(time.RFC3339))
-	p.line("machine: %d CPUs (GOMAXPROCS %d), %s, %s %s; load average before: %s", runtime.NumCPU(), runtime.GOMAXPROCS(0),
+	p.linef("reboot-manager benchmarks, %s", time.Now().UTC().Format(time.RFC3339))
+	p.linef("machine: %d CPUs (GOMAXPROCS %d), %s, %s %s; load average before: %s", runtime.NumCPU(), runtime.GOMAXPROCS(0),
 		memTotal(), runtime.Version(), runtime.GOARCH, loadAvg())
 
 	if c.rollout.rebootManagerBin == "" && (c.runs("rollout") || c.runs("memory")) {
@@ -139,7 +139,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	defer env.Stop()
-	p.line("control plane started in %s", time.Since(start).Round(time.Millisecond))
+	p.linef("control plane started in %s", time.Since(start).Round(time.Millisecond))
 	var sum summary
 
 	if c.runs("memory") || c.runs("noop") {
@@ -158,7 +158,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		p.line("created %d realistic Nodes in %s with %d requests in flight: %.1f KiB of JSON each, %d managed-fields entries, 50 images",
+		p.linef("created %d realistic Nodes in %s with %d requests in flight: %.1f KiB of JSON each, %d managed-fields entries, 50 images",
 			c.nodes, time.Since(start).Round(time.Millisecond), c.createWorkers, float64(size)/1024, managers)
 		if c.runs("memory") {
 			m, err := benchMemory(ctx, env.Client, c.nodes)
@@ -171,7 +171,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			p.line("reboot-manager binary, whole process: RSS %.1f MiB (empty cluster: %.1f MiB), Go heap in use %.1f MiB (empty: %.1f MiB)",
+			p.linef("reboot-manager binary, whole process: RSS %.1f MiB (empty cluster: %.1f MiB), Go heap in use %.1f MiB (empty: %.1f MiB)",
 				mib(full.rss), mib(emptyRSS.rss), mib(full.heapInuse), mib(emptyRSS.heapInuse))
 		}
 		if c.runs("noop") {
@@ -205,10 +205,10 @@ func run(ctx context.Context, c config, out io.Writer) error {
 
 	if c.runs("rollout") {
 		rc := c.rollout
-		p.section("Rollout makespan: %d nodes, %d slot(s), Zincati poll %s + %.0f%% jitter, drain %s, reboot %s, %d replica(s)",
+		p.sectionf("Rollout makespan: %d nodes, %d slot(s), Zincati poll %s + %.0f%% jitter, drain %s, reboot %s, %d replica(s)",
 			rc.nodes, rc.slots, rc.poll, rc.jitter*100, rc.drain, rc.downtime, rc.replicas)
-		p.line("ideal = nodes/slots x the mean time a node held its slot in the holding run (drain + reboot + steady-state, measured);")
-		p.line("nominal = nodes/slots x (drain + reboot) as configured")
+		p.linef("ideal = nodes/slots x the mean time a node held its slot in the holding run (drain + reboot + steady-state, measured);")
+		p.linef("nominal = nodes/slots x (drain + reboot) as configured")
 		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 		held, err := benchRollout(ctx, env, "holding", "hold", rc, logf)
 		if err != nil {
@@ -216,7 +216,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		}
 		held.print(p, held.ideal())
 		if c.verbose {
-			p.line("%s", held.report.Summary())
+			p.linef("%s", held.report.Summary())
 		}
 		sum.held = &held
 		if c.baseline {
@@ -228,17 +228,17 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			}
 			polled.print(p, held.ideal())
 			if c.verbose {
-				p.line("%s", polled.report.Summary())
+				p.linef("%s", polled.report.Summary())
 			}
 			sum.polled = &polled
-			p.line("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
+			p.linef("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
 		}
 	}
 	if err := replaceSoak(ctx, c, env, p); err != nil {
 		return err
 	}
-	p.line("")
-	p.line("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
+	p.linef("")
+	p.linef("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
 	sum.print(p)
 	return nil
 }
@@ -252,7 +252,7 @@ type summary struct {
 }
 
 func (s summary) print(p *printer) {
-	p.section("Targets")
+	p.sectionf("Targets")
 	verdict := func(ok bool) string {
 		if ok {
 			return "met"
@@ -261,22 +261,22 @@ func (s summary) print(p *printer) {
 	}
 	if r := s.held; r != nil {
 		x := r.makespan.Seconds() / r.ideal().Seconds()
-		p.line("rollout makespan <= 1.15x ideal        %.2fx: %s", x, verdict(x <= 1.15))
+		p.linef("rollout makespan <= 1.15x ideal        %.2fx: %s", x, verdict(x <= 1.15))
 	}
 	if r := s.noop; r != nil {
 		n, _ := r.perCheckin()
-		p.line("no-op check-in API requests = 0        %d: %s", n, verdict(n == 0))
-		p.line("no-op check-in p99 < 5ms, saturated    %s: %s", us(r.quantile(0.99)), verdict(r.quantile(0.99) < 5*time.Millisecond))
+		p.linef("no-op check-in API requests = 0        %d: %s", n, verdict(n == 0))
+		p.linef("no-op check-in p99 < 5ms, saturated    %s: %s", us(r.quantile(0.99)), verdict(r.quantile(0.99) < 5*time.Millisecond))
 		if r.rate > 0 {
 			p99 := quantile(r.paced, 0.99)
-			p.line("no-op check-in p99 < 5ms, %5.0f/s      %s: %s", r.rate, us(p99), verdict(p99 < 5*time.Millisecond))
+			p.linef("no-op check-in p99 < 5ms, %5.0f/s      %s: %s", r.rate, us(p99), verdict(p99 < 5*time.Millisecond))
 		}
 	}
 	if r := s.memory; r != nil {
-		p.line("node cache < 80 MiB at %d nodes      %.1f MiB: %s", r.nodes, mib(r.stripped), verdict(mib(r.stripped) < 80))
+		p.linef("node cache < 80 MiB at %d nodes      %.1f MiB: %s", r.nodes, mib(r.stripped), verdict(mib(r.stripped) < 80))
 	}
 	if r := s.contention; r != nil {
-		p.line("contention (no target)                 %.1f patch nodes per grant, queue of %d drained in %s",
+		p.linef("contention (no target)                 %.1f patch nodes per grant, queue of %d drained in %s",
 			float64(r.apiRequests["patch nodes"])/float64(max(1, len(r.order))), r.nodes, r.elapsed.Round(time.Millisecond))
 	}
 }
@@ -284,11 +284,11 @@ func (s summary) print(p *printer) {
 // printer writes the report.
 type printer struct{ out io.Writer }
 
-func (p *printer) section(format string, args ...any) {
+func (p *printer) sectionf(format string, args ...any) {
 	fmt.Fprintf(p.out, "\n== "+format+"\n", args...)
 }
 
-func (p *printer) line(format string, args ...any) {
+func (p *printer) linef(format string, args ...any) {
 	fmt.Fprintf(p.out, format+"\n", args...)
 }
 
@@ -303,7 +303,7 @@ func measureServer(bin, kubeconfig string) (serverMemory, error) {
 	if err != nil {
 		return m, err
 	}
-	defer s.Stop()
+	defer func() { _ = s.Stop() }()
 	time.Sleep(2 * time.Second)
 	text, err := s.Metrics()
 	if err != nil {

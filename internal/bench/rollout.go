@@ -176,11 +176,11 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 			server = "in-process server, client-go's default QPS 5 burst 10"
 		}
 	}
-	p.line("%s, --wait=%s (%s):", r.label, c.wait, server)
-	p.line("  makespan %.1fs = %.2fx ideal (%.1fs), %.2fx nominal (%.1fs)",
+	p.linef("%s, --wait=%s (%s):", r.label, c.wait, server)
+	p.linef("  makespan %.1fs = %.2fx ideal (%.1fs), %.2fx nominal (%.1fs)",
 		r.makespan.Seconds(), r.makespan.Seconds()/ideal.Seconds(), ideal.Seconds(),
 		r.makespan.Seconds()/r.nominal().Seconds(), r.nominal().Seconds())
-	p.line("  per node, mean: wait %.1fs, drain %.1fs (slot taken to told to reboot), reboot+steady-state %.1fs; %d FleetLock requests in all; %d invariant violations",
+	p.linef("  per node, mean: wait %.1fs, drain %.1fs (slot taken to told to reboot), reboot+steady-state %.1fs; %d FleetLock requests in all; %d invariant violations",
 		r.meanWait.Seconds(), r.meanDrain.Seconds(), r.meanReboot.Seconds(), r.requests, len(r.report.Violations))
 	if len(r.idle) > 0 {
 		sorted := slices.Clone(r.idle)
@@ -189,7 +189,7 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 		for _, d := range sorted {
 			total += d
 		}
-		p.line("  slot idle between a release and the next grant: total %.1fs over %d handovers; median %s, max %s; in order: %s",
+		p.linef("  slot idle between a release and the next grant: total %.1fs over %d handovers; median %s, max %s; in order: %s",
 			total.Seconds(), len(sorted), ms(quantile(sorted, 0.5)), ms(sorted[len(sorted)-1]), secs(r.idle))
 	}
 	if r.apiRequests != nil {
@@ -198,11 +198,11 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s %d", k, r.apiRequests[k]))
 		}
-		p.line("  API requests of the server: %s; %.1f patch nodes per node", strings.Join(parts, ", "),
+		p.linef("  API requests of the server: %s; %.1f patch nodes per node", strings.Join(parts, ", "),
 			float64(r.apiRequests["patch nodes"])/float64(c.nodes))
 	}
 	for _, v := range r.report.Violations {
-		p.line("  VIOLATION %s", v)
+		p.linef("  VIOLATION %s", v)
 	}
 }
 
