@@ -255,3 +255,27 @@ func TestTimeoutOnThisReplicasClock(t *testing.T) {
 	assert.Zero(t, results(t, "failed", rep))
 	assert.Equal(t, 1, r.fake.Count(terminate))
 }
+
+// Two nodes of one Auto Scaling group never return. The first one's instance is
+// terminated and its group still launching when the in-flight Lease is deleted (an
+// operator clearing the namespace's Leases to reset leader election). The second
+// one's instance was terminated too: the limit lived only in that Lease.
+func TestInFlightLeaseDeleted(t *testing.T) {
+	r := newRig(t, time.Second, "replacement: {maxInFlight: 2}")
+	ctx := context.Background()
+	a, b := r.prefix+"-a", r.prefix+"-b"
+	r.addNode(a, asg)
+	idB := r.addNode(b, asg)
+	r.slots.Store(2)
+	r.launch = func(string, string) {} // no new node joins: the first replacement stays in flight
+	require.NoError(t, r.grant(a))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, a))
+	rep := r.replacer("replica")
+	r.reconcileUntil("a terminated", func() bool { return r.fake.Count(terminate) == 1 }, rep)
+	require.NoError(t, r.env.Client.CoordinationV1().Leases(r.ns).Delete(ctx, replace.LeaseInFlight, metav1.DeleteOptions{}))
+	require.NoError(t, r.grant(b))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, b))
+	r.reconcileFor(3*time.Second, rep)
+	assert.Equal(t, 1, r.fake.Count(terminate), "one replacement per group at once")
+	assert.Equal(t, "InService", r.fake.InstanceState(idB))
+}
