@@ -43,7 +43,7 @@ type Options struct {
 	// Wait is how long a pre-reboot request may wait for a free slot and for its drain
 	// before it answers "not yet": each request waits between 3/4 of Wait and Wait, at
 	// random, so that requests that began together do not all end together and leave
-	// a freed slot with nobody waiting for it. Default 2 minutes; keep it well under
+	// a freed slot with nobody waiting for it. Default DefaultWait; keep it well under
 	// Zincati's 30-minute request timeout and under any proxy's.
 	Wait time.Duration
 	// StaleClaimAge is the age after which a claim nobody refreshed (its replica
@@ -71,6 +71,15 @@ type Options struct {
 	// holders released.
 	Recorder events.EventRecorder
 }
+
+// DefaultWait is Options.Wait's default and --wait's: long enough that a group's
+// queue is covered by open requests at Zincati's real timing (a request every 300 to
+// 330 s; docs/performance.md measures it), short of Zincati's 30-minute request
+// timeout.
+const DefaultWait = 25 * time.Minute
+
+// DefaultStaleClaimAge is Options.StaleClaimAge's default and --stale-claim-age's.
+const DefaultStaleClaimAge = time.Minute
 
 // tieWait is the least time a request waits for later claimants to withdraw, whatever
 // Options.Wait says: they do so within a few API round trips.
@@ -115,10 +124,10 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 		opts.Slots = func(string) int { return 1 }
 	}
 	if opts.Wait <= 0 {
-		opts.Wait = 2 * time.Minute
+		opts.Wait = DefaultWait
 	}
 	if opts.StaleClaimAge <= 0 {
-		opts.StaleClaimAge = time.Minute
+		opts.StaleClaimAge = DefaultStaleClaimAge
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

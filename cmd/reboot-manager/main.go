@@ -22,6 +22,7 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
 
 	_ "time/tzdata" // reboot windows name IANA time zones; the image may have no tzdata
@@ -91,8 +92,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
 	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
 	fs.StringVar(&c.cloud, "cloud", "", "replace nodes that fail to return through their cloud's instance group, for groups with replaceAfter in --config: aws (credentials from the SDK's default chain) (docs/replacement.md)")
-	fs.DurationVar(&c.wait, "wait", 2*time.Minute, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
-	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", time.Minute, "age after which a claim left by a crashed replica is removed")
+	fs.DurationVar(&c.wait, "wait", lock.DefaultWait, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
+	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", lock.DefaultStaleClaimAge, "age after which a claim left by a crashed replica is removed")
 	fs.IntVar(&c.drain.Parallelism, "eviction-parallelism", evict.DefaultParallelism, "evictions in flight per drain")
 	fs.Float64Var(&c.drain.EvictionsPerSecond, "evictions-per-second", evict.DefaultEvictionsPerSecond, "eviction requests per second, all drains together")
 	fs.DurationVar(&c.drain.Timeout, "drain-timeout", evict.DefaultTimeout, "how long a drain may run before --drain-failure-policy acts (not with KeepRefusing)")
