@@ -64,7 +64,7 @@ func BinDir() (string, error) {
 	if !ok {
 		return "", errors.New("cannot locate the repository: set CONTROLPLANE_BIN")
 	}
-	script := filepath.Join(filepath.Dir(file), "..", "..", "hack", "controlplane.sh")
+	script := filepath.Join(filepath.Dir(file), "..", "..", "..", "hack", "controlplane.sh")
 	cmd := exec.Command("bash", script)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
