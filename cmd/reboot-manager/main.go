@@ -56,6 +56,8 @@ type config struct {
 	basicAuthFile       string
 	verifySourceAddress bool
 	trustedProxies      []netip.Prefix
+
+	notify notifyConfig // --notify-url (notify.go)
 }
 
 // groupName is the form of a FleetLock group, as Zincati validates it.
@@ -112,6 +114,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	c.notify.flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -98,6 +98,10 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	notifier, err := newNotifier(c.notify, client, log)
+	if err != nil {
+		return fmt.Errorf("--notify-url: %w", err)
+	}
 	lockOpts := lock.Options{
 		Slots: pol.Slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
 		Gate: pol, ReleaseWhenReady: pol.ReleaseWhenReady, StaleHolderAfter: pol.StaleHolderAfter,
@@ -128,6 +132,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	)
 	if replacer != nil {
 		registry.MustRegister(replacer)
+	}
+	if notifier != nil {
+		registry.MustRegister(notifier)
 	}
 
 	metrics := metricsMux(registry, lk, func() status {
@@ -190,6 +197,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	log.Info("node cache synced; serving FleetLock requests")
 	if replacer != nil {
 		go replacer.Run(lockCtx)
+	}
+	if notifier != nil {
+		go func() {
+			if err := notifier.Start(lockCtx); err != nil {
+				log.Error("notifications stopped", "err", err)
+			}
+		}()
 	}
 
 	select {

@@ -19,3 +19,7 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 {{- define "reboot-manager.basicAuthSecret" -}}
 {{- .Values.basicAuth.secretName | default (printf "%s-basic-auth" (include "reboot-manager.fullname" .)) -}}
 {{- end -}}
+
+{{- define "reboot-manager.notifySecret" -}}
+{{- .Values.notify.secretName | default (printf "%s-notify" (include "reboot-manager.fullname" .)) -}}
+{{- end -}}
