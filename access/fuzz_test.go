@@ -27,7 +27,7 @@ func FuzzGuardedHandler(f *testing.F) {
 	f.Add("{", "alice", "a", true, "[::1]:2", "::ffff:10.0.0.5")
 	nodes := stubNodes{idA: node("node-a", "10.0.0.5", "2001:db8::5"), idB: node("node-b", "10.0.0.6")}
 	path := filepath.Join(f.TempDir(), "credentials")
-	if err := os.WriteFile(path, []byte("workers:alice:"+hash(f, "a")+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("workers:alice:"+hash(f, "a")+":*\n"), 0o600); err != nil {
 		f.Fatal(err)
 	}
 	creds, err := LoadCredentialsFile(path, ReloadOptions{})

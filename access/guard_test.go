@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/lock"
 )
 
 const (
@@ -164,6 +166,8 @@ func writeFile(t *testing.T, path string, lines ...string) {
 func setup(t *testing.T, lines []string, opts Options) (http.Handler, *stubLock, *Guard, string) {
 	t.Helper()
 	nodes := stubNodes{idA: node("node-a", "10.0.0.5", "2001:db8::5"), idB: node("node-b", "10.0.0.6")}
+	nodes[idA].Labels = map[string]string{"role": "workers"}
+	nodes[idB].Labels = map[string]string{"role": "infra"}
 	lk := &stubLock{nodes: nodes}
 	path := filepath.Join(t.TempDir(), "credentials")
 	if lines != nil {
@@ -175,17 +179,22 @@ func setup(t *testing.T, lines []string, opts Options) (http.Handler, *stubLock,
 	if opts.Nodes != nil {
 		opts.Nodes = nodes
 	}
+	if opts.Resolver != nil {
+		opts.Resolver = nodes
+	}
 	g := NewGuard(lk, opts)
 	return fleetlock.NewHandler(g, fleetlock.Options{}), lk, g, path
 }
 
 func TestGuardBasicAuth(t *testing.T) {
 	h, lk, g, _ := setup(t, []string{
-		"workers:alice:" + hash(t, "alice-pw"),
-		"infra:bob:" + hash(t, "bob-pw"),
-		"workers:bob:" + hash(t, "bob-workers-pw"),
-		"*:admin:" + hash(t, "admin-pw"),
-	}, Options{})
+		"workers:alice:" + hash(t, "alice-pw") + ":role=workers",
+		"infra:bob:" + hash(t, "bob-pw") + ":role=infra",
+		"workers:bob:" + hash(t, "bob-pw") + ":role in (workers)",
+		"*:admin:" + hash(t, "admin-pw") + ":*",
+		"*:carol:" + hash(t, "carol-pw") + ":role=infra",
+	}, Options{Resolver: stubNodes{}})
+	infraNode := idB
 	for _, tt := range []struct {
 		name   string
 		r      req
@@ -199,14 +208,21 @@ func TestGuardBasicAuth(t *testing.T) {
 		{"empty password", req{auth: true, user: "alice"}, 401, fleetlock.KindUnauthorized, "wrong user name or password"},
 		{"unknown user", req{auth: true, user: "mallory", pass: "alice-pw"}, 401, fleetlock.KindUnauthorized, "wrong user name or password"},
 		{"user name is case-sensitive", req{auth: true, user: "Alice", pass: "alice-pw"}, 401, fleetlock.KindUnauthorized, ""},
+		{"password over 72 bytes", req{auth: true, user: "alice", pass: "alice-pw" + strings.Repeat("x", 65)}, 401, fleetlock.KindUnauthorized, ""},
 		{"right user, wrong group", req{auth: true, user: "alice", pass: "alice-pw", group: "infra"}, 403, fleetlock.KindForbidden, `user "alice" may not act for group "infra"`},
 		{"wrong group on steady-state", req{steady: true, auth: true, user: "alice", pass: "alice-pw", group: "infra"}, 403, fleetlock.KindForbidden, ""},
-		{"password of the user's other group", req{auth: true, user: "bob", pass: "bob-pw", group: "workers"}, 403, fleetlock.KindForbidden, ""},
-		{"right group", req{auth: true, user: "alice", pass: "alice-pw"}, 200, fleetlock.KindLockGranted, ""},
-		{"per-group password", req{auth: true, user: "bob", pass: "bob-workers-pw", group: "workers"}, 200, fleetlock.KindLockGranted, ""},
-		{"per-group password, other group", req{auth: true, user: "bob", pass: "bob-pw", group: "infra"}, 200, fleetlock.KindLockGranted, ""},
-		{"any group", req{auth: true, user: "admin", pass: "admin-pw", group: "some.other-group"}, 200, fleetlock.KindLockGranted, ""},
+		{"right group, another node", req{id: infraNode, auth: true, user: "alice", pass: "alice-pw"}, 403, fleetlock.KindForbidden, `user "alice" may not act for the node with this ID`},
+		{"another node on steady-state", req{steady: true, id: infraNode, auth: true, user: "alice", pass: "alice-pw"}, 403, fleetlock.KindForbidden, ""},
+		{"line for the group, not the node", req{id: infraNode, auth: true, user: "bob", pass: "bob-pw", group: "workers"}, 403, fleetlock.KindForbidden, "node"},
+		{"line for the node, not the group", req{auth: true, user: "bob", pass: "bob-pw", group: "infra"}, 403, fleetlock.KindForbidden, "node"},
+		{"any group, selected node only", req{auth: true, user: "carol", pass: "carol-pw", group: "x"}, 403, fleetlock.KindForbidden, "node"},
+		{"right group and node", req{auth: true, user: "alice", pass: "alice-pw"}, 200, fleetlock.KindLockGranted, ""},
+		{"one of the user's lines", req{auth: true, user: "bob", pass: "bob-pw", group: "workers"}, 200, fleetlock.KindLockGranted, ""},
+		{"another of the user's lines", req{id: infraNode, auth: true, user: "bob", pass: "bob-pw", group: "infra"}, 200, fleetlock.KindLockGranted, ""},
+		{"any group, selected node", req{id: infraNode, auth: true, user: "carol", pass: "carol-pw", group: "x"}, 200, fleetlock.KindLockGranted, ""},
+		{"any group, any node", req{auth: true, user: "admin", pass: "admin-pw", group: "some.other-group"}, 200, fleetlock.KindLockGranted, ""},
 		{"any group, steady-state", req{steady: true, auth: true, user: "admin", pass: "admin-pw", group: "default"}, 200, fleetlock.KindLockNotHeld, ""},
+		{"unknown ID: the lock answers", req{id: "ffffffffffffffffffffffffffffffff", auth: true, user: "alice", pass: "alice-pw"}, 422, fleetlock.KindUnknownNode, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := lk.calls()
@@ -214,8 +230,9 @@ func TestGuardBasicAuth(t *testing.T) {
 			assert.Equal(t, tt.status, rec.Code, rep.Value)
 			assert.Equal(t, tt.kind, rep.Kind)
 			assert.Contains(t, rep.Value, tt.value)
+			assert.NotContains(t, rep.Value, "node-", "the reply does not name the node")
 			assert.Equal(t, tt.status == 401, rec.Header().Get("WWW-Authenticate") == `Basic realm="reboot-manager"`)
-			if tt.status >= 400 {
+			if tt.status == 401 || tt.status == 403 {
 				assert.Equal(t, before, lk.calls(), "a refused request never reaches the lock")
 			} else {
 				assert.Equal(t, before+1, lk.calls())
@@ -223,11 +240,14 @@ func TestGuardBasicAuth(t *testing.T) {
 		})
 	}
 	assert.NoError(t, testutil.CollectAndCompare(g, strings.NewReader(`
-# HELP rebootmanager_access_refused_total FleetLock requests refused by access control, by reason: no_credentials, bad_credentials, wrong_group, source_address.
+# HELP rebootmanager_access_refused_total FleetLock requests refused by access control, by reason: no_credentials, bad_credentials, wrong_group, wrong_node, other_group, source_address, busy.
 # TYPE rebootmanager_access_refused_total counter
-rebootmanager_access_refused_total{reason="bad_credentials"} 4
+rebootmanager_access_refused_total{reason="bad_credentials"} 5
+rebootmanager_access_refused_total{reason="busy"} 0
 rebootmanager_access_refused_total{reason="no_credentials"} 2
-rebootmanager_access_refused_total{reason="wrong_group"} 3
+rebootmanager_access_refused_total{reason="other_group"} 0
+rebootmanager_access_refused_total{reason="wrong_group"} 2
+rebootmanager_access_refused_total{reason="wrong_node"} 5
 `)))
 }
 
@@ -236,7 +256,7 @@ rebootmanager_access_refused_total{reason="wrong_group"} 3
 // cache outlives neither its TTL nor a change of the hash.
 func TestGuardCacheRejectsWrongPassword(t *testing.T) {
 	clock := newClock()
-	h, lk, g, _ := setup(t, []string{"workers:alice:" + hash(t, "right")}, Options{Now: clock.Now, CacheTTL: time.Minute})
+	h, lk, g, _ := setup(t, []string{"workers:alice:" + hash(t, "right") + ":*"}, Options{Now: clock.Now, CacheTTL: time.Minute})
 	right := req{auth: true, user: "alice", pass: "right"}
 	for i := range 3 {
 		rec, _ := do(t, h, right)
@@ -276,7 +296,7 @@ func TestGuardReloadsCredentials(t *testing.T) {
 	nodes := stubNodes{idA: node("node-a", "10.0.0.5")}
 	lk := &stubLock{nodes: nodes}
 	path := filepath.Join(t.TempDir(), "credentials")
-	writeFile(t, path, "workers:alice:"+hash(t, "old"), "workers:carol:"+hash(t, "carol-pw"))
+	writeFile(t, path, "workers:alice:"+hash(t, "old")+":*", "workers:carol:"+hash(t, "carol-pw")+":*")
 	creds, err := LoadCredentialsFile(path, ReloadOptions{Now: clock.Now, Interval: 5 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	require.NoError(t, err)
@@ -289,7 +309,7 @@ func TestGuardReloadsCredentials(t *testing.T) {
 	require.Equal(t, 200, status("carol", "carol-pw"))
 
 	// alice's password changes, carol is removed, dave is added.
-	writeFile(t, path, "# rotated", "workers:alice:"+hash(t, "new"), "*:dave:"+hash(t, "dave-pw"))
+	writeFile(t, path, "# rotated", "workers:alice:"+hash(t, "new")+":*", "*:dave:"+hash(t, "dave-pw")+":*")
 	assert.Equal(t, 200, status("alice", "old"), "not checked again before the interval")
 	clock.Advance(5 * time.Second)
 	assert.Equal(t, 401, status("alice", "old"), "the old password, although cached, no longer works")
@@ -299,7 +319,7 @@ func TestGuardReloadsCredentials(t *testing.T) {
 	assert.Contains(t, logs.String(), "credentials file reloaded")
 
 	// An invalid file is logged once and ignored; fixing it takes effect.
-	writeFile(t, path, "workers:alice:"+hash(t, "newer"), "workers:erin:plaintext")
+	writeFile(t, path, "workers:alice:"+hash(t, "newer")+":*", "workers:erin:plaintext:*")
 	for range 3 {
 		clock.Advance(5 * time.Second)
 		assert.Equal(t, 200, status("alice", "new"), "the last valid file stays in force")
@@ -310,7 +330,7 @@ func TestGuardReloadsCredentials(t *testing.T) {
 	require.NoError(t, os.Remove(path))
 	clock.Advance(5 * time.Second)
 	assert.Equal(t, 200, status("alice", "new"), "a missing file leaves the one in force")
-	writeFile(t, path, "workers:alice:"+hash(t, "newer"))
+	writeFile(t, path, "workers:alice:"+hash(t, "newer")+":*")
 	clock.Advance(5 * time.Second)
 	assert.Equal(t, 200, status("alice", "newer"))
 	assert.Equal(t, 401, status("alice", "new"))
@@ -321,10 +341,10 @@ func TestLoadCredentialsFileErrors(t *testing.T) {
 	_, err := LoadCredentialsFile(filepath.Join(dir, "missing"), ReloadOptions{})
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	path := filepath.Join(dir, "credentials")
-	writeFile(t, path, "# ok", "*:alice:"+hash(t, "x"), "workers:bob")
+	writeFile(t, path, "# ok", "*:alice:"+hash(t, "x")+":*", "workers:bob")
 	_, err = LoadCredentialsFile(path, ReloadOptions{})
 	require.Error(t, err)
-	assert.Equal(t, path+": line 3: want GROUP:USER:BCRYPT_HASH, got 2 field(s) separated by ':'", err.Error())
+	assert.Equal(t, path+": line 3: want GROUP:USER:BCRYPT_HASH:NODE_SELECTOR, got 2 field(s) separated by ':'", err.Error())
 }
 
 func TestGuardSourceAddress(t *testing.T) {
@@ -359,8 +379,9 @@ func TestGuardSourceAddress(t *testing.T) {
 		})
 	}
 	assert.NoError(t, testutil.CollectAndCompare(g, strings.NewReader(`
-# HELP rebootmanager_access_refused_total FleetLock requests refused by access control, by reason: no_credentials, bad_credentials, wrong_group, source_address.
+# HELP rebootmanager_access_refused_total FleetLock requests refused by access control, by reason: no_credentials, bad_credentials, wrong_group, wrong_node, other_group, source_address, busy.
 # TYPE rebootmanager_access_refused_total counter
+rebootmanager_access_refused_total{reason="other_group"} 0
 rebootmanager_access_refused_total{reason="source_address"} 4
 `)))
 }
@@ -399,7 +420,7 @@ func TestGuardTrustedProxies(t *testing.T) {
 
 // TestGuardBothChecks: credentials are checked first; both must pass.
 func TestGuardBothChecks(t *testing.T) {
-	h, lk, _, _ := setup(t, []string{"*:fleet:" + hash(t, "pw")}, Options{Nodes: stubNodes{}})
+	h, lk, _, _ := setup(t, []string{"*:fleet:" + hash(t, "pw") + ":*"}, Options{Nodes: stubNodes{}})
 	rec, _ := do(t, h, req{remote: "192.0.2.1:1"})
 	assert.Equal(t, 401, rec.Code, "no credentials from the wrong address: 401 first")
 	rec, _ = do(t, h, req{auth: true, user: "fleet", pass: "pw", remote: "192.0.2.1:1"})
@@ -427,7 +448,7 @@ func TestGuardNeverGrantsUnchecked(t *testing.T) {
 // TestGuardWithoutPeer: called without the handler (no Peer), every check fails.
 func TestGuardWithoutPeer(t *testing.T) {
 	creds := filepath.Join(t.TempDir(), "credentials")
-	writeFile(t, creds, "*:a:"+hash(t, "a"))
+	writeFile(t, creds, "*:a:"+hash(t, "a")+":*")
 	cf, err := LoadCredentialsFile(creds, ReloadOptions{})
 	require.NoError(t, err)
 	nodes := stubNodes{idA: node("node-a", "10.0.0.5")}
@@ -461,7 +482,7 @@ func TestGuardOff(t *testing.T) {
 // TestGuardCanceledWhileWaiting: a request that ends while waiting for a password
 // check is api_unavailable, not granted.
 func TestGuardCanceledWhileWaiting(t *testing.T) {
-	_, lk, g, _ := setup(t, []string{"*:a:" + hash(t, "a")}, Options{})
+	_, lk, g, _ := setup(t, []string{"*:a:" + hash(t, "a") + ":*"}, Options{})
 	for range cap(g.verify.sem) {
 		g.verify.sem <- struct{}{}
 	}
@@ -478,4 +499,168 @@ func registry(t *testing.T, c prometheus.Collector) *prometheus.Registry {
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(c))
 	return reg
+}
+
+// countCompares makes g's password checks count their bcrypt comparisons; gate, when
+// not nil, holds every comparison until it is closed.
+func countCompares(g *Guard, gate <-chan struct{}) *atomic.Int32 {
+	var n atomic.Int32
+	compare := g.verify.compare
+	g.verify.compare = func(hash, password []byte) error {
+		n.Add(1)
+		if gate != nil {
+			<-gate
+		}
+		return compare(hash, password)
+	}
+	return &n
+}
+
+// TestGuardComparisonsIndependentOfUser is issue 14's timing input: a wrong password
+// cost two bcrypt comparisons for a user with two lines and one for an unknown user.
+// Now every password check costs exactly one comparison whoever the user (an unknown
+// user's password is compared with a hash of the file), a remembered success none,
+// and a password over 72 bytes none.
+func TestGuardComparisonsIndependentOfUser(t *testing.T) {
+	h, _, g, _ := setup(t, []string{
+		"workers:one:" + hash(t, "one-pw") + ":*",
+		"workers:two:" + hash(t, "two-pw") + ":role=workers",
+		"infra:two:" + hash(t, "two-pw") + ":role=infra",
+		"*:three:" + hash(t, "three-pw") + ":role=a",
+		"*:three:" + hash(t, "three-pw") + ":role=b",
+		"*:three:" + hash(t, "three-pw") + ":role=workers",
+	}, Options{Resolver: stubNodes{}})
+	n := countCompares(g, nil)
+	for _, tt := range []struct {
+		name     string
+		r        req
+		status   int
+		compares int32
+	}{
+		{"wrong password, one line", req{auth: true, user: "one", pass: "x"}, 401, 1},
+		{"wrong password, two lines", req{auth: true, user: "two", pass: "x"}, 401, 1},
+		{"wrong password, three lines", req{auth: true, user: "three", pass: "x"}, 401, 1},
+		{"unknown user", req{auth: true, user: "nobody", pass: "x"}, 401, 1},
+		{"unknown user, another group", req{auth: true, user: "nobody", pass: "x", group: "infra"}, 401, 1},
+		{"wrong password, wrong group", req{auth: true, user: "one", pass: "x", group: "infra"}, 401, 1},
+		{"right password, wrong group", req{auth: true, user: "one", pass: "one-pw", group: "infra"}, 403, 1},
+		{"right password, remembered", req{auth: true, user: "one", pass: "one-pw"}, 200, 0},
+		{"right password, last of three lines", req{auth: true, user: "three", pass: "three-pw"}, 200, 1},
+		{"password over 72 bytes, known user", req{auth: true, user: "one", pass: strings.Repeat("p", 73)}, 401, 0},
+		{"password over 72 bytes, unknown user", req{auth: true, user: "nobody", pass: strings.Repeat("p", 73)}, 401, 0},
+	} {
+		before := n.Load()
+		rec, rep := do(t, h, tt.r)
+		assert.Equal(t, tt.status, rec.Code, "%s: %+v", tt.name, rep)
+		assert.Equal(t, tt.compares, n.Load()-before, "%s: bcrypt comparisons", tt.name)
+	}
+}
+
+// TestGuardVerifyQueueBounded: password checks beyond the running ones and
+// MaxQueuedChecks waiting are refused at once with too_many_requests, and a check
+// answered from the cache never waits behind them.
+func TestGuardVerifyQueueBounded(t *testing.T) {
+	h, lk, g, _ := setup(t, []string{
+		"workers:alice:" + hash(t, "alice-pw") + ":*",
+		"workers:bob:" + hash(t, "bob-pw") + ":*",
+	}, Options{MaxQueuedChecks: 2})
+	rec, _ := do(t, h, req{auth: true, user: "alice", pass: "alice-pw"})
+	require.Equal(t, 200, rec.Code, "alice's success is remembered")
+
+	gate := make(chan struct{})
+	n := countCompares(g, gate)
+	busy := cap(g.verify.sem) + 2
+	var wg sync.WaitGroup
+	codes := make(chan int, busy)
+	for i := range busy {
+		wg.Go(func() {
+			rec, _ := do(t, h, req{auth: true, user: "bob", pass: fmt.Sprintf("guess-%d", i)})
+			codes <- rec.Code
+		})
+	}
+	require.Eventually(t, func() bool { return len(g.verify.queue) == busy }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, int32(cap(g.verify.sem)), n.Load(), "comparisons running")
+
+	rec, rep := do(t, h, req{auth: true, user: "mallory", pass: "guess"})
+	assert.Equal(t, 429, rec.Code, "%+v", rep)
+	assert.Equal(t, fleetlock.KindTooManyRequests, rep.Kind)
+	assert.Equal(t, "10", rec.Header().Get("Retry-After"))
+	rec, rep = do(t, h, req{auth: true, user: "bob", pass: "bob-pw"})
+	assert.Equal(t, 429, rec.Code, "an uncached right password waits its turn too: %+v", rep)
+	before := lk.calls()
+	rec, rep = do(t, h, req{auth: true, user: "alice", pass: "alice-pw"})
+	assert.Equal(t, 200, rec.Code, "a remembered success does not wait: %+v", rep)
+	assert.Equal(t, before+1, lk.calls())
+
+	close(gate)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		assert.Equal(t, 401, c, "the queued guesses are answered")
+	}
+	assert.Equal(t, int32(busy), n.Load())
+	assert.Zero(t, len(g.verify.queue))
+	assert.Equal(t, 2.0, testutil.ToFloat64(g.refused.WithLabelValues(string(ReasonBusy))))
+}
+
+// TestGuardOtherGroup: with a Resolver and no other check, a request in another group
+// than the node's hold is refused; one in the same group, or for a node that holds
+// nothing (whatever group it last held or claimed in), passes.
+func TestGuardOtherGroup(t *testing.T) {
+	nodes := stubNodes{idA: node("node-a"), idB: node("node-b")}
+	lk := &stubLock{nodes: nodes, releasedOnSteady: true}
+	h := fleetlock.NewHandler(NewGuard(lk, Options{Resolver: nodes}), fleetlock.Options{})
+	for _, tt := range []struct {
+		name          string
+		status, group string
+		r             req
+		code          int
+	}{
+		{"holds, same group", "Rebooting", "workers", req{steady: true}, 200},
+		{"holds, other group: steady-state", "Rebooting", "infra", req{steady: true}, 403},
+		{"holds, other group: pre-reboot", "Rebooting", "infra", req{}, 403},
+		{"claims, other group: its own request replaces the claim", "Claiming", "infra", req{}, 200},
+		{"released, other group", "Ready", "infra", req{}, 200},
+		{"never held", "", "", req{}, 200},
+		{"unknown ID", "Rebooting", "infra", req{id: "ffffffffffffffffffffffffffffffff"}, 422},
+	} {
+		nodes[idA].Annotations = map[string]string{lock.AnnotationStatus: tt.status, lock.AnnotationGroup: tt.group}
+		before := lk.calls()
+		rec, rep := do(t, h, tt.r)
+		assert.Equal(t, tt.code, rec.Code, "%s: %+v", tt.name, rep)
+		assert.Equal(t, tt.code == 403, before == lk.calls(), tt.name)
+		if tt.code == 403 {
+			assert.Equal(t, fleetlock.KindForbidden, rep.Kind)
+			assert.Contains(t, rep.Value, `a slot of group "infra", not "workers"`, tt.name)
+		}
+	}
+}
+
+// TestGuardDuplicatesCheckOnce: 50 identical requests arriving together (a retrying
+// client, a proxy) behind the FleetLock handler cost one password check, share calls
+// of the lock, and all get the answer.
+func TestGuardDuplicatesCheckOnce(t *testing.T) {
+	h, lk, g, _ := setup(t, []string{"workers:alice:" + hash(t, "alice-pw") + ":role=workers"}, Options{Resolver: stubNodes{}})
+	gate := make(chan struct{})
+	n := countCompares(g, gate)
+	var wg sync.WaitGroup
+	codes := make(chan int, 50)
+	for range 50 {
+		wg.Go(func() {
+			rec, _ := do(t, h, req{auth: true, user: "alice", pass: "alice-pw"})
+			codes <- rec.Code
+		})
+	}
+	require.Eventually(t, func() bool { return n.Load() == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the others arrive and wait
+	close(gate)
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		assert.Equal(t, 200, c)
+	}
+	assert.Equal(t, int32(1), n.Load(), "bcrypt comparisons")
+	// A request that arrived only after the answer (a loaded machine) makes its own
+	// call, answered from the cache: the count of lock calls is not exact.
+	assert.Less(t, lk.calls(), 50, "calls of the lock")
 }

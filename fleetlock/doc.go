@@ -74,6 +74,7 @@
 //	window_closed       409     ErrWindowClosed
 //	reboot_gap          409     ErrRebootGap
 //	alert_firing        409     ErrAlertFiring
+//	blocker_check_failing 409   ErrBlockerCheckFailing
 //	pods_blocking       409     ErrPodsBlocking
 //	group_not_ready     409     ErrGroupNotReady
 //	node_not_ready      409     ErrNodeNotReady (steady-state)
@@ -83,6 +84,7 @@
 //	method_not_allowed  405     not POST on a known path; header Allow: POST
 //	not_found           404     unknown path
 //	body_too_large      413     body over Options.MaxBodyBytes
+//	too_many_requests   429     ErrTooManyRequests; header Retry-After
 //	api_unavailable     503     ErrUnavailable, context.Canceled or
 //	                            context.DeadlineExceeded; header Retry-After
 //	                            (Options.RetryAfter, 10 s by default)
@@ -96,6 +98,23 @@
 // internal_error replies carry a fixed value; the error itself is only
 // logged. All replies are computed by one function (outcome) from one table
 // (kinds); adding a kind means adding a constant, a sentinel and a row.
+//
+// # One node, one piece of work
+//
+// Requests that cannot be told apart — the same endpoint, the same client_params,
+// the same Peer but for the TCP port (a retrying client, a proxy, HTTP/2 streams)
+// — share one Locker call while it runs, and all get its answer: the API cost does
+// not grow with duplicates. The call runs with a context that keeps the first
+// request's values (its Peer) but does not end with that request alone; it ends when
+// every request waiting for it has ended. A request arriving after the answer makes
+// a new call. Requests that differ in anything the Locker could see (group,
+// credentials, address) make their own calls.
+//
+// At most Options.MaxRequestsPerNode requests are held at once for one client ID
+// (64 by default), and at most Options.MaxRequestsPerConnection on one HTTP/2
+// connection (100 by default; Go's HTTP/2 server also refuses more than 250
+// concurrent streams per connection). Past either, a request is answered
+// too_many_requests (429, with Retry-After) at once.
 //
 // # Peer
 //

@@ -99,6 +99,16 @@ type Options struct {
 	// RetryAfter is sent as Retry-After (whole seconds, at least 1) with
 	// api_unavailable. Default (<= 0): 10s.
 	RetryAfter time.Duration
+	// MaxRequestsPerNode bounds the requests held at once for one client ID, shared
+	// or not; past it a request is answered too_many_requests (429) at once. Default
+	// (<= 0): DefaultMaxRequestsPerNode.
+	MaxRequestsPerNode int
+	// MaxRequestsPerConnection bounds the requests held at once on one HTTP/2
+	// connection; past it a request is answered too_many_requests (429) at once.
+	// Behind a proxy that carries many nodes' requests over one HTTP/2 connection,
+	// raise it above the number of nodes that may ask at once. Default (<= 0):
+	// DefaultMaxRequestsPerConnection.
+	MaxRequestsPerConnection int
 	// Registerer receives the metrics rebootmanager_fleetlock_requests_total
 	// {endpoint,kind} and rebootmanager_fleetlock_request_duration_seconds
 	// {endpoint}, endpoint being pre-reboot, steady-state or other (unknown
@@ -121,6 +131,7 @@ const (
 // handler serves the FleetLock routes.
 type handler struct {
 	locker     Locker
+	share      *sharer
 	log        *slog.Logger
 	maxBody    int64
 	retryAfter string
@@ -136,7 +147,14 @@ type endpointFunc func(r *http.Request) (ClientParams, Kind, error)
 // <PathPrefix>/v1/pre-reboot and POST <PathPrefix>/v1/steady-state, backed by l.
 // It never redirects and always answers a JSON Reply.
 func NewHandler(l Locker, opts Options) http.Handler {
-	h := &handler{locker: l, log: opts.Logger, maxBody: opts.MaxBodyBytes}
+	if opts.MaxRequestsPerNode <= 0 {
+		opts.MaxRequestsPerNode = DefaultMaxRequestsPerNode
+	}
+	if opts.MaxRequestsPerConnection <= 0 {
+		opts.MaxRequestsPerConnection = DefaultMaxRequestsPerConnection
+	}
+	h := &handler{locker: l, log: opts.Logger, maxBody: opts.MaxBodyBytes,
+		share: newSharer(opts.MaxRequestsPerNode, opts.MaxRequestsPerConnection)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,7 +197,9 @@ func (h *handler) params(r *http.Request) (ClientParams, error) {
 func (h *handler) preReboot(r *http.Request) (ClientParams, Kind, error) {
 	p, err := h.params(r)
 	if err == nil {
-		err = recovered(func() error { return h.locker.PreReboot(r.Context(), p) })
+		_, err = h.share.do(r.Context(), endpointPreReboot, p, connOf(r), func(ctx context.Context) (bool, error) {
+			return false, h.locker.PreReboot(ctx, p)
+		})
 	}
 	return p, KindLockGranted, err
 }
@@ -189,15 +209,22 @@ func (h *handler) steadyState(r *http.Request) (ClientParams, Kind, error) {
 	if err != nil {
 		return p, "", err
 	}
-	var released bool
-	err = recovered(func() (err error) {
-		released, err = h.locker.SteadyState(r.Context(), p)
-		return err
+	released, err := h.share.do(r.Context(), endpointSteadyState, p, connOf(r), func(ctx context.Context) (bool, error) {
+		return h.locker.SteadyState(ctx, p)
 	})
 	if released {
 		return p, KindLockReleased, err
 	}
 	return p, KindLockNotHeld, err
+}
+
+// connOf names the HTTP/2 connection of r by its remote address, or is "" for
+// HTTP/1, whose connections carry one request at a time.
+func connOf(r *http.Request) string {
+	if r.ProtoMajor < 2 {
+		return ""
+	}
+	return r.RemoteAddr
 }
 
 // wrap turns fn into an http.HandlerFunc that writes the Reply, logs and
@@ -235,7 +262,7 @@ func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
 	switch rep.Kind {
 	case KindMethodNotAllowed:
 		hd.Set("Allow", http.MethodPost)
-	case KindAPIUnavailable:
+	case KindAPIUnavailable, KindTooManyRequests:
 		hd.Set("Retry-After", h.retryAfter)
 	case KindUnauthorized:
 		hd.Set("WWW-Authenticate", authChallenge)
@@ -263,6 +290,11 @@ func (h *handler) logRequest(ctx context.Context, endpoint string, p ClientParam
 }
 
 // registerMetrics creates the collectors on reg, reusing registered ones.
+// DurationBuckets are the upper bounds, in seconds, of the request-duration
+// histogram: from a millisecond (an answer from the cache) to Zincati's 30-minute
+// request timeout (a pre-reboot held open while the node waits for a slot).
+var DurationBuckets = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1500, 1800}
+
 func (h *handler) registerMetrics(reg prometheus.Registerer) {
 	h.requests = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rebootmanager_fleetlock_requests_total",
@@ -270,8 +302,8 @@ func (h *handler) registerMetrics(reg prometheus.Registerer) {
 	}, []string{"endpoint", "kind"}))
 	h.duration = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "rebootmanager_fleetlock_request_duration_seconds",
-		Help:    "FleetLock request handling time by endpoint.",
-		Buckets: prometheus.DefBuckets,
+		Help:    "FleetLock request handling time by endpoint, including the time a request is held open.",
+		Buckets: DurationBuckets,
 	}, []string{"endpoint"}))
 }
 

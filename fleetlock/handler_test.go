@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -398,4 +399,19 @@ func TestPeerHidesPassword(t *testing.T) {
 		assert.NotContains(t, s, "s3cret")
 		assert.Contains(t, s, "zincati")
 	}
+}
+
+// TestDurationBucketsCoverHeldRequests checks that a request held up to Zincati's
+// 30-minute timeout lands in a bucket of its own, not in +Inf.
+func TestDurationBucketsCoverHeldRequests(t *testing.T) {
+	require.True(t, slices.IsSorted(DurationBuckets))
+	assert.GreaterOrEqual(t, DurationBuckets[len(DurationBuckets)-1], (30 * time.Minute).Seconds())
+	assert.LessOrEqual(t, DurationBuckets[0], 0.001)
+	above10s := 0
+	for _, b := range DurationBuckets {
+		if b > 10 {
+			above10s++
+		}
+	}
+	assert.GreaterOrEqual(t, above10s, 8, "held requests (up to --wait, 25 minutes) need buckets above 10 s")
 }

@@ -62,9 +62,11 @@ const (
 	// KindRebootGap (409): the group's minimum gap since its last reboot has not
 	// passed; ErrRebootGap.
 	KindRebootGap Kind = "reboot_gap"
-	// KindAlertFiring (409): a matching alert fires, or the alert check failed;
-	// ErrAlertFiring.
+	// KindAlertFiring (409): a matching alert fires; ErrAlertFiring.
 	KindAlertFiring Kind = "alert_firing"
+	// KindBlockerCheckFailing (409): a blocker's check has no clean answer (it
+	// failed, answered partly, or is stale), so it blocks; ErrBlockerCheckFailing.
+	KindBlockerCheckFailing Kind = "blocker_check_failing"
 	// KindPodsBlocking (409): pods matching a blocker's selector exist; ErrPodsBlocking.
 	KindPodsBlocking Kind = "pods_blocking"
 	// KindGroupNotReady (409): another node of the group is not Ready;
@@ -85,6 +87,9 @@ const (
 	KindNotFound Kind = "not_found"
 	// KindBodyTooLarge (413): body over Options.MaxBodyBytes.
 	KindBodyTooLarge Kind = "body_too_large"
+	// KindTooManyRequests (429): too many requests at once (password checks waiting,
+	// requests held for one node); ask again later; ErrTooManyRequests.
+	KindTooManyRequests Kind = "too_many_requests"
 	// KindAPIUnavailable (503): try again later; ErrUnavailable or a context error.
 	KindAPIUnavailable Kind = "api_unavailable"
 	// KindInternalError (500): any other error, or a panic in the Locker.
@@ -112,8 +117,10 @@ var (
 	ErrWindowClosed = errors.New("reboot window closed")
 	// ErrRebootGap means the group's last reboot ended too recently.
 	ErrRebootGap = errors.New("too soon after the group's last reboot")
-	// ErrAlertFiring means a matching alert fires, or alerts could not be checked.
+	// ErrAlertFiring means a matching alert fires.
 	ErrAlertFiring = errors.New("alert firing")
+	// ErrBlockerCheckFailing means a blocker could not be checked cleanly.
+	ErrBlockerCheckFailing = errors.New("blocker check failing")
 	// ErrPodsBlocking means pods matching a blocker's selector exist.
 	ErrPodsBlocking = errors.New("blocking pods exist")
 	// ErrGroupNotReady means another node of the group is not Ready.
@@ -124,6 +131,8 @@ var (
 	ErrUnknownNode = errors.New("no node matches the client id")
 	// ErrAmbiguousNode means more than one Kubernetes node matches the client ID.
 	ErrAmbiguousNode = errors.New("several nodes match the client id")
+	// ErrTooManyRequests means too many requests are waiting for the same resource.
+	ErrTooManyRequests = errors.New("too many requests")
 	// ErrUnavailable means a dependency (e.g. the Kubernetes API) is unavailable.
 	ErrUnavailable = errors.New("api unavailable")
 )
@@ -161,6 +170,7 @@ var kinds = []kindSpec{
 	{KindWindowClosed, http.StatusConflict, ErrWindowClosed, ""},
 	{KindRebootGap, http.StatusConflict, ErrRebootGap, ""},
 	{KindAlertFiring, http.StatusConflict, ErrAlertFiring, ""},
+	{KindBlockerCheckFailing, http.StatusConflict, ErrBlockerCheckFailing, ""},
 	{KindPodsBlocking, http.StatusConflict, ErrPodsBlocking, ""},
 	{KindGroupNotReady, http.StatusConflict, ErrGroupNotReady, ""},
 	{KindNodeNotReady, http.StatusConflict, ErrNodeNotReady, ""},
@@ -170,6 +180,7 @@ var kinds = []kindSpec{
 	{KindMethodNotAllowed, http.StatusMethodNotAllowed, errMethodNotAllowed, ""},
 	{KindNotFound, http.StatusNotFound, errNotFound, ""},
 	{KindBodyTooLarge, http.StatusRequestEntityTooLarge, errBodyTooLarge, ""},
+	{KindTooManyRequests, http.StatusTooManyRequests, ErrTooManyRequests, ""},
 	{KindAPIUnavailable, http.StatusServiceUnavailable, ErrUnavailable, ""},
 	{KindInternalError, http.StatusInternalServerError, errInternal, ""},
 }

@@ -68,7 +68,7 @@ func TestKindsTable(t *testing.T) {
 		assert.Equal(t, s.err == nil, status >= 200 && status < 300, "only success kinds may be 2xx: %s", s.kind)
 		assert.NotEqual(t, 3, status/100, s.kind)
 	}
-	assert.Len(t, seen, 24)
+	assert.Len(t, seen, 26)
 }
 
 // TestEveryKindOverHTTP produces every kind through the handler and checks the
@@ -96,6 +96,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindWindowClosed, 409, locker(ErrWindowClosed, false), "POST", "/v1/pre-reboot", validBody},
 		{KindRebootGap, 409, locker(ErrRebootGap, false), "POST", "/v1/pre-reboot", validBody},
 		{KindAlertFiring, 409, locker(ErrAlertFiring, false), "POST", "/v1/pre-reboot", validBody},
+		{KindBlockerCheckFailing, 409, locker(ErrBlockerCheckFailing, false), "POST", "/v1/pre-reboot", validBody},
 		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
 		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
@@ -105,6 +106,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindMethodNotAllowed, 405, locker(nil, false), "GET", "/v1/pre-reboot", ""},
 		{KindNotFound, 404, locker(nil, false), "POST", "/v1/nope", validBody},
 		{KindBodyTooLarge, 413, locker(nil, false), "POST", "/v1/pre-reboot", validBody + string(make([]byte, 5000))},
+		{KindTooManyRequests, 429, locker(ErrTooManyRequests, false), "POST", "/v1/steady-state", validBody},
 		{KindAPIUnavailable, 503, locker(ErrUnavailable, false), "POST", "/v1/pre-reboot", validBody},
 		{KindInternalError, 500, locker(errors.New("boom"), false), "POST", "/v1/steady-state", validBody},
 	}
@@ -114,7 +116,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 			rec := serve(NewHandler(tt.locker, Options{}), tt.method, tt.path, validHeader, tt.body)
 			rep := assertReply(t, rec, tt.status, tt.kind)
 			assert.Equal(t, tt.kind == KindMethodNotAllowed, rec.Header().Get("Allow") == "POST")
-			assert.Equal(t, tt.kind == KindAPIUnavailable, rec.Header().Get("Retry-After") == "10")
+			assert.Equal(t, tt.kind == KindAPIUnavailable || tt.kind == KindTooManyRequests, rec.Header().Get("Retry-After") == "10")
 			assert.Equal(t, tt.kind == KindUnauthorized, rec.Header().Get("WWW-Authenticate") == `Basic realm="reboot-manager"`)
 			if tt.kind == KindInternalError {
 				assert.NotContains(t, rep.Value, "boom")

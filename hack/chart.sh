@@ -21,7 +21,7 @@ fail() { echo "chart: ERROR: $*" >&2; exit 1; }
 # this set to a control plane, too).
 all_options=(
   --set cloud=aws,drainFailurePolicy=Force,tls.secretName=reboot-manager-tls
-  --set basicAuth.credentials='*:zincati:$2y$10$abcdefghijklmnopqrstuu5l0KFEgqvvH5Vl0W5r2HiAR2Z.6nV2e'
+  --set basicAuth.credentials='*:zincati:$2y$10$abcdefghijklmnopqrstuu5l0KFEgqvvH5Vl0W5r2HiAR2Z.6nV2e:*'
   --set service.type=NodePort,service.nodePort=30080,service.clusterIP=10.0.0.42
   --set monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true
   --set extraArgs[0]=--verify-source-address,notify.url=generic+https://hooks.example.com/reboots,notify.drainBlockedAfter=20m

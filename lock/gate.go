@@ -43,6 +43,10 @@ type Refusal struct {
 	Err error
 	// Msg says why, for Zincati's log and the Event.
 	Msg string
+	// Cause identifies the refusal's cause, stable while it lasts and different when
+	// it changes, such as "RebootBlockedByAlert: NodeDown" (Msg may carry changing
+	// details, such as an age). Events on refusals are keyed by it. Empty: Reason.
+	Cause string
 }
 
 func (r *Refusal) Error() string { return r.Msg }

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
 
+	promconfig "github.com/prometheus/common/config"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 )
@@ -18,6 +21,9 @@ import (
 // example; the zero value (no file) is one slot per group, no windows, no gap, the
 // health gate on, no stale-holder release and no blockers.
 type Config struct {
+	// APIVersion is the file format's version, APIVersion. A file must carry it (see
+	// ParseFile): an empty or cut-off file is then invalid, never the zero policy.
+	APIVersion string `json:"apiVersion,omitempty"`
 	// Defaults apply to every group, and to each field a group leaves out.
 	Defaults Group `json:"defaults"`
 	// Groups are per-group settings, by FleetLock group name.
@@ -84,8 +90,11 @@ type Blockers struct {
 }
 
 // AlertsBlocker queries Prometheus' alerts API (GET <url>/api/v1/alerts).
+// Credentials come from files, read at each request, never from this file or the URL:
+// the URL is shown in replies, Events, logs and /status.
 type AlertsBlocker struct {
-	// URL is Prometheus' base URL, such as http://prometheus.monitoring:9090.
+	// URL is Prometheus' base URL, such as http://prometheus.monitoring:9090. It may
+	// not carry credentials (user:password@).
 	URL string `json:"url"`
 	// Match maps label names to regular expressions (anchored, RE2) that a firing
 	// alert's labels must all match, such as {severity: "critical|page"}. An alert
@@ -93,8 +102,123 @@ type AlertsBlocker struct {
 	Match map[string]string `json:"match,omitempty"`
 	// Interval is how often Prometheus is asked. Default 30s.
 	Interval Duration `json:"interval,omitempty"`
+	// Timeout bounds each query: one that takes longer fails (and blocks). Default
+	// 10s.
+	Timeout Duration `json:"timeout,omitempty"`
+	// BearerTokenFile is a file holding a token sent as "Authorization: Bearer
+	// TOKEN", such as a mounted ServiceAccount token.
+	BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+	// BasicAuth sends HTTP Basic credentials.
+	BasicAuth *BasicAuth `json:"basicAuth,omitempty"`
+	// TLS verifies Prometheus' certificate (and presents a client certificate).
+	TLS *TLSFiles `json:"tls,omitempty"`
+	// Headers are sent with every request, such as {X-Scope-OrgID: team-a}. Not for
+	// secrets (they show in the ConfigMap); Authorization may not be set here.
+	Headers map[string]string `json:"headers,omitempty"`
 
-	match map[string]*regexp.Regexp
+	match  map[string]*regexp.Regexp
+	client promconfig.HTTPClientConfig
+}
+
+// BasicAuth is HTTP Basic credentials: a user name and a file holding the password.
+type BasicAuth struct {
+	// Username is the user name.
+	Username string `json:"username"`
+	// PasswordFile holds the password (a trailing newline is dropped).
+	PasswordFile string `json:"passwordFile"`
+}
+
+// TLSFiles are the files of a TLS client; each is read again when it changes.
+type TLSFiles struct {
+	// CAFile is the PEM bundle of the certificate authorities that sign Prometheus'
+	// certificate. Default: the system's.
+	CAFile string `json:"caFile,omitempty"`
+	// CertFile and KeyFile are a client certificate and its key, for Prometheus
+	// servers that require one.
+	CertFile string `json:"certFile,omitempty"`
+	KeyFile  string `json:"keyFile,omitempty"`
+	// ServerName is the name expected in Prometheus' certificate. Default: the URL's
+	// host.
+	ServerName string `json:"serverName,omitempty"`
+}
+
+// RedactedURL is the URL as it is shown: scheme, host and path, without user
+// information, query or fragment.
+func (a *AlertsBlocker) RedactedURL() string { return redactURL(a.URL) }
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "(an invalid URL)"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// compile checks the alerts blocker and prepares its matchers and HTTP client config.
+func (a *AlertsBlocker) compile() error {
+	u, err := url.Parse(a.URL)
+	switch {
+	case err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https"):
+		return errors.New("blockers.alerts.url: not an http(s) URL such as http://prometheus.monitoring:9090")
+	case u.User != nil:
+		return errors.New("blockers.alerts.url: credentials in the URL are not accepted (the URL is shown in replies, Events, logs and /status): use basicAuth or bearerTokenFile")
+	case a.BearerTokenFile != "" && a.BasicAuth != nil:
+		return errors.New("blockers.alerts: bearerTokenFile and basicAuth: set one")
+	}
+	a.match = map[string]*regexp.Regexp{}
+	for label, expr := range a.Match {
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			return fmt.Errorf("blockers.alerts.match.%s: %w", label, err)
+		}
+		a.match[label] = re
+	}
+	if a.Interval.Duration == 0 {
+		a.Interval.Duration = DefaultAlertsInterval
+	}
+	if a.Interval.Duration < time.Second {
+		return fmt.Errorf("blockers.alerts.interval: %s is under a second", a.Interval)
+	}
+	if a.Timeout.Duration == 0 {
+		a.Timeout.Duration = DefaultCheckTimeout
+	}
+	if a.Timeout.Duration < time.Second {
+		return fmt.Errorf("blockers.alerts.timeout: %s is under a second", a.Timeout)
+	}
+	hc := promconfig.DefaultHTTPClientConfig
+	// The credentials are added to every request, redirected ones too: a redirect
+	// elsewhere must not receive them. A redirect is an answer that is not clean.
+	hc.FollowRedirects = false
+	hc.BearerTokenFile = a.BearerTokenFile
+	if b := a.BasicAuth; b != nil {
+		if b.Username == "" || b.PasswordFile == "" {
+			return errors.New("blockers.alerts.basicAuth: username and passwordFile are both required")
+		}
+		hc.BasicAuth = &promconfig.BasicAuth{Username: b.Username, PasswordFile: b.PasswordFile}
+	}
+	if t := a.TLS; t != nil {
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			return errors.New("blockers.alerts.tls: certFile and keyFile: set both or neither")
+		}
+		hc.TLSConfig = promconfig.TLSConfig{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}
+	}
+	if len(a.Headers) > 0 {
+		hc.HTTPHeaders = &promconfig.Headers{Headers: map[string]promconfig.Header{}}
+		for name, value := range a.Headers {
+			if name == "" || strings.ContainsAny(name, " :\r\n") || strings.ContainsAny(value, "\r\n") {
+				return fmt.Errorf("blockers.alerts.headers: %q is not a header name and value", name)
+			}
+			if _, reserved := promconfig.ReservedHeaders[http.CanonicalHeaderKey(name)]; reserved {
+				return fmt.Errorf("blockers.alerts.headers.%s: may not be set (use basicAuth or bearerTokenFile for credentials)", name)
+			}
+			hc.HTTPHeaders.Headers[name] = promconfig.Header{Values: []string{value}}
+		}
+	}
+	if err := hc.Validate(); err != nil {
+		return fmt.Errorf("blockers.alerts: %w", err)
+	}
+	a.client = hc
+	return nil
 }
 
 // PodsBlocker blocks while pods matching Selector exist (any phase but Succeeded and
@@ -117,11 +241,16 @@ const (
 	ScopeNode    = "node"
 )
 
-// How often Prometheus is asked for alerts, and pods are listed, by default.
+// How often Prometheus is asked for alerts, and pods are listed, by default, and how
+// long one check may take (the pods blocker's, always).
 const (
 	DefaultAlertsInterval = 30 * time.Second
 	DefaultPodsInterval   = 15 * time.Second
+	DefaultCheckTimeout   = 10 * time.Second
 )
+
+// APIVersion is the policy file format this package reads.
+const APIVersion = "rebootmanager/v1"
 
 // Duration is a time.Duration written as Go writes durations ("90s", "10m", "1h30m").
 type Duration struct{ time.Duration }
@@ -149,8 +278,28 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()
 // groupName is what Zincati accepts as a group (and fleetlock checks).
 var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
 
-// Parse reads and checks a configuration file. An error names the field, as a path
-// such as groups.workers.windows[0].timeZone.
+// ParseFile reads and checks a policy file (the --config file, the ConfigMap's
+// config.yaml): as Parse, and it must carry "apiVersion: rebootmanager/v1". An empty
+// document, or one without apiVersion (a file caught while it was being rewritten, a
+// ConfigMap key set to ""), is an error saying what to add, so that it never reads
+// as the zero policy.
+func ParseFile(data []byte) (*Config, error) {
+	c, err := Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	if c.APIVersion == "" {
+		if len(bytes.TrimSpace(data)) == 0 {
+			return nil, fmt.Errorf("empty document: a policy file starts with \"apiVersion: %s\"", APIVersion)
+		}
+		return nil, fmt.Errorf("apiVersion: missing: add \"apiVersion: %s\" as the file's first line", APIVersion)
+	}
+	return c, nil
+}
+
+// Parse reads and checks a policy document. An error names the field, as a path such
+// as groups.workers.windows[0].timeZone. apiVersion, if present, must be APIVersion;
+// files are read with ParseFile, which requires it.
 func Parse(data []byte) (*Config, error) {
 	var c Config
 	js, err := yaml.YAMLToJSON(data)
@@ -186,6 +335,9 @@ func decodeError(err error) error {
 // Validate checks every field and prepares windows, matchers and selectors; Parse
 // calls it. An error names the field.
 func (c *Config) Validate() error {
+	if c.APIVersion != "" && c.APIVersion != APIVersion {
+		return fmt.Errorf("apiVersion: %q is not %q", c.APIVersion, APIVersion)
+	}
 	if err := c.Defaults.compile("defaults"); err != nil {
 		return err
 	}
@@ -205,22 +357,8 @@ func (c *Config) Validate() error {
 		c.Groups[name] = g
 	}
 	if a := c.Blockers.Alerts; a != nil {
-		if !strings.HasPrefix(a.URL, "http://") && !strings.HasPrefix(a.URL, "https://") {
-			return fmt.Errorf("blockers.alerts.url: %q is not an http(s) URL", a.URL)
-		}
-		a.match = map[string]*regexp.Regexp{}
-		for label, expr := range a.Match {
-			re, err := regexp.Compile("^(?:" + expr + ")$")
-			if err != nil {
-				return fmt.Errorf("blockers.alerts.match.%s: %w", label, err)
-			}
-			a.match[label] = re
-		}
-		if a.Interval.Duration == 0 {
-			a.Interval.Duration = DefaultAlertsInterval
-		}
-		if a.Interval.Duration < time.Second {
-			return fmt.Errorf("blockers.alerts.interval: %s is under a second", a.Interval)
+		if err := a.compile(); err != nil {
+			return err
 		}
 	}
 	r := &c.Replacement

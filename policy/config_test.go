@@ -64,22 +64,28 @@ func TestParseExample(t *testing.T) {
 // Every invalid field is refused with its path.
 func TestParseErrorsNameTheField(t *testing.T) {
 	for in, want := range map[string]string{
-		"groups: {workers: {slots: -1}}":                                                   "groups.workers.slots: -1 is negative",
-		"groups: {workers: {slot: 2}}":                                                     `unknown field "slot"`,
-		"groups: {workers: {slots: two}}":                                                  "slots: want int, got string",
-		"groups: {'a b': {slots: 1}}":                                                      "groups.a b: not a FleetLock group name",
-		"defaults: {minGap: 10}":                                                           "a duration is a string",
-		"defaults: {minGap: 10 minutes}":                                                   `"10 minutes" is not a duration`,
-		"groups: {w: {windows: [{start: '25:00', end: '01:00'}]}}":                         `groups.w.windows[0].start: "25:00" is not a time of day`,
-		"groups: {w: {windows: [{start: '1:00', end: '02:00'}]}}":                          `groups.w.windows[0].start: "1:00" is not a time of day`,
-		"groups: {w: {windows: [{start: '01:00', end: '01:00'}]}}":                         "groups.w.windows[0].start, end: both 01:00",
-		"groups: {w: {windows: [{start: '01:00', end: '02:00', timeZone: Europe/Berln}]}}": `groups.w.windows[0].timeZone: unknown time zone "Europe/Berln"`,
-		"groups: {w: {windows: [{days: [Mon, Funday], start: '01:00', end: '02:00'}]}}":    `groups.w.windows[0].days[1]: "Funday" is not one of`,
-		"blockers: {alerts: {url: prometheus:9090}}":                                       `blockers.alerts.url: "prometheus:9090" is not an http(s) URL`,
-		"blockers: {alerts: {url: 'http://p', match: {severity: '(' }}}":                   "blockers.alerts.match.severity: error parsing regexp",
-		"blockers: {alerts: {url: 'http://p', interval: 10ms}}":                            "blockers.alerts.interval: 10ms is under a second",
-		"blockers: {pods: [{selector: ''}]}":                                               `blockers.pods[0].selector: "" is not a non-empty label selector`,
-		"blockers: {pods: [{selector: 'a=b', scope: zone}]}":                               `blockers.pods[0].scope: "zone" is not "cluster" or "node"`,
+		"groups: {workers: {slots: -1}}":                                                                         "groups.workers.slots: -1 is negative",
+		"groups: {workers: {slot: 2}}":                                                                           `unknown field "slot"`,
+		"groups: {workers: {slots: two}}":                                                                        "slots: want int, got string",
+		"groups: {'a b': {slots: 1}}":                                                                            "groups.a b: not a FleetLock group name",
+		"defaults: {minGap: 10}":                                                                                 "a duration is a string",
+		"defaults: {minGap: 10 minutes}":                                                                         `"10 minutes" is not a duration`,
+		"groups: {w: {windows: [{start: '25:00', end: '01:00'}]}}":                                               `groups.w.windows[0].start: "25:00" is not a time of day`,
+		"groups: {w: {windows: [{start: '1:00', end: '02:00'}]}}":                                                `groups.w.windows[0].start: "1:00" is not a time of day`,
+		"groups: {w: {windows: [{start: '01:00', end: '01:00'}]}}":                                               "groups.w.windows[0].start, end: both 01:00",
+		"groups: {w: {windows: [{start: '01:00', end: '02:00', timeZone: Europe/Berln}]}}":                       `groups.w.windows[0].timeZone: unknown time zone "Europe/Berln"`,
+		"groups: {w: {windows: [{days: [Mon, Funday], start: '01:00', end: '02:00'}]}}":                          `groups.w.windows[0].days[1]: "Funday" is not one of`,
+		"blockers: {alerts: {url: prometheus:9090}}":                                                             `blockers.alerts.url: not an http(s) URL`,
+		"blockers: {alerts: {url: 'http://p', timeout: 10ms}}":                                                   "blockers.alerts.timeout: 10ms is under a second",
+		"blockers: {alerts: {url: 'http://p', bearerTokenFile: /t, basicAuth: {username: u, passwordFile: /p}}}": "bearerTokenFile and basicAuth: set one",
+		"blockers: {alerts: {url: 'http://p', basicAuth: {username: u}}}":                                        "blockers.alerts.basicAuth: username and passwordFile are both required",
+		"blockers: {alerts: {url: 'http://p', basicAuth: {username: u, password: x}}}":                           `unknown field "password"`,
+		"blockers: {alerts: {url: 'http://p', tls: {certFile: /c}}}":                                             "blockers.alerts.tls: certFile and keyFile",
+		"blockers: {alerts: {url: 'http://p', headers: {Authorization: 'Bearer x'}}}":                            "blockers.alerts.headers.Authorization: may not be set",
+		"blockers: {alerts: {url: 'http://p', match: {severity: '(' }}}":                                         "blockers.alerts.match.severity: error parsing regexp",
+		"blockers: {alerts: {url: 'http://p', interval: 10ms}}":                                                  "blockers.alerts.interval: 10ms is under a second",
+		"blockers: {pods: [{selector: ''}]}":                                                                     `blockers.pods[0].selector: "" is not a non-empty label selector`,
+		"blockers: {pods: [{selector: 'a=b', scope: zone}]}":                                                     `blockers.pods[0].scope: "zone" is not "cluster" or "node"`,
 		"{": "not YAML or JSON",
 	} {
 		_, err := Parse([]byte(in))
@@ -87,6 +93,20 @@ func TestParseErrorsNameTheField(t *testing.T) {
 			assert.Contains(t, err.Error(), want, in)
 		}
 	}
+}
+
+// Credentials in the alerts URL are refused, and the error does not repeat them (it
+// is logged and shown on /status).
+func TestAlertsURLCredentialsRefused(t *testing.T) {
+	for _, u := range []string{"http://admin:hunter2@prometheus:9090", "admin:hunter2@prometheus:9090", "https://admin:hunter2@p/"} {
+		_, err := Parse([]byte(fmt.Sprintf("blockers: {alerts: {url: %q}}", u)))
+		require.Error(t, err, u)
+		assert.Contains(t, err.Error(), "blockers.alerts.url", u)
+		assert.NotContains(t, err.Error(), "hunter2", u)
+	}
+	c, err := Parse([]byte("blockers: {alerts: {url: 'https://prometheus:9090/prom/?token=hunter2#x'}}"))
+	require.NoError(t, err)
+	assert.Equal(t, "https://prometheus:9090/prom/", c.Blockers.Alerts.RedactedURL())
 }
 
 func TestWindowOpen(t *testing.T) {

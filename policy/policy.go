@@ -29,6 +29,10 @@ type Options struct {
 	// Config returns the configuration in force; called on every decision, so a
 	// reloaded file takes effect at once. Required.
 	Config func() *Config
+	// ConfigState says where Config comes from and whether its source is in force
+	// (File.State), for the config metrics and status. Default: none (a fixed
+	// policy), and no config metrics.
+	ConfigState func() ConfigState
 	// Client reads the pause ConfigMap and the pods of pod blockers.
 	Client kubernetes.Interface
 	// Namespace holds the pause ConfigMap.
@@ -36,8 +40,6 @@ type Options struct {
 	// PauseConfigMap is the name of the ConfigMap whose existence pauses every new
 	// grant. Default DefaultPauseConfigMap.
 	PauseConfigMap string
-	// HTTPClient asks Prometheus. Default: a client with a 10-second timeout.
-	HTTPClient *http.Client
 	// Logger receives blocker changes. Default: discard.
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -51,16 +53,12 @@ type Policy struct {
 	pauses cache.SharedIndexInformer
 
 	mu     sync.Mutex
-	alerts probeResult // the last alerts check
-	pods   probeResult // the last pods check
-}
+	alerts probe // the alerts checks
+	pods   probe // the pods checks
 
-// probeResult is what a background check found, and when.
-type probeResult struct {
-	at     time.Time
-	err    error
-	found  []string            // firing alerts or blocking pods (cluster scope), sorted
-	byNode map[string][]string // blocking pods of node-scoped blockers, by node
+	clientMu  sync.Mutex
+	client    *http.Client   // the alerts blocker's
+	clientFor *AlertsBlocker // the configuration client was built from
 }
 
 var _ lock.Gate = (*Policy)(nil)
@@ -70,16 +68,13 @@ func New(opts Options) *Policy {
 	if opts.PauseConfigMap == "" {
 		opts.PauseConfigMap = DefaultPauseConfigMap
 	}
-	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{Timeout: 10 * time.Second}
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	p := &Policy{opts: opts, log: opts.Logger}
+	p := &Policy{opts: opts, log: opts.Logger, alerts: probe{name: blockerAlerts}, pods: probe{name: blockerPods}}
 	if opts.Client != nil {
 		f := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
 			informers.WithNamespace(opts.Namespace),
@@ -106,6 +101,15 @@ func (p *Policy) Start(ctx context.Context) error {
 
 // Config is the configuration in force.
 func (p *Policy) Config() *Config { return p.opts.Config() }
+
+// ConfigState says where the policy in force comes from and why its source, as it
+// is now, is not in force, if it is not. Zero without Options.ConfigState.
+func (p *Policy) ConfigState() ConfigState {
+	if p.opts.ConfigState == nil {
+		return ConfigState{}
+	}
+	return p.opts.ConfigState()
+}
 
 // Slots is the group's slot count in force.
 func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots }
@@ -135,20 +139,20 @@ func (p *Policy) Admit(c lock.Candidate) error {
 	cfg := p.Config()
 	now := p.opts.Now()
 	if reason, paused := p.Paused(); paused {
-		return refuse("RebootPaused", fleetlock.ErrPaused, "reboots paused by ConfigMap %s/%s%s",
+		return refuse("RebootPaused", fleetlock.ErrPaused, reason, "reboots paused by ConfigMap %s/%s%s",
 			p.opts.Namespace, p.opts.PauseConfigMap, because(reason))
 	}
 	if reason, held := c.Node.Annotations[lock.AnnotationHold]; held {
-		return refuse("RebootHeld", fleetlock.ErrNodeHeld, "node %s held by annotation %s%s",
+		return refuse("RebootHeld", fleetlock.ErrNodeHeld, reason, "node %s held by annotation %s%s",
 			c.Node.Name, lock.AnnotationHold, because(reason))
 	}
 	g := cfg.Group(c.Group)
 	if !g.WindowOpen(now) {
-		return refuse("RebootWindowClosed", fleetlock.ErrWindowClosed, "group %q: no reboot window open (%s)",
+		return refuse("RebootWindowClosed", fleetlock.ErrWindowClosed, "", "group %q: no reboot window open (%s)",
 			c.Group, windowsString(g.Windows))
 	}
 	if gap := g.MinGap.Duration; gap > 0 && !c.LastRelease.IsZero() && now.Sub(c.LastRelease) < gap {
-		return refuse("RebootGap", fleetlock.ErrRebootGap, "group %q: last reboot ended %s ago, the minimum gap is %s",
+		return refuse("RebootGap", fleetlock.ErrRebootGap, "", "group %q: last reboot ended %s ago, the minimum gap is %s",
 			c.Group, now.Sub(c.LastRelease).Round(time.Second), gap)
 	}
 	if err := p.alertsBlock(cfg, now); err != nil {
@@ -166,16 +170,23 @@ func (p *Policy) Admit(c lock.Candidate) error {
 		}
 		if len(notReady) > 0 {
 			sort.Strings(notReady)
-			return refuse("RebootGroupNotReady", fleetlock.ErrGroupNotReady, "group %q: not Ready: %s",
-				c.Group, strings.Join(notReady, ", "))
+			list := strings.Join(notReady, ", ")
+			return refuse("RebootGroupNotReady", fleetlock.ErrGroupNotReady, list, "group %q: not Ready: %s", c.Group, list)
 		}
 	}
 	return nil
 }
 
-// refuse builds a *lock.Refusal.
-func refuse(reason string, sentinel error, format string, args ...any) error {
-	return &lock.Refusal{Reason: reason, Err: sentinel, Msg: fmt.Sprintf(format, args...)}
+// refuse builds a *lock.Refusal; its Cause is the reason and cause, a detail that
+// stays the same while the refusal's cause does (alert names, an error), not the
+// changing parts of the message (ages).
+func refuse(reason string, sentinel error, cause, format string, args ...any) error {
+	if cause != "" {
+		cause = reason + ": " + cause
+	} else {
+		cause = reason
+	}
+	return &lock.Refusal{Reason: reason, Err: sentinel, Cause: cause, Msg: fmt.Sprintf(format, args...)}
 }
 
 func because(reason string) string {

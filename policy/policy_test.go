@@ -313,14 +313,14 @@ blockers:
 		_, err := r.steadyState(n)
 		require.NoError(t, err)
 	}
-	blocked := func(want string) {
+	blocked := func(kind error, want string) {
 		t.Helper()
 		var err error
 		require.Eventually(t, func() bool {
 			if err = r.preReboot(n); err == nil {
 				_, _ = r.steadyState(n) // granted before the blocker saw the change
 			}
-			return errors.Is(err, fleetlock.ErrAlertFiring)
+			return errors.Is(err, kind)
 		}, 10*time.Second, 100*time.Millisecond, "blocked: %s", want)
 		assert.Contains(t, err.Error(), want)
 		assert.Equal(t, string(lock.StateReady), r.status(n), "a refusal writes nothing")
@@ -331,20 +331,20 @@ blockers:
 	  {"labels":{"alertname":"NodeDown","severity":"critical"},"state":"firing"},
 	  {"labels":{"alertname":"DiskSlow","severity":"warning"},"state":"firing"},
 	  {"labels":{"alertname":"Pending","severity":"page"},"state":"pending"}]`)
-	blocked("alerts firing: NodeDown")
+	blocked(fleetlock.ErrAlertFiring, "alerts firing: NodeDown")
 
 	srv.set(0, `[{"labels":{"alertname":"DiskSlow","severity":"warning"},"state":"firing"},
 	  {"labels":{"alertname":"NoSeverity"},"state":"firing"}]`)
 	grantAndRelease("only alerts that do not match")
 
 	srv.set(http.StatusInternalServerError, "")
-	blocked("cannot check alerts")
-	r.env.AwaitNodeEvent(t, n, "RebootBlockedByAlert", "alerts")
+	blocked(fleetlock.ErrBlockerCheckFailing, "alerts check failing: GET "+hs.URL+"/api/v1/alerts: 500 Internal Server Error: query failed")
+	r.env.AwaitNodeEvent(t, n, "RebootAlertsCheckFailing", "alerts check failing")
 
 	srv.set(0, "[]")
 	grantAndRelease("Prometheus answers again")
 	hs.Close()
-	blocked("cannot check alerts")
+	blocked(fleetlock.ErrBlockerCheckFailing, "alerts check failing: GET "+hs.URL+"/api/v1/alerts: ")
 	assert.Greater(t, srv.asked.Load(), int32(3))
 }
 

@@ -50,7 +50,7 @@ func TestAccessControl(t *testing.T) {
 	}
 	cert1, key1 := testCert(t, "first")
 	certFile, keyFile := write("tls.crt", cert1), write("tls.key", key1)
-	credsFile := write("credentials", []byte("# group:user:bcrypt\nworkers:zincati:"+bcryptHash(t, "right")+"\n"))
+	credsFile := write("credentials", []byte("# group:user:bcrypt:nodes\nworkers:zincati:"+bcryptHash(t, "right")+":*\n"))
 
 	s := startServer(t, env.Kubeconfig, "--wait=30s", "--tls-cert-file="+certFile, "--tls-key-file="+keyFile,
 		"--basic-auth-file="+credsFile, "--verify-source-address")
@@ -149,7 +149,7 @@ func TestAccessControl(t *testing.T) {
 	// The credentials file changes: the old password stops working, the new one works.
 	// Polled on another group, so that nothing reaches the lock: the old password is
 	// wrong_group (403) until the reload, bad_credentials (401) after.
-	write("credentials", []byte("*:zincati:"+bcryptHash(t, "rotated")+"\n"))
+	write("credentials", []byte("*:zincati:"+bcryptHash(t, "rotated")+":*\n"))
 	require.Eventually(t, func() bool {
 		return call(zincati, true, fleetlock.ClientParams{ID: id, Group: "infra"}).StatusCode == http.StatusUnauthorized
 	}, 10*time.Second, 100*time.Millisecond)

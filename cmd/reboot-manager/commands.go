@@ -58,10 +58,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return err
 	}
-	cfg, note, err := clusterPolicy(ctx, client, *namespace, *configMap, *configFile)
-	if err != nil {
-		return err
-	}
+	cfg, note, policyState := clusterPolicy(ctx, client, *namespace, *configMap, *configFile)
 	pause, err := client.CoreV1().ConfigMaps(*namespace).Get(ctx, *pauseName, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("read the pause ConfigMap %s/%s: %w", *namespace, *pauseName, err)
@@ -78,12 +75,16 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	for i := range list.Items {
 		nodes[i] = &list.Items[i]
 	}
-	pol := policy.New(policy.Options{Config: func() *policy.Config { return cfg }, Client: client})
-	pol.CheckBlockers(ctx)
+	var blockers []policy.BlockerState
+	if cfg != nil {
+		pol := policy.New(policy.Options{Config: func() *policy.Config { return cfg }, Client: client})
+		pol.CheckBlockers(ctx)
+		blockers = pol.Blockers()
+	}
 	s := buildStatus(statusInput{
 		now: time.Now(), source: "cluster", nodes: nodes, config: cfg, paused: paused,
-		drain: func(node string) string { return podsLeft(ctx, client, node) }, blockers: pol.Blockers(),
-		note: note,
+		drain: func(node string) string { return podsLeft(ctx, client, node) }, blockers: blockers,
+		note: note, configState: policyState,
 	})
 	if *output == "json" {
 		return s.writeJSON(stdout)
@@ -92,33 +93,43 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 }
 
 // clusterPolicy reads the policy file from a file, else from its ConfigMap; without
-// either, the defaults, with a note saying so.
-func clusterPolicy(ctx context.Context, client kubernetes.Interface, namespace, name, file string) (*policy.Config, string, error) {
+// either, the defaults, with a note saying so. A policy that cannot be read or is
+// invalid is no error: the status shows everything else, and the policy's error
+// (the servers keep their last valid version, which is not stored in the cluster).
+func clusterPolicy(ctx context.Context, client kubernetes.Interface, namespace, name, file string) (*policy.Config, string, policy.ConfigState) {
 	var data []byte
-	source := file
+	state := policy.ConfigState{Source: file}
 	if file != "" {
 		var err error
 		if data, err = os.ReadFile(file); err != nil {
-			return nil, "", err
+			state.Error = err.Error()
+			return nil, policyUnknown, state
 		}
 	} else {
+		state.Source = fmt.Sprintf("ConfigMap %s/%s config.yaml", namespace, name)
 		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			cfg, _ := policy.Parse(nil)
-			return cfg, fmt.Sprintf("no ConfigMap %s/%s: slots and windows shown are the defaults, not necessarily the server's flags", namespace, name), nil
+			return cfg, fmt.Sprintf("no ConfigMap %s/%s: slots and windows shown are the defaults, not necessarily the server's flags", namespace, name), policy.ConfigState{}
 		case err != nil:
-			return nil, "", fmt.Errorf("read the policy ConfigMap %s/%s: %w", namespace, name, err)
+			state.Error = fmt.Sprintf("read the policy ConfigMap: %v", err)
+			return nil, policyUnknown, state
 		}
 		data = []byte(cm.Data["config.yaml"])
-		source = fmt.Sprintf("ConfigMap %s/%s config.yaml", namespace, name)
 	}
-	cfg, err := policy.Parse(data)
+	cfg, err := policy.ParseFile(data)
 	if err != nil {
-		return nil, "", fmt.Errorf("%s: %w", source, err)
+		state.Error = err.Error()
+		return nil, policyUnknown, state
 	}
-	return cfg, "", nil
+	return cfg, "", state
 }
+
+// policyUnknown is the status command's note when it cannot read the policy.
+const policyUnknown = "the policy could not be read or is invalid: the servers ignore such a version and keep the last valid one they read, " +
+	"which is not stored in the cluster, so groups, slots, windows and blockers are not shown here; " +
+	"a replica's GET /status shows the policy in force (kubectl port-forward deploy/reboot-manager 9090, then curl localhost:9090/status)"
 
 // podsLeft says how many pods a drain of node still has to evict, from the API server.
 func podsLeft(ctx context.Context, client kubernetes.Interface, node string) string {

@@ -125,30 +125,31 @@ func TestParseConfigErrors(t *testing.T) {
 func TestPolicyFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.yaml")
-	require.NoError(t, os.WriteFile(path, []byte("groups: {workers: {slots: -1}}"), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: -1}}"), 0o600))
 	c, err := parseConfig([]string{"--config=" + path, "--kubeconfig=/nonexistent"}, env(nil), io.Discard)
 	require.NoError(t, err)
 	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Equal(t, "--config: "+path+": groups.workers.slots: -1 is negative", err.Error())
 
-	require.NoError(t, os.WriteFile(path, []byte("defaults: {replaceAfter: 20m}"), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ndefaults: {replaceAfter: 20m}"), 0o600))
 	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "replaceAfter is set, but no --cloud says how to replace nodes")
 
 	defer func(was time.Duration) { policyReloadInterval = was }(policyReloadInterval)
 	policyReloadInterval = 10 * time.Millisecond
-	require.NoError(t, os.WriteFile(path, []byte("groups: {workers: {slots: 2}}"), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: 2}}"), 0o600))
 	var logs bytes.Buffer
-	get, err := loadPolicy(c, slog.New(slog.NewTextHandler(&logs, nil)))
+	get, state, err := loadPolicy(c, slog.New(slog.NewTextHandler(&logs, nil)))
 	require.NoError(t, err)
 	assert.Equal(t, 2, *get().Group("workers").Slots)
 
-	require.NoError(t, os.WriteFile(path, []byte("groups: {workers: {slots: 3}}"), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: 3}}"), 0o600))
 	require.Eventually(t, func() bool { return *get().Group("workers").Slots == 3 }, 5*time.Second, 10*time.Millisecond)
-	require.NoError(t, os.WriteFile(path, []byte("groups: {workers: {slots: three}}"), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: three}}"), 0o600))
 	require.Eventually(t, func() bool { get(); return strings.Contains(logs.String(), "invalid policy file") }, 5*time.Second, 10*time.Millisecond)
 	assert.Equal(t, 3, *get().Group("workers").Slots, "an invalid change keeps the policy in force")
 	assert.Contains(t, logs.String(), "slots: want int")
+	assert.Contains(t, state().Error, "slots: want int", "the error in force is shown")
 }

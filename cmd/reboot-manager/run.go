@@ -46,7 +46,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	policyConfig, err := loadPolicy(c, log)
+	policyConfig, policyState, err := loadPolicy(c, log)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
 
 	pol := policy.New(policy.Options{
-		Config: policyConfig, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
+		Config: policyConfig, ConfigState: policyState, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
 	})
 
 	c.drain.Logger = log
@@ -146,7 +146,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 				}
 				return "not started by this replica"
 			},
-			blockers: pol.Blockers(),
+			blockers: pol.Blockers(), configState: pol.ConfigState(),
 		})
 	})
 
@@ -262,23 +262,17 @@ func newReplacer(ctx context.Context, c config, client kubernetes.Interface, cfg
 }
 
 // loadPolicy returns the policy configuration in force: the --config file's, reloaded
-// when it changes, or the one the slot flags describe.
-func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, error) {
+// when it changes (and its state), or the one the slot flags describe (and no state).
+func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, func() policy.ConfigState, error) {
 	if c.configFile == "" {
 		fixed := c.slotsConfig()
-		return func() *policy.Config { return fixed }, nil
+		return func() *policy.Config { return fixed }, nil, nil
 	}
-	f, err := reload.New("policy file", []string{c.configFile}, func(data [][]byte) (*policy.Config, error) {
-		p, err := policy.Parse(data[0])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", c.configFile, err)
-		}
-		return p, nil
-	}, reload.Options{Logger: log, Interval: policyReloadInterval})
+	f, err := policy.LoadFile(c.configFile, reload.Options{Logger: log, Interval: policyReloadInterval})
 	if err != nil {
-		return nil, fmt.Errorf("--config: %w", err)
+		return nil, nil, fmt.Errorf("--config: %w", err)
 	}
-	return f.Get, nil
+	return f.Config, f.State, nil
 }
 
 // metricsMux serves /metrics from registry, /healthz, /readyz from the lock's health,

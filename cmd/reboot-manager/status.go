@@ -23,8 +23,12 @@ type status struct {
 	// Source is "server" (a replica's live view: its cache, its drains, its blockers'
 	// last checks) or "cluster" (read from the API server by the status command).
 	Source string `json:"source"`
+	// Policy is where the policy shown comes from and, when its source as it is now is
+	// not in force (unreadable, invalid), why; absent for a policy from flags.
+	Policy *policy.ConfigState `json:"policy,omitempty"`
 	// Paused is the pause ConfigMap's reason; absent when not paused.
-	Paused   *pauseStatus          `json:"paused,omitempty"`
+	Paused *pauseStatus `json:"paused,omitempty"`
+	// Groups is empty when the policy in force is unknown (Policy.Error).
 	Groups   []groupStatus         `json:"groups"`
 	Holders  []holderStatus        `json:"holders"`
 	Held     []heldNode            `json:"heldNodes,omitempty"`
@@ -74,12 +78,17 @@ type statusInput struct {
 	drain    func(node string) string
 	blockers []policy.BlockerState
 	note     string
+	// configState is the policy's source and its error; zero: from flags.
+	configState policy.ConfigState
 }
 
 // buildStatus computes the status from its input.
 func buildStatus(in statusInput) status {
 	s := status{Time: in.now.UTC(), Source: in.source, Blockers: in.blockers, Note: in.note,
 		Holders: []holderStatus{}}
+	if in.configState.Source != "" {
+		s.Policy = &in.configState
+	}
 	if reason, ok := in.paused(); ok {
 		s.Paused = &pauseStatus{Reason: reason}
 	}
@@ -99,8 +108,10 @@ func buildStatus(in statusInput) status {
 		groups[name] = g
 		return g
 	}
-	for _, name := range in.config.GroupNames() {
-		group(name)
+	if in.config != nil { // nil: the policy in force is unknown here
+		for _, name := range in.config.GroupNames() {
+			group(name)
+		}
 	}
 	for _, n := range in.nodes {
 		if reason, ok := n.Annotations[lock.AnnotationHold]; ok {
@@ -110,11 +121,13 @@ func buildStatus(in statusInput) status {
 		if !ok {
 			continue
 		}
-		g := group(h.Group)
-		if h.State == lock.StateClaiming {
-			g.Claims++
-		} else {
-			g.Holders++
+		if in.config != nil {
+			g := group(h.Group)
+			if h.State == lock.StateClaiming {
+				g.Claims++
+			} else {
+				g.Holders++
+			}
 		}
 		hs := holderStatus{Node: h.Node, Group: h.Group, State: h.State, Since: h.Since.UTC(),
 			Age: in.now.Sub(h.Since).Round(time.Second).String()}
@@ -145,12 +158,15 @@ func (s status) writeJSON(w io.Writer) error {
 func (s status) writeText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "reboot-manager status at %s (from the %s)\n", s.Time.Format(time.RFC3339), s.Source)
+	writePolicyState(tw, s.Policy)
 	if s.Paused != nil {
 		fmt.Fprintf(tw, "PAUSED: %s\n", cmp.Or(s.Paused.Reason, "(no reason given)"))
 	} else {
 		fmt.Fprintln(tw, "not paused")
 	}
-	fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+	if len(s.Groups) > 0 {
+		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+	}
 	for _, g := range s.Groups {
 		window := "open (no windows)"
 		if len(g.Windows) > 0 {
@@ -175,13 +191,28 @@ func (s status) writeText(w io.Writer) error {
 		}
 	}
 	if len(s.Blockers) > 0 {
-		fmt.Fprintln(tw, "\nBLOCKER\tACTIVE\tDETAIL")
+		fmt.Fprintln(tw, "\nBLOCKER\tSTATE\tDETAIL")
 		for _, b := range s.Blockers {
-			fmt.Fprintf(tw, "%s\t%v\t%s\n", b.Name, b.Active, cmp.Or(b.Detail, "-"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Name, b.State, cmp.Or(b.Detail, "-"))
 		}
 	}
 	if s.Note != "" {
 		fmt.Fprintf(tw, "\nnote: %s\n", s.Note)
 	}
 	return tw.Flush()
+}
+
+// writePolicyState writes where the policy comes from and, if its source is not in
+// force, the error.
+func writePolicyState(w io.Writer, p *policy.ConfigState) {
+	switch {
+	case p == nil:
+	case p.Error == "":
+		fmt.Fprintf(w, "policy: %s\n", p.Source)
+	case p.Loaded.IsZero():
+		fmt.Fprintf(w, "POLICY NOT READABLE OR INVALID: %s: %s\n", p.Source, p.Error)
+	default:
+		fmt.Fprintf(w, "POLICY FILE INVALID since %s, IGNORED: %s\n", p.ErrorSince.UTC().Format(time.RFC3339), p.Error)
+		fmt.Fprintf(w, "policy in force: %s as read at %s (shown below)\n", p.Source, p.Loaded.UTC().Format(time.RFC3339))
+	}
 }

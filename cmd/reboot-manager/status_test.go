@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -61,6 +64,7 @@ func TestStatusAndRelease(t *testing.T) {
 	_, err = env.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager-config"},
 		Data: map[string]string{"config.yaml": `
+apiVersion: rebootmanager/v1
 groups:
   workers:
     slots: 2
@@ -88,7 +92,7 @@ blockers:
 		holder + "  workers  Rebooting  5m0s  1 pod left to evict",
 		cordonedHolder + "  workers  Rebooting  5m0s  drained",
 		held + "   disk swap",
-		"pods     false   -",
+		"pods     clear  -",
 	} {
 		assert.Contains(t, text, want)
 	}
@@ -156,4 +160,142 @@ blockers:
 	assert.ErrorContains(t, err, "not found")
 	err = releaseCommand(ctx, nil, getenv, &out, &errOut)
 	assert.ErrorContains(t, err, "one node name")
+}
+
+// `status` still answers when something is off: after an invalid edit of the policy
+// ConfigMap it shows the lock and the error (not an error exit with nothing printed);
+// a user who may not list pods sees the pods blocker as "cannot check: forbidden",
+// not as active.
+func TestStatusWhenSomethingIsOff(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	name := "status-off-0"
+	_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: simkubelet.RandomID()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	since := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	_, err = env.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"labels":{"rebootmanager/lock":"true"},
+		"annotations":{"rebootmanager/status":"Rebooting","rebootmanager/group":"workers","rebootmanager/since":"`+since+`"}}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager-config"},
+		Data:       map[string]string{"config.yaml": "apiVersion: rebootmanager/v1\ngroups: {workers: {slots: two}}\n"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	// A user who may read nodes and the namespace's ConfigMaps, not pods.
+	_, err = env.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "viewer"}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = env.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-nodes"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list"}}}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = env.Client.RbacV1().ClusterRoles().Delete(context.Background(), ns+"-nodes", metav1.DeleteOptions{})
+	})
+	_, err = env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-nodes"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: ns + "-nodes"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: "viewer"}}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = env.Client.RbacV1().ClusterRoleBindings().Delete(context.Background(), ns+"-nodes", metav1.DeleteOptions{})
+	})
+	_, err = env.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "configmaps"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = env.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "configmaps"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "configmaps"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: "viewer"}}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, kubeconfig := env.ServiceAccountClient(t, ns, "viewer")
+	getenv := func(k string) string { return map[string]string{"KUBECONFIG": kubeconfig}[k] }
+
+	var out, errOut bytes.Buffer
+	require.Eventually(t, func() bool { // until the RBAC is in force
+		out.Reset()
+		return statusCommand(ctx, []string{"--namespace=" + ns}, getenv, &out, &errOut) == nil
+	}, 30*time.Second, 200*time.Millisecond, "status answers despite an invalid policy: %s", errOut.String())
+	text := out.String()
+	t.Logf("status:\n%s", text)
+	assert.Contains(t, text, "POLICY NOT READABLE OR INVALID: ConfigMap "+ns+"/reboot-manager-config config.yaml: groups.slots: want int, got string")
+	assert.Contains(t, text, name+"  workers  Rebooting", "the lock is shown")
+	assert.Contains(t, text, "keep the last valid one they read")
+
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "-o", "json"}, getenv, &out, &errOut))
+	var s status
+	require.NoError(t, json.Unmarshal(out.Bytes(), &s))
+	require.NotNil(t, s.Policy)
+	assert.Contains(t, s.Policy.Error, "slots: want int")
+	assert.Empty(t, s.Groups, "the slots in force are unknown here")
+
+	// Valid, with a pods blocker this user cannot check.
+	cm.Data["config.yaml"] = "apiVersion: rebootmanager/v1\nblockers: {pods: [{selector: app=backup}]}\n"
+	_, err = env.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns}, getenv, &out, &errOut))
+	text = out.String()
+	t.Logf("status:\n%s", text)
+	assert.Contains(t, text, "pods     cannot check: forbidden  pods check failing: list pods app=backup: pods is forbidden")
+	assert.Contains(t, text, "policy: ConfigMap "+ns+"/reboot-manager-config config.yaml")
+}
+
+// The server's status shows the policy file's error in force and the version it keeps.
+func TestStatusShowsPolicyError(t *testing.T) {
+	loaded := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	cfg, err := policy.ParseFile([]byte("apiVersion: rebootmanager/v1\ndefaults: {slots: 2}\n"))
+	require.NoError(t, err)
+	s := buildStatus(statusInput{now: loaded.Add(time.Hour), source: "server", config: cfg,
+		paused: func() (string, bool) { return "", false },
+		configState: policy.ConfigState{Source: "/etc/reboot-manager/config.yaml", Loaded: loaded,
+			Error: `/etc/reboot-manager/config.yaml: empty document`, ErrorSince: loaded.Add(time.Minute), Failures: 1}})
+	var out bytes.Buffer
+	require.NoError(t, s.writeText(&out))
+	assert.Contains(t, out.String(), "POLICY FILE INVALID since 2026-11-30T09:01:00Z, IGNORED: /etc/reboot-manager/config.yaml: empty document\n"+
+		"policy in force: /etc/reboot-manager/config.yaml as read at 2026-11-30T09:00:00Z (shown below)")
+	assert.Contains(t, out.String(), "default  2 ")
+	out.Reset()
+	require.NoError(t, s.writeJSON(&out))
+	assert.Contains(t, out.String(), `"error": "/etc/reboot-manager/config.yaml: empty document"`)
+}
+
+// The server: a --config file emptied in place (config.yaml: "") keeps the policy in
+// force, and /status and /metrics say so.
+func TestServerKeepsPolicyWhenFileEmptied(t *testing.T) {
+	env := controlplane.Shared(t)
+	ns := env.Namespace(t)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {etcd: {slots: 0}}\n"), 0o600))
+	srv := startServer(t, env.Kubeconfig, "--namespace="+ns, "--config="+path)
+	get := func() status {
+		t.Helper()
+		resp, err := http.Get(srv.Admin + "/status")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var s status
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&s))
+		return s
+	}
+	s := get()
+	require.NotNil(t, s.Policy)
+	assert.Equal(t, path, s.Policy.Source)
+	assert.Empty(t, s.Policy.Error)
+	assert.Contains(t, metrics(t, srv), "rebootmanager_config_last_reload_successful 1")
+
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	require.Eventually(t, func() bool { return get().Policy.Error != "" }, 60*time.Second, 500*time.Millisecond)
+	s = get()
+	assert.Equal(t, path+`: empty document: a policy file starts with "apiVersion: rebootmanager/v1"`, s.Policy.Error)
+	var etcd *groupStatus
+	for i := range s.Groups {
+		if s.Groups[i].Name == "etcd" {
+			etcd = &s.Groups[i]
+		}
+	}
+	require.NotNil(t, etcd, "the policy in force is kept")
+	assert.Equal(t, 0, etcd.Slots)
+	m := metrics(t, srv)
+	assert.Contains(t, m, "rebootmanager_config_last_reload_successful 0")
+	assert.Contains(t, m, "rebootmanager_config_reload_failures_total 1")
 }

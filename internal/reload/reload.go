@@ -1,7 +1,8 @@
 // Package reload keeps a value parsed from files up to date with them: the files are
 // checked at most once per interval, when the value is asked for, and parsed again only
 // when their contents changed. An unreadable or invalid new version is logged once and
-// the value in force is kept.
+// the value in force is kept; State says which version is in force and why the files
+// as they are now are not.
 package reload
 
 import (
@@ -31,6 +32,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// RequireStable takes a changed version in only once two consecutive checks (an
+	// Interval apart) read the same contents, so that a file read while it is being
+	// rewritten in place (truncated, then written) is never taken in half-written.
+	// A change then takes up to two intervals. Default false: taken at the first check.
+	RequireStable bool
 }
 
 // Defaults fills in the zero fields.
@@ -57,11 +63,32 @@ type Files[T any] struct {
 	nextDue atomic.Int64 // Unix nanoseconds of the next check
 	mu      sync.Mutex   // held by the one caller checking the files
 	badSum  [32]byte     // contents that failed last, so that each is logged once
+	pending [32]byte     // with RequireStable: changed contents seen at the last check
+
+	stateMu sync.Mutex
+	state   State
 }
 
 type version[T any] struct {
 	value T
 	sum   [32]byte
+}
+
+// State is how the value in force came to be, for metrics and status pages.
+type State struct {
+	// Loaded is when the version in force was read and taken in.
+	Loaded time.Time
+	// Checked is when the files were last checked.
+	Checked time.Time
+	// Err is why the files, as they were at the last check, are not in force: they
+	// cannot be read or do not parse. Nil when they are in force (or a change is
+	// waiting to be read again, with RequireStable).
+	Err error
+	// ErrSince is when Err was first seen.
+	ErrSince time.Time
+	// Failures counts failed versions: each new unreadable or invalid contents (the
+	// same failure seen again at later checks counts once).
+	Failures uint64
 }
 
 // New reads and parses the files; an error stops there. what names the value in logs.
@@ -77,8 +104,17 @@ func New[T any](what string, paths []string, parse func([][]byte) (T, error), op
 		return nil, err
 	}
 	r.cur.Store(&version[T]{v, sum})
-	r.nextDue.Store(opts.Now().Add(opts.Interval).UnixNano())
+	now := opts.Now()
+	r.state = State{Loaded: now, Checked: now}
+	r.nextDue.Store(now.Add(opts.Interval).UnixNano())
 	return r, nil
+}
+
+// State returns how the value in force came to be.
+func (r *Files[T]) State() State {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	return r.state
 }
 
 // Get returns the value in force, checking the files first when a check is due. While
@@ -86,7 +122,7 @@ func New[T any](what string, paths []string, parse func([][]byte) (T, error), op
 func (r *Files[T]) Get() T {
 	if now := r.opts.Now(); now.UnixNano() >= r.nextDue.Load() && r.mu.TryLock() {
 		if now.UnixNano() >= r.nextDue.Load() {
-			r.check()
+			r.check(now)
 			r.nextDue.Store(now.Add(r.opts.Interval).UnixNano())
 		}
 		r.mu.Unlock()
@@ -95,24 +131,65 @@ func (r *Files[T]) Get() T {
 }
 
 // check reloads the files if their contents changed. Called with mu held.
-func (r *Files[T]) check() {
+func (r *Files[T]) check(now time.Time) {
 	data, sum, err := readAll(r.paths)
-	if err != nil {
-		r.opts.Logger.Error("cannot read "+r.what+"; keeping the one in force", "err", err)
+	switch {
+	case err != nil:
+		r.fail(now, err, "cannot read "+r.what+"; keeping the one in force")
+	case sum == r.cur.Load().sum:
+		r.pending = [32]byte{}
+		r.succeed(now, false)
+	case sum == r.badSum:
+		r.setChecked(now) // failing as before: logged and counted once
+	case r.opts.RequireStable && sum != r.pending:
+		r.pending = sum // changed since the last check: read it again at the next
+		r.setChecked(now)
+	default:
+		r.pending = [32]byte{}
+		v, err := r.parse(data)
+		if err != nil {
+			r.badSum = sum
+			r.fail(now, err, "invalid "+r.what+"; keeping the one in force")
+			return
+		}
+		r.cur.Store(&version[T]{v, sum})
+		r.succeed(now, true)
+		r.opts.Logger.Info(r.what+" reloaded", "files", r.paths)
+	}
+}
+
+func (r *Files[T]) setChecked(now time.Time) {
+	r.stateMu.Lock()
+	r.state.Checked = now
+	r.stateMu.Unlock()
+}
+
+// fail records a failed check, logging and counting each distinct failure once.
+func (r *Files[T]) fail(now time.Time, err error, msg string) {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	r.state.Checked = now
+	if r.state.Err != nil && r.state.Err.Error() == err.Error() {
 		return
 	}
-	if sum == r.cur.Load().sum || sum == r.badSum {
-		return
+	r.state.Err, r.state.ErrSince = err, now
+	r.state.Failures++
+	r.opts.Logger.Error(msg, "err", err)
+}
+
+// succeed records a check that found the files in force.
+func (r *Files[T]) succeed(now time.Time, loaded bool) {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	r.state.Checked = now
+	if loaded {
+		r.state.Loaded = now
 	}
-	v, err := r.parse(data)
-	if err != nil {
-		r.badSum = sum
-		r.opts.Logger.Error("invalid "+r.what+"; keeping the one in force", "err", err)
-		return
+	if r.state.Err != nil && !loaded {
+		r.opts.Logger.Info(r.what+" is back to the one in force", "files", r.paths)
 	}
+	r.state.Err, r.state.ErrSince = nil, time.Time{}
 	r.badSum = [32]byte{}
-	r.cur.Store(&version[T]{v, sum})
-	r.opts.Logger.Info(r.what+" reloaded", "files", r.paths)
 }
 
 // readAll reads the files and returns their contents and a hash of them all.

@@ -192,6 +192,7 @@ func TestRolloutWaitsForWindow(t *testing.T) {
 	}
 	config := filepath.Join(t.TempDir(), "config.yaml")
 	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `
+apiVersion: rebootmanager/v1
 groups:
   w:
     slots: 1
@@ -248,6 +249,7 @@ func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	config := filepath.Join(t.TempDir(), "config.yaml")
 	require.NoError(t, os.WriteFile(config, []byte(`
+apiVersion: rebootmanager/v1
 groups:
   w: {slots: 1, replaceAfter: 3s}
 replacement: {interval: 1s, timeout: 1m}
