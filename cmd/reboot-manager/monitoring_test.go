@@ -123,7 +123,7 @@ func TestMonitoringQueriesServed(t *testing.T) {
 	// Access refusals are counted from the start when a check is on, and blockers are
 	// reported once configured.
 	config := filepath.Join(t.TempDir(), "config.yaml")
-	require.NoError(t, os.WriteFile(config, []byte("blockers:\n  pods: [{selector: app=none}]\n"), 0o600))
+	require.NoError(t, os.WriteFile(config, []byte("apiVersion: rebootmanager/v1\nblockers:\n  pods: [{selector: app=none}]\n"), 0o600))
 	scrape(startServer(t, env.Kubeconfig, "--verify-source-address", "--namespace="+pauseNS, "--config="+config))
 
 	queried := map[string][]string{}
