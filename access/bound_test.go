@@ -14,24 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drainedNow is a lock.Drainer whose drains are over at once.
-type drainedNow struct{}
-
-func (drainedNow) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drainedNow) Forget(string) {}
 
 // cluster is a real control plane with nodes, a real lock, a Guard in front of it and
 // the FleetLock handler in front of that.
@@ -58,7 +48,7 @@ func newCluster(t *testing.T, nodes map[string]map[string]string, lines []string
 		c.ids[name], err = fleetlock.ZincatiID(mid)
 		require.NoError(t, err)
 	}
-	lk, err := lock.New(env.Client, drainedNow{}, lock.Options{Wait: 2 * time.Second})
+	lk, err := lock.New(env.Client, &locktest.Drained{}, lock.Options{Wait: 2 * time.Second})
 	require.NoError(t, err)
 	lctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -21,8 +21,18 @@ const (
 	MaxGroupBytes = 253
 )
 
-// groupPattern is the rule for client_params.group.
-var groupPattern = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
+// GroupPattern is the form of a FleetLock group, as Zincati validates it: ASCII
+// letters, digits, dots and dashes.
+const GroupPattern = `^[a-zA-Z0-9.-]+$`
+
+var groupPattern = regexp.MustCompile(GroupPattern)
+
+// ValidGroup reports whether group is a FleetLock group name: it matches GroupPattern
+// and has at most MaxGroupBytes bytes. Every place that accepts a group name (the
+// request body, the policy file, the credentials file, the flags) uses it.
+func ValidGroup(group string) bool {
+	return len(group) <= MaxGroupBytes && groupPattern.MatchString(group)
+}
 
 // invalid returns an invalid_request error naming the offending field.
 func invalid(field, format string, args ...any) error {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Helm chart (charts/reboot-manager) and the manifests rendered from it:
 #
-#   hack/chart.sh render   write kubernetes/deployment.yaml (the default values) and
+#   hack/chart.sh render   write kubernetes/deployment.yaml (the default values),
 #                          kubernetes/monitoring.yaml (ServiceMonitor, PrometheusRule)
+#                          and kubernetes/replacement.yaml (cloud=aws's RBAC)
 #   hack/chart.sh check    helm lint and helm template with the default and with every
 #                          option on; fail if the files differ from a fresh render, or if
 #                          the image tag differs from the one `make image` produces
@@ -48,10 +49,30 @@ HEAD
     --show-only templates/servicemonitor.yaml --show-only templates/prometheusrule.yaml
 }
 
+render_replacement() {
+  cat <<'HEAD'
+# Replacing nodes that fail to return (docs/replacement.md), on top of deployment.yaml:
+#   kubectl apply -f kubernetes/deployment.yaml -f kubernetes/replacement.yaml
+# then add --cloud=aws to the Deployment's args and replaceAfter to the policy.
+# Rendered from charts/reboot-manager with cloud=aws (hack/chart.sh render): change the
+# chart (templates/rbac-cloud.yaml), not this file. Helm users: --set cloud=aws.
+HEAD
+  "$HELM" template reboot-manager "$chart" --namespace reboot-manager --set cloud=aws \
+    --show-only templates/rbac-cloud.yaml
+  cat <<'TAIL'
+# For EKS with IRSA, annotate the ServiceAccount with the role carrying the IAM policy
+# of docs/replacement.md:
+#   kubectl -n reboot-manager annotate serviceaccount reboot-manager \
+#     eks.amazonaws.com/role-arn=arn:aws:iam::ACCOUNT:role/reboot-manager
+# (Helm: --set serviceAccount.annotations.eks\.amazonaws\.com/role-arn=...)
+TAIL
+}
+
 case ${1:-} in
 render)
   render_deployment >kubernetes/deployment.yaml
   render_monitoring >kubernetes/monitoring.yaml
+  render_replacement >kubernetes/replacement.yaml
   ;;
 check)
   "$HELM" lint --strict "$chart"
@@ -62,6 +83,8 @@ check)
     fail "kubernetes/deployment.yaml differs from the chart's render: run hack/chart.sh render"
   diff -u kubernetes/monitoring.yaml <(render_monitoring) ||
     fail "kubernetes/monitoring.yaml differs from the chart's render: run hack/chart.sh render"
+  diff -u kubernetes/replacement.yaml <(render_replacement) ||
+    fail "kubernetes/replacement.yaml differs from the chart's render: run hack/chart.sh render"
   version=$(sed -n 's/^appVersion: *//p' "$chart/Chart.yaml")
   image=$(sed -n 's/^ *image: *//p' kubernetes/deployment.yaml)
   [ "$image" = "ghcr.io/reboot-manager/reboot-manager:$version" ] ||

@@ -119,6 +119,7 @@ func TestMonitoringQueriesServed(t *testing.T) {
 	setBudget(1)
 	require.Eventually(t, func() bool { return preReboot() == fleetlock.KindLockGranted }, 2*time.Minute, 200*time.Millisecond)
 	scrape(s)
+	require.NoError(t, env.Kubelet.Reboot(ctx, node, 0)) // back: Ready, a new boot ID
 	resp, err := client.SteadyState(ctx, params)
 	require.NoError(t, err)
 	require.Equal(t, fleetlock.KindLockReleased, resp.Reply.Kind)

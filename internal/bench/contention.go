@@ -13,6 +13,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // contentionResult is how a queue of nodes that all ask at once drains.
@@ -41,7 +42,7 @@ func benchContention(ctx context.Context, env *controlplane.Env, s *nodeSet, slo
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	l, err := lock.New(client, noDrain{}, lock.Options{Slots: func(string) int { return slots }, Wait: wait})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{Policy: lock.FixedSlots(slots), Wait: wait})
 	if err != nil {
 		return res, err
 	}

@@ -27,7 +27,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
@@ -235,6 +234,9 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			p.line("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
 		}
 	}
+	if err := replaceSoak(ctx, c, env, p); err != nil {
+		return err
+	}
 	p.line("")
 	p.line("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
 	sum.print(p)
@@ -289,17 +291,6 @@ func (p *printer) section(format string, args ...any) {
 func (p *printer) line(format string, args ...any) {
 	fmt.Fprintf(p.out, format+"\n", args...)
 }
-
-// noDrain is a Drainer whose drains are over at once.
-type noDrain struct{}
-
-func (noDrain) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-
-func (noDrain) Forget(string) {}
 
 // serverMemory is what a reboot-manager process reports on /metrics.
 type serverMemory struct{ rss, heapInuse uint64 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // memoryResult is the heap the node cache takes, with the lock's transform and without.
@@ -37,7 +38,7 @@ func benchMemory(ctx context.Context, client kubernetes.Interface, nodes int) (m
 
 	before := heapInuse()
 	lctx, stop := context.WithCancel(ctx)
-	l, err := lock.New(client, noDrain{}, lock.Options{})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{})
 	if err != nil {
 		stop()
 		return res, err

@@ -17,6 +17,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // noopResult is the steady-state check-in throughput of nodes that hold nothing.
@@ -51,7 +52,7 @@ func benchNoop(ctx context.Context, env *controlplane.Env, s *nodeSet, clients i
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	l, err := lock.New(client, noDrain{}, lock.Options{})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{})
 	if err != nil {
 		return res, err
 	}

@@ -229,7 +229,7 @@ func startInProcess(ctx context.Context, cfg *rest.Config, c rolloutConfig) (str
 		cancel()
 		wg.Wait()
 	}
-	lk, err := lock.New(client, drainer, lock.Options{Slots: func(string) int { return c.slots }, Wait: c.wait})
+	lk, err := lock.New(client, drainer, lock.Options{Policy: lock.FixedSlots(c.slots), Wait: c.wait})
 	if err != nil {
 		stop()
 		return "", nil, err

@@ -16,7 +16,7 @@ func BuildServer(dir string, tags ...string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("cannot locate the repository")
 	}
-	repo := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	repo := filepath.Join(filepath.Dir(file), "..", "..", "..") // internal/testing/fleetsim
 	out := filepath.Join(dir, "reboot-manager")
 	if len(tags) > 0 {
 		out += "-" + strings.Join(tags, "-")

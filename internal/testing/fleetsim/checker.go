@@ -32,11 +32,13 @@ func (v Violation) String() string { return v.Time.Format("15:04:05.000") + " " 
 // violations.
 type checker struct {
 	f      *Fleet
+	ctx    context.Context // ends with the checker
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
 	mu         sync.Mutex
 	holding    map[string]string // node → group, for nodes holding the lock
+	grants     map[string]grant  // node → the grant it holds, from the watch
 	bootIDs    map[string]string
 	bootIDSeen map[string]int // boot ID changes per node
 	violations []Violation
@@ -46,8 +48,8 @@ type checker struct {
 func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	c := &checker{
-		f: f, cancel: cancel,
-		holding: map[string]string{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
+		f: f, ctx: ctx, cancel: cancel,
+		holding: map[string]string{}, grants: map[string]grant{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
 		mostHeld: map[string]int{},
 	}
 	selector := labelFleet + "=" + f.opts.Name
@@ -149,15 +151,19 @@ func (c *checker) nodeEvent(ev watch.Event) {
 	holds := ev.Type != watch.Deleted && n.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting)
 	group := n.Annotations[lock.AnnotationGroup]
 	if holds && c.holding[n.Name] == "" {
-		if sn := c.f.node(n.Name); sn != nil {
-			sn.mark(&sn.locked)
-			c.f.emit(sn, PhaseDraining, "holds a slot; draining")
-		}
+		c.holdBegins(n)
+	}
+	if !holds && c.holding[n.Name] != "" && ev.Type != watch.Deleted {
+		c.holdEnds(n)
 	}
 	if holds {
 		c.holding[n.Name] = group
 	} else {
 		delete(c.holding, n.Name)
+		delete(c.grants, n.Name)
+	}
+	if ev.Type == watch.Deleted {
+		delete(c.bootIDs, n.Name) // a Node created again under the name has its own
 	}
 	count := 0
 	for _, g := range c.holding {
@@ -169,7 +175,7 @@ func (c *checker) nodeEvent(ev watch.Event) {
 	if slots := c.f.slots(group); holds && count > slots {
 		c.violations = append(c.violations, Violation{time.Now(), fmt.Sprintf("group %s: %d nodes hold the lock, %d slots", group, count, slots)})
 	}
-	if id := n.Status.NodeInfo.BootID; id != "" {
+	if id := n.Status.NodeInfo.BootID; id != "" && ev.Type != watch.Deleted {
 		if old, seen := c.bootIDs[n.Name]; seen && old != id {
 			c.bootIDSeen[n.Name]++
 		}
@@ -198,6 +204,13 @@ func (c *checker) granted(ctx context.Context, n *simNode) {
 	}
 	if node.Annotations[lock.AnnotationStatus] != string(lock.StateRebooting) {
 		c.violate("%s: told to reboot without holding the lock", n.name)
+	}
+	c.mu.Lock()
+	g, known := c.grants[n.name]
+	c.mu.Unlock()
+	if known && (g.uid != node.UID || g.since != node.Annotations[lock.AnnotationSince]) {
+		c.violate("%s: told to reboot for another grant: holds uid %s since %s, the grant seen was uid %s since %s",
+			n.name, node.UID, node.Annotations[lock.AnnotationSince], g.uid, g.since)
 	}
 	if !node.Spec.Unschedulable {
 		c.violate("%s: told to reboot while schedulable", n.name)
@@ -245,6 +258,10 @@ func (c *checker) final(ctx context.Context) {
 		seen := c.bootIDSeen[n.name]
 		c.mu.Unlock()
 		node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if n.reRegister != "" {
+			c.finalReRegistered(ctx, n, reboots)
+			continue
+		}
 		if n.fails {
 			if reboots != 1 || !apierrors.IsNotFound(err) {
 				c.violate("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
