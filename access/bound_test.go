@@ -38,19 +38,21 @@ type cluster struct {
 func newCluster(t *testing.T, nodes map[string]map[string]string, lines []string) *cluster {
 	t.Helper()
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	c := &cluster{env: env, ids: map[string]string{}}
 	for name, labels := range nodes {
 		mid := simkubelet.RandomID()
 		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: mid, Labels: labels})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+		})
 		c.ids[name], err = fleetlock.ZincatiID(mid)
 		require.NoError(t, err)
 	}
 	lk, err := lock.New(env.Client, &locktest.Drained{}, lock.Options{Wait: 2 * time.Second})
 	require.NoError(t, err)
-	lctx, cancel := context.WithCancel(context.Background())
+	lctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
 	require.NoError(t, lk.Start(lctx))
 	require.Eventually(t, func() bool {
@@ -81,7 +83,7 @@ func (c *cluster) ask(t *testing.T, steady bool, node, group, user, pass string)
 // the API server.
 func (c *cluster) state(t *testing.T, node string) (status, group string, cordoned bool) {
 	t.Helper()
-	n, err := c.env.Client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.env.Client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
 	return n.Annotations[lock.AnnotationStatus], n.Annotations[lock.AnnotationGroup], n.Spec.Unschedulable
 }

@@ -162,7 +162,7 @@ func (dr *drain) handle(r result) {
 		if r.op == opDelete {
 			dr.forced++
 			log.Warn("pod deleted without eviction: drain timed out", "timeout", dr.d.opts.Timeout)
-			dr.event(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainForced, actionDelete,
+			dr.eventf(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainForced, actionDelete,
 				"Deleted pod %s without eviction: the drain did not finish within %s", t.key, dr.d.opts.Timeout)
 		} else {
 			log.Debug("pod evicted")

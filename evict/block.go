@@ -181,7 +181,7 @@ func (dr *drain) postBlocks(blocks []Block) {
 		case BlockedByPodsReturning:
 			note = fmt.Sprintf("Pod %s: %s", b.Pod, b.Message)
 		}
-		dr.event(related, corev1.EventTypeWarning, ReasonDrainBlocked, actionEvict, "%s", note)
+		dr.eventf(related, corev1.EventTypeWarning, ReasonDrainBlocked, actionEvict, "%s", note)
 	}
 	dr.posted = posted
 }

@@ -512,13 +512,13 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 
 	cfg, counter := c.env.CountingConfig()
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{})
-	p := c.start(d, node)
+	c.start(d, node)
 	c.waitFor(30*time.Second, "db-0 evicted", func(ctx context.Context) (bool, error) {
 		pod, err := c.client.CoreV1().Pods(c.ns).Get(ctx, "db-0", metav1.GetOptions{})
 		return err == nil && pod.DeletionTimestamp != nil, err
 	})
 	time.Sleep(time.Second)
-	p, _ = d.Progress(node)
+	p, _ := d.Progress(node)
 	select {
 	case <-p.Done:
 		t.Fatalf("drained while evicted pods are still there: %s", p)

@@ -76,9 +76,9 @@ func pdbRef(key string) *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "PodDisruptionBudget", APIVersion: "policy/v1", Namespace: ns, Name: name}
 }
 
-// event posts an Event on the drain's node, if there is a recorder; related may be
+// eventf posts an Event on the drain's node, if there is a recorder; related may be
 // nil.
-func (dr *drain) event(related *corev1.ObjectReference, eventType, reason, action, format string, args ...any) {
+func (dr *drain) eventf(related *corev1.ObjectReference, eventType, reason, action, format string, args ...any) {
 	r := dr.d.recorder
 	if r == nil {
 		return
@@ -109,13 +109,13 @@ func (dr *drain) announce() {
 		}
 	}
 	dr.log.Info("drain started", "pods", len(dr.targets), "unmanaged", len(bare), "localData", len(local))
-	dr.event(nil, corev1.EventTypeNormal, ReasonDrainStarted, actionDrain, "Draining node: %d pods to evict", len(dr.targets))
+	dr.eventf(nil, corev1.EventTypeNormal, ReasonDrainStarted, actionDrain, "Draining node: %d pods to evict", len(dr.targets))
 	if len(bare) > 0 {
-		dr.event(nil, corev1.EventTypeWarning, ReasonDrainUnmanagedPods, actionEvict,
+		dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainUnmanagedPods, actionEvict,
 			"Evicting %d pods that no controller recreates: %s", len(bare), listNames(bare))
 	}
 	if len(local) > 0 {
-		dr.event(nil, corev1.EventTypeWarning, ReasonDrainLocalData, actionEvict,
+		dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainLocalData, actionEvict,
 			"Evicting %d pods whose emptyDir data is lost: %s", len(local), listNames(local))
 	}
 }

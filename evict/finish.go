@@ -89,7 +89,7 @@ func (dr *drain) succeed() {
 	p := dr.snapshot()
 	took := dr.d.opts.Clock.Since(dr.started).Round(time.Millisecond)
 	dr.log.Info("node drained", "pods", p.Pods, "forced", p.Forced, "took", took)
-	dr.event(nil, corev1.EventTypeNormal, ReasonDrainSucceeded, actionDrain, "Node drained: %d pods gone in %s", p.Pods, took)
+	dr.eventf(nil, corev1.EventTypeNormal, ReasonDrainSucceeded, actionDrain, "Node drained: %d pods gone in %s", p.Pods, took)
 }
 
 // fail gives up (FailurePolicy Release).
@@ -99,12 +99,12 @@ func (dr *drain) fail() {
 	p := dr.snapshot()
 	dr.log.Warn("drain failed", "err", p.Err, "blockedBy", p.BlockedBy)
 	if p.PodsLeft == 0 && len(p.VolumesAttached) > 0 {
-		dr.event(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
+		dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
 			"Drain gave up: volumes still attached %s after the pods left (%s); the node is not rebooted",
 			dr.d.opts.VolumeDetachTimeout, listNames(p.VolumesAttached))
 		return
 	}
-	dr.event(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
+	dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
 		"Drain gave up after %s with %d pods left (%s); the node is not rebooted", dr.d.opts.Timeout, p.PodsLeft, listNames(p.Left))
 }
 

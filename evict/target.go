@@ -204,7 +204,7 @@ func (dr *drain) skip(t *target) {
 	dr.setPodPhase(t, podGone)
 	dr.log.Warn("pod counted gone: terminating on a node whose kubelet is silent, past its grace period",
 		"pod", t.key, "deletionTimestamp", t.pod.DeletionTimestamp.Time, "skipWaitForDeleteTimeout", dr.d.opts.SkipWaitForDeleteTimeout)
-	dr.event(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainSkippedTerminatingPod, actionDrain,
+	dr.eventf(podRef(t.key, t.uid), corev1.EventTypeWarning, ReasonDrainSkippedTerminatingPod, actionDrain,
 		"Pod %s counted gone: it has been terminating since %s on this node, whose kubelet is silent (Ready Unknown), %s past its grace period; its eviction was accepted",
 		t.key, t.pod.DeletionTimestamp.UTC().Format(time.RFC3339), dr.d.opts.SkipWaitForDeleteTimeout)
 }

@@ -98,7 +98,7 @@ func (dr *drain) awaitVolumes(now time.Time) {
 		dr.volumesSince = now
 		dr.setPhase(PhaseWaitingForVolumes)
 		dr.log.Info("pods gone; waiting for volumes to detach", "volumeAttachments", dr.attached)
-		dr.event(nil, corev1.EventTypeNormal, ReasonDrainWaitingForVolumes, actionDrain,
+		dr.eventf(nil, corev1.EventTypeNormal, ReasonDrainWaitingForVolumes, actionDrain,
 			"Pods gone; waiting for %d volumes to detach: %s", len(dr.attached), listNames(dr.attached))
 	}
 	dr.volumeBlocks = nil
@@ -110,7 +110,7 @@ func (dr *drain) awaitVolumes(now time.Time) {
 		dr.fail()
 	case Force:
 		dr.log.Warn("volumes still attached past the timeout; drained anyway", "volumeAttachments", dr.attached)
-		dr.event(nil, corev1.EventTypeWarning, ReasonDrainVolumesAttached, actionDrain,
+		dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainVolumesAttached, actionDrain,
 			"Volumes still attached after %s, drained anyway (FailurePolicy Force): %s", dr.d.opts.VolumeDetachTimeout, listNames(dr.attached))
 		dr.succeed()
 	default:

@@ -163,7 +163,7 @@ func uncordonedBy(n *corev1.Node, g Grant) string {
 		if m.Manager == FieldManager || m.FieldsV1 == nil {
 			continue
 		}
-		fields := string(m.FieldsV1.Raw)
+		fields := m.FieldsV1.GetRawString()
 		switch {
 		case strings.Contains(fields, `"f:unschedulable"`):
 			owners = append(owners, m.Manager)

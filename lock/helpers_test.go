@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// testPolicy is a Policy with fixed answers: slots slots per group (1 if 0), every
+// testPolicy is a Policy with fixed answers: the given slots per group (1 if 0), every
 // candidate admitted.
 type testPolicy struct {
 	slots      int

@@ -10,8 +10,11 @@ import (
 
 // Defaults of Options; the server's flags use them too.
 const (
-	// DefaultWait is Options.Wait's default.
-	DefaultWait = 2 * time.Minute
+	// DefaultWait is Options.Wait's default: long enough that a group's queue is
+	// covered by open requests at Zincati's real timing (a request every 300 to 330
+	// s; docs/performance.md measures it), short of Zincati's 30-minute request
+	// timeout. Behind a proxy that cuts idle requests, set --wait under its limit.
+	DefaultWait = 25 * time.Minute
 	// DefaultStaleClaimAge is Options.StaleClaimAge's default.
 	DefaultStaleClaimAge = time.Minute
 )

@@ -375,14 +375,14 @@ blockers:
 		}, 40*time.Second, 200*time.Millisecond, "%s: want %v, last %v", node, want, err)
 		return err
 	}
-	awaitErr(a, nil)
+	_ = awaitErr(a, nil)
 	_, err := r.steadyState(a)
 	require.NoError(t, err)
 
 	pod("fsck", "fsck", b)
 	err = awaitErr(b, fleetlock.ErrPodsBlocking)
 	assert.Contains(t, err.Error(), r.ns+"/fsck")
-	awaitErr(a, nil) // a node-scoped blocker blocks its node only
+	_ = awaitErr(a, nil) // a node-scoped blocker blocks its node only
 	_, err = r.steadyState(a)
 	require.NoError(t, err)
 
@@ -395,7 +395,7 @@ blockers:
 	p.Status.Phase = corev1.PodSucceeded
 	_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
 	require.NoError(t, err)
-	awaitErr(a, nil)
+	_ = awaitErr(a, nil)
 }
 
 // With notReadyNodes, a group with a member down (not a holder) gets no new grant.

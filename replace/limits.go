@@ -22,7 +22,9 @@ import (
 // adds an entry has written that record first, and one that drops another's entry
 // reads the records after the Lease (and writes conditioned on the Lease as read), so
 // a valid entry is never dropped; an entry left by a replica that died, or whose
-// replacement ended, is dropped by the next replica that adds one.
+// replacement ended, is dropped by the next replica that adds one. A Replacing record
+// whose instance was asked to terminate counts as in flight even without its entry
+// (the Lease deleted or edited), and gets it back at the next write.
 
 // LeaseInFlight is the Lease that lists the replacements in flight.
 const LeaseInFlight = "reboot-manager-replacements"
@@ -92,11 +94,10 @@ func (r *Replacer) room(m map[string]inFlight, rec *record) string {
 }
 
 // prune drops from m the entries whose record is not Replacing with that claim,
-// reading the records now (after the Lease).
+// reading the records now (after the Lease), and adds the Replacing records whose
+// instance was asked to terminate (attempts): their entries were lost with the Lease
+// (deleted, or edited), and their groups are still launching.
 func (r *Replacer) prune(ctx context.Context, m map[string]inFlight) error {
-	if len(m) == 0 {
-		return nil
-	}
 	recs, _, err := listRecords(ctx, r.opts.Client, r.opts.Namespace)
 	if err != nil {
 		return r.apiDown(err)
@@ -105,6 +106,9 @@ func (r *Replacer) prune(ctx context.Context, m map[string]inFlight) error {
 	for _, rec := range recs {
 		if rec.State == StateReplacing && rec.Claim != "" {
 			valid[rec.Node] = rec.Claim
+			if e, ok := m[rec.Node]; (!ok || e.Claim != rec.Claim) && rec.Attempts > 0 {
+				m[rec.Node] = inFlight{Group: rec.Instance.Group, Claim: rec.Claim}
+			}
 		}
 	}
 	maps.DeleteFunc(m, func(node string, e inFlight) bool { return valid[node] != e.Claim })

@@ -57,8 +57,9 @@ type record struct {
 	// Claim names one claim of the replacement; the in-flight lock holds it.
 	Claim string `json:"claim,omitempty"`
 	// TerminatedAt is when the instance was last asked to terminate (until then, when
-	// the replacement was claimed), on the clock of the replica that asked: the
-	// replacement's timeout counts from it.
+	// the replacement was claimed), on the clock of the replica that asked; for
+	// people. The replacement's timeout counts on each replica's own clock, from when
+	// it first saw the instance out of service after the last attempt.
 	TerminatedAt time.Time `json:"terminatedAt,omitzero"`
 	// By is the replica that claimed the replacement.
 	By string `json:"by,omitempty"`
@@ -201,6 +202,7 @@ func (r *Replacer) forget(ctx context.Context, rec *record) error {
 	delete(r.noted, rec.Node)
 	delete(r.watches, rec.Node)
 	delete(r.quiet, rec.Node)
+	delete(r.waiting, rec.Node)
 	r.mu.Unlock()
 	return err
 }

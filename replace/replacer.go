@@ -78,6 +78,9 @@ type Replacer struct {
 	// quiet is, per Replacing record, its resourceVersion and when this replica first
 	// saw it.
 	quiet map[string]seenAt
+	// waiting is, per Replacing record whose instance is out of service, its claim
+	// and attempt, and when this replica first saw it so.
+	waiting map[string]seenAt
 
 	replacements *prometheus.CounterVec
 }
@@ -99,7 +102,8 @@ func New(opts Options) *Replacer {
 	return &Replacer{
 		opts: opts, log: opts.Logger.With("cloud", opts.Cloud.Name()),
 		noted: map[string]string{}, watches: map[string]watch{}, quiet: map[string]seenAt{},
-		downAt: opts.Now(),
+		waiting: map[string]seenAt{},
+		downAt:  opts.Now(),
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rebootmanager_replacements_total",
 			Help: "Replacements of nodes that failed to return, by result: started (instance terminated), replaced (a new node is Ready), failed, dry_run (would have started).",
@@ -398,11 +402,25 @@ func (r *Replacer) replacing(ctx context.Context, rec *record) error {
 		r.event(newNode.Name, corev1.EventTypeNormal, "NodeReplaced", fmt.Sprintf("replaces %s (instance %s), which failed to return from its reboot", rec.Node, rec.Instance.ID))
 		return r.replaced(ctx, rec)
 	}
-	if now.Sub(rec.TerminatedAt) > r.opts.Config().Replacement.Timeout.Duration {
+	if waited := now.Sub(r.waitingSince(rec, now)); waited > r.opts.Config().Replacement.Timeout.Duration {
 		return r.fail(ctx, rec, fmt.Sprintf("no Ready node of a new instance of %s %s after terminating %s",
-			rec.Instance.Group, now.Sub(rec.TerminatedAt).Round(time.Second), rec.Instance.ID))
+			rec.Instance.Group, waited.Round(time.Second), rec.Instance.ID))
 	}
 	return nil
+}
+
+// waitingSince returns when this replica first saw rec's instance out of service
+// after this attempt, on its own clock: TerminatedAt is another replica's clock.
+func (r *Replacer) waitingSince(rec *record, now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := fmt.Sprintf("%s#%d", rec.Claim, rec.Attempts)
+	s, ok := r.waiting[rec.Node]
+	if !ok || s.rv != key {
+		s = seenAt{rv: key, at: now}
+		r.waiting[rec.Node] = s
+	}
+	return s.at
 }
 
 // seenAt is a record's resourceVersion and when this replica first saw it.

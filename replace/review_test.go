@@ -211,3 +211,71 @@ func TestLateClaimWaitsForNewNode(t *testing.T) {
 	assert.Nil(t, r.record(node), "replaced, not failed")
 	assert.Zero(t, results(t, "failed", rep))
 }
+
+// A replica whose clock is an hour behind asked to terminate the instance (its
+// terminatedAt reads an hour ago on this replica's clock); the new instance's node
+// takes a second to be Ready. The timeout compared another replica's timestamp with
+// this one's clock: Failed at once, its place in flight given back while the group
+// was still launching.
+func TestTimeoutOnThisReplicasClock(t *testing.T) {
+	r := newRig(t, time.Second, "")
+	ctx := context.Background()
+	node := r.prefix + "-a"
+	id := r.addNode(node, asg)
+	require.NoError(t, r.grant(node))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
+	time.Sleep(300 * time.Millisecond)
+	r.claimAsDeadReplica(node, id)
+	cm, err := r.env.Client.CoreV1().ConfigMaps(r.ns).Get(ctx, "replace-"+node, metav1.GetOptions{})
+	require.NoError(t, err)
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal([]byte(cm.Data["record"]), &rec))
+	rec["terminatedAt"], rec["attempts"] = time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano), 1
+	b, err := json.Marshal(rec)
+	require.NoError(t, err)
+	cm.Data["record"] = string(b)
+	_, err = r.env.Client.CoreV1().ConfigMaps(r.ns).Update(ctx, cm, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	joined := make(chan struct{})
+	r.launch = func(group, name string) {
+		go func() {
+			defer close(joined)
+			time.Sleep(time.Second)
+			r.addNode(name, group)
+		}()
+	}
+	require.NoError(t, r.cloud.Replace(ctx, replace.Instance{ID: id, Group: asg})) // that replica's call
+	rep := r.replacer("replica")
+	r.reconcileUntil("the record done", func() bool {
+		rec := r.record(node)
+		return rec == nil || rec["state"] == replace.StateFailed
+	}, rep)
+	<-joined
+	assert.Nil(t, r.record(node), "replaced, not failed")
+	assert.Zero(t, results(t, "failed", rep))
+	assert.Equal(t, 1, r.fake.Count(terminate))
+}
+
+// Two nodes of one Auto Scaling group never return. The first one's instance is
+// terminated and its group still launching when the in-flight Lease is deleted (an
+// operator clearing the namespace's Leases to reset leader election). The second
+// one's instance was terminated too: the limit lived only in that Lease.
+func TestInFlightLeaseDeleted(t *testing.T) {
+	r := newRig(t, time.Second, "replacement: {maxInFlight: 2}")
+	ctx := context.Background()
+	a, b := r.prefix+"-a", r.prefix+"-b"
+	r.addNode(a, asg)
+	idB := r.addNode(b, asg)
+	r.slots.Store(2)
+	r.launch = func(string, string) {} // no new node joins: the first replacement stays in flight
+	require.NoError(t, r.grant(a))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, a))
+	rep := r.replacer("replica")
+	r.reconcileUntil("a terminated", func() bool { return r.fake.Count(terminate) == 1 }, rep)
+	require.NoError(t, r.env.Client.CoordinationV1().Leases(r.ns).Delete(ctx, replace.LeaseInFlight, metav1.DeleteOptions{}))
+	require.NoError(t, r.grant(b))
+	require.NoError(t, r.env.Kubelet.Fail(ctx, b))
+	r.reconcileFor(3*time.Second, rep)
+	assert.Equal(t, 1, r.fake.Count(terminate), "one replacement per group at once")
+	assert.Equal(t, "InService", r.fake.InstanceState(idB))
+}

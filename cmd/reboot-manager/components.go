@@ -55,7 +55,7 @@ func (s *server) startLock(ctx context.Context) error {
 	for _, start := range []func(context.Context) error{s.pol.Start, s.lock.Start} {
 		if err := start(ctx); err != nil {
 			if ctx.Err() != nil {
-				return nil // told to stop while starting: not a failure
+				return nil //nolint:nilerr // told to stop while starting: not a failure
 			}
 			return err
 		}

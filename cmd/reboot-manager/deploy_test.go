@@ -34,7 +34,7 @@ var built struct {
 func binary(t *testing.T) string {
 	t.Helper()
 	built.once.Do(func() {
-		dir, err := os.MkdirTemp("", "reboot-manager-bin-")
+		dir, err := os.MkdirTemp("", "reboot-manager-bin-") //nolint:usetesting // shared by every test of the binary
 		if err == nil {
 			built.path, err = fleetsim.BuildServer(dir)
 		}

@@ -96,7 +96,7 @@ func TestImageContents(t *testing.T) {
 	if strings.Join(cf.Config.Entrypoint, " ") != "/reboot-manager" {
 		t.Errorf("entrypoint %q, want [/reboot-manager]", cf.Config.Entrypoint)
 	}
-	if cf.OS != "linux" || cf.Architecture != runtime.GOARCH || !cf.Created.Time.Equal(o.Created) {
+	if cf.OS != "linux" || cf.Architecture != runtime.GOARCH || !cf.Created.Equal(o.Created) {
 		t.Errorf("config %s/%s created %s", cf.OS, cf.Architecture, cf.Created)
 	}
 

@@ -74,7 +74,7 @@ func replaceSoak(ctx context.Context, c config, env *controlplane.Env, p *printe
 	if !c.runs("replace-soak") {
 		return nil
 	}
-	p.section("Replacement soak: %d nodes x %d reboots (up to %s down), replaceAfter %s, Ready flaps up to %s, 2 replicas, one killed every %s",
+	p.sectionf("Replacement soak: %d nodes x %d reboots (up to %s down), replaceAfter %s, Ready flaps up to %s, 2 replicas, one killed every %s",
 		soakNodes, soakCycles, soakMaxDown, soakReplaceAfter, 2*soakReplaceAfter, soakKillEvery)
 	s, err := newSoak(ctx, env)
 	if err != nil {
@@ -346,16 +346,16 @@ func (s *soak) print(p *printer, took time.Duration) {
 			lostOnce++
 		case s.lost[node]:
 			lostOther++
-			p.line("  %s never returned and was replaced %d times", node, n)
+			p.linef("  %s never returned and was replaced %d times", node, n)
 		case n > 0:
 			wrong++
-			p.line("  %s came back, and its instance %s was terminated", node, id)
+			p.linef("  %s came back, and its instance %s was terminated", node, id)
 		}
 	}
-	p.line("%d reboots that came back (%d nodes), %d Ready flaps with live kubelets, %d nodes never returned, %d replica kills, in %s",
+	p.linef("%d reboots that came back (%d nodes), %d Ready flaps with live kubelets, %d nodes never returned, %d replica kills, in %s",
 		s.reboots, len(s.back), s.flaps, len(s.lost), s.kills, took.Round(time.Second))
-	p.line("terminations of nodes that came back     %d (target 0): %s", wrong, verdict(wrong == 0))
-	p.line("lost nodes replaced exactly once         %d of %d: %s", lostOnce, len(s.lost), verdict(lostOnce == len(s.lost) && lostOther == 0))
+	p.linef("terminations of nodes that came back     %d (target 0): %s", wrong, verdict(wrong == 0))
+	p.linef("lost nodes replaced exactly once         %d of %d: %s", lostOnce, len(s.lost), verdict(lostOnce == len(s.lost) && lostOther == 0))
 }
 
 func verdict(ok bool) string {

@@ -25,7 +25,7 @@ func BuildServer(dir string, tags ...string) (string, error) {
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/reboot-manager: %v\n%s", err, b)
+		return "", fmt.Errorf("go build ./cmd/reboot-manager: %w\n%s", err, b)
 	}
 	return out, nil
 }

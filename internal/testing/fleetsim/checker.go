@@ -133,7 +133,7 @@ func (c *checker) stop() {
 	c.done.Wait()
 }
 
-func (c *checker) violate(format string, args ...any) {
+func (c *checker) violatef(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.violations = append(c.violations, Violation{Time: time.Now(), What: fmt.Sprintf(format, args...)})
@@ -190,7 +190,7 @@ func (c *checker) budgetEvent(ev watch.Event) {
 		return
 	}
 	if pdb.Status.CurrentHealthy < pdb.Status.DesiredHealthy {
-		c.violate("PodDisruptionBudget %s: %d healthy pods, %d required", pdb.Name, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy)
+		c.violatef("PodDisruptionBudget %s: %d healthy pods, %d required", pdb.Name, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy)
 	}
 }
 
@@ -199,25 +199,25 @@ func (c *checker) budgetEvent(ev watch.Event) {
 func (c *checker) granted(ctx context.Context, n *simNode) {
 	node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 	if err != nil {
-		c.violate("%s: cannot check the grant: %v", n.name, err)
+		c.violatef("%s: cannot check the grant: %v", n.name, err)
 		return
 	}
 	if node.Annotations[lock.AnnotationStatus] != string(lock.StateRebooting) {
-		c.violate("%s: told to reboot without holding the lock", n.name)
+		c.violatef("%s: told to reboot without holding the lock", n.name)
 	}
 	c.mu.Lock()
 	g, known := c.grants[n.name]
 	c.mu.Unlock()
 	if known && (g.uid != node.UID || g.since != node.Annotations[lock.AnnotationSince]) {
-		c.violate("%s: told to reboot for another grant: holds uid %s since %s, the grant seen was uid %s since %s",
+		c.violatef("%s: told to reboot for another grant: holds uid %s since %s, the grant seen was uid %s since %s",
 			n.name, node.UID, node.Annotations[lock.AnnotationSince], g.uid, g.since)
 	}
 	if !node.Spec.Unschedulable {
-		c.violate("%s: told to reboot while schedulable", n.name)
+		c.violatef("%s: told to reboot while schedulable", n.name)
 	}
 	pods, err := c.f.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name})
 	if err != nil {
-		c.violate("%s: cannot check the grant: %v", n.name, err)
+		c.violatef("%s: cannot check the grant: %v", n.name, err)
 		return
 	}
 	var left []string
@@ -228,7 +228,7 @@ func (c *checker) granted(ctx context.Context, n *simNode) {
 	}
 	if len(left) > 0 {
 		sort.Strings(left)
-		c.violate("%s: told to reboot with pods left to evict: %v", n.name, left)
+		c.violatef("%s: told to reboot with pods left to evict: %v", n.name, left)
 	}
 }
 
@@ -264,25 +264,25 @@ func (c *checker) final(ctx context.Context) {
 		}
 		if n.fails {
 			if reboots != 1 || !apierrors.IsNotFound(err) {
-				c.violate("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
+				c.violatef("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
 			}
 			continue
 		}
 		if reboots != 1 || seen != 1 {
-			c.violate("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
+			c.violatef("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
 		}
 		if err != nil {
-			c.violate("%s: %v", n.name, err)
+			c.violatef("%s: %v", n.name, err)
 			continue
 		}
 		if n.cordoned && !node.Spec.Unschedulable {
-			c.violate("%s: cordoned by the operator before the rollout, uncordoned after it", n.name)
+			c.violatef("%s: cordoned by the operator before the rollout, uncordoned after it", n.name)
 		}
 		if !n.cordoned && node.Spec.Unschedulable {
-			c.violate("%s: left cordoned after the rollout", n.name)
+			c.violatef("%s: left cordoned after the rollout", n.name)
 		}
 		if s := node.Annotations[lock.AnnotationStatus]; s != "" && s != string(lock.StateReady) {
-			c.violate("%s: lock state %s after the rollout", n.name, s)
+			c.violatef("%s: lock state %s after the rollout", n.name, s)
 		}
 	}
 }

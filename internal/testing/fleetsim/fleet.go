@@ -69,6 +69,15 @@ type Options struct {
 	// Unkind are the modes in which the fleet behaves as real clusters do and kind
 	// simulators do not (unkind.go).
 	Unkind Unkind
+	// StageWithin spreads the moment each node stages its update (and starts asking
+	// to reboot) at random over this long, as Zincati's update checks do (every 300 s
+	// in a real fleet). Default 0: every node stages at once.
+	StageWithin time.Duration
+	// RestartWhileWaiting, if above 0, restarts each node's Zincati once while it waits
+	// for a slot: its first pre-reboot request still open after a random time in
+	// (0, RestartWhileWaiting] is dropped, the node sends steady-state (as Zincati does
+	// at every start) and asks to reboot again. Default 0: no restarts.
+	RestartWhileWaiting time.Duration
 	// OnEvent, if set, receives every step of every node, for live progress.
 	OnEvent func(Event)
 	// Log, if set, receives the simulator's own messages.
@@ -122,6 +131,7 @@ type simNode struct {
 	asked, locked, allowed, back, released time.Time
 	requests                               int
 	reboots                                int
+	restarts                               int // Zincati restarts while waiting
 }
 
 // New creates the fleet's nodes and workloads and waits until the workloads are ready.
@@ -322,10 +332,26 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	if err := f.untilOK(ctx, n, params, false); err != nil {
 		return err
 	}
+	if f.opts.StageWithin > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rand.N(f.opts.StageWithin)):
+		}
+	}
 	n.mark(&n.asked)
 	f.emit(n, PhaseWaiting, "update staged; asking to reboot")
-	if err := f.untilOK(ctx, n, params, true); err != nil {
-		return err
+	granted := false
+	if f.opts.RestartWhileWaiting > 0 {
+		var err error
+		if granted, err = f.restartWhileWaiting(ctx, n, params); err != nil {
+			return err
+		}
+	}
+	if !granted {
+		if err := f.untilOK(ctx, n, params, true); err != nil {
+			return err
+		}
 	}
 	n.mark(&n.allowed)
 	chk.granted(ctx, n)
@@ -342,6 +368,28 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	n.mark(&n.released)
 	f.emit(n, PhaseDone, "slot released")
 	return nil
+}
+
+// restartWhileWaiting asks to reboot until a 2xx or until a random moment in
+// (0, RestartWhileWaiting], whichever comes first. At that moment the open request is
+// dropped, as a Zincati restart drops it, and the node sends steady-state, as Zincati
+// does at every start. A 2xx before it means the node was never kept waiting: the
+// rollout goes on to its reboot.
+func (f *Fleet) restartWhileWaiting(ctx context.Context, n *simNode, params fleetlock.ClientParams) (granted bool, err error) {
+	rctx, cancel := context.WithTimeout(ctx, 1+rand.N(f.opts.RestartWhileWaiting))
+	defer cancel()
+	granted = f.untilOK(rctx, n, params, true) == nil
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if granted {
+		return true, nil
+	}
+	n.mu.Lock()
+	n.restarts++
+	n.mu.Unlock()
+	f.emit(n, PhaseWaiting, "Zincati restarted: request dropped")
+	return false, f.untilOK(ctx, n, params, false)
 }
 
 // neverReturn takes the node down for good and waits until its Node is deleted.

@@ -47,7 +47,7 @@ func serverBinary(t *testing.T, tags []string) string {
 		return bin
 	}
 	if builds.dir == "" {
-		dir, err := os.MkdirTemp("", "reboot-manager-fleetsim-")
+		dir, err := os.MkdirTemp("", "reboot-manager-fleetsim-") //nolint:usetesting // shared by every test of the binary
 		require.NoError(t, err)
 		builds.dir, builds.bins = dir, map[string]string{}
 	}

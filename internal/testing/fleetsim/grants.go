@@ -59,18 +59,18 @@ func (c *checker) holdEnds(n *corev1.Node) {
 // reboot once, its old Node no longer holds, its new Node is Ready and schedulable.
 func (c *checker) finalReRegistered(ctx context.Context, n *simNode, reboots int) {
 	if reboots != 1 {
-		c.violate("%s: told to reboot %d times, want once", n.name, reboots)
+		c.violatef("%s: told to reboot %d times, want once", n.name, reboots)
 	}
 	if old, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{}); err == nil {
 		if s := old.Annotations[lock.AnnotationStatus]; s == string(lock.StateRebooting) {
-			c.violate("%s: came back as %s, its old Node still holds a slot", n.name, n.reRegister)
+			c.violatef("%s: came back as %s, its old Node still holds a slot", n.name, n.reRegister)
 		}
 	}
 	node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.reRegister, metav1.GetOptions{})
 	switch {
 	case err != nil:
-		c.violate("%s: came back as %s: %v", n.name, n.reRegister, err)
+		c.violatef("%s: came back as %s: %v", n.name, n.reRegister, err)
 	case !lock.NodeReady(node) || node.Spec.Unschedulable:
-		c.violate("%s: came back as %s, not Ready and schedulable", n.name, n.reRegister)
+		c.violatef("%s: came back as %s, not Ready and schedulable", n.name, n.reRegister)
 	}
 }
