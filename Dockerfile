@@ -1,16 +1,23 @@
-# Build: docker build --build-arg VERSION=$(git describe --tags --always) -t reboot-manager .
-FROM golang:1.26 AS build
+# The same image `make image` builds without a daemon (hack/image.sh): the static binary
+# and Debian's CA bundle FROM scratch, run as 65532:65532, nothing else.
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#     --build-arg VERSION=$(sed -n 's/^appVersion: *//p' charts/reboot-manager/Chart.yaml) \
+#     -t ghcr.io/reboot-manager/reboot-manager:v0.1.0 .
+FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
-      -o /out/reboot-manager ./cmd/reboot-manager
+ARG TARGETOS=linux
+ARG TARGETARCH
+RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
+      -ldflags "-s -w -X main.version=${VERSION}" -o /out/reboot-manager ./cmd/reboot-manager
 
-# Static binary on distroless: no shell, no package manager, runs as nonroot (65532).
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/reboot-manager /reboot-manager
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["/reboot-manager"]

@@ -4,8 +4,11 @@
 # pinned versions, into a gitignored cache folder. Binaries already there are kept.
 #
 #   hack/controlplane.sh            build what is missing, print the bin folder
+#   hack/controlplane.sh etcd ...   only these (make demo needs no kubectl)
 #
 # Needs only Go and the module proxy. Env: CONTROLPLANE_DIR overrides the cache folder.
+# Built for speed, not debugging: no DWARF, no symbol table, trimmed paths; etcd beside
+# the Kubernetes binaries, which one `go build` links in parallel.
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.36.3
@@ -22,8 +25,12 @@ fail() { echo "controlplane: ERROR: $*" >&2; exit 1; }
 
 command -v go >/dev/null || fail "go is not on PATH"
 
+all=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
 missing=()
-for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for b in "${wanted[@]}"; do
+  [[ " ${all[*]} " == *" $b "* ]] || fail "unknown binary $b (want some of: ${all[*]})"
   [ -x "$bin/$b" ] || missing+=("$b")
 done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -35,6 +42,8 @@ log "building ${missing[*]} into $bin (a few minutes the first time)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export GOFLAGS=-mod=mod CGO_ENABLED=0
+# No DWARF (-dwarf=false, -w) and no symbol table (-s): smaller objects, faster links.
+buildflags=(-trimpath -ldflags=-s\ -w -gcflags=all=-dwarf=false)
 
 build_kubernetes() {
   local m=$work/kubernetes
@@ -53,26 +62,17 @@ build_kubernetes() {
   for s in $staged; do
     go mod edit -replace="$s=$s@$STAGING_VERSION"
   done
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  local pkgs=()
+  for b in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  { echo '//go:build tools'; echo; echo 'package tools'; echo; echo 'import ('
+    for p in "${pkgs[@]}"; do echo "	_ \"$p\""; done; echo ')'; } > tools.go
   go mod tidy -e >/dev/null 2>&1 || true
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    [ -x "$bin/$b" ] && continue
-    log "go build k8s.io/kubernetes/cmd/$b"
-    go build -trimpath -ldflags=-s -tags tools -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b" ||
-      fail "building $b failed (is the Go module proxy reachable?)"
-    mv "$bin/$b.tmp" "$bin/$b"
-  done
+  # One go build for all: shared packages compile once, the links run in parallel.
+  log "go build ${pkgs[*]}"
+  mkdir -p "$m/out"
+  go build "${buildflags[@]}" -tags tools -o "$m/out/" "${pkgs[@]}" ||
+    fail "building $* failed (is the Go module proxy reachable?)"
+  for b in "$@"; do mv "$m/out/$b" "$bin/$b"; done
 }
 
 build_etcd() {
@@ -90,14 +90,21 @@ import _ "go.etcd.io/etcd/server/v3"
 GO
   go mod tidy -e >/dev/null 2>&1 || true
   log "go build go.etcd.io/etcd/server/v3"
-  go build -trimpath -ldflags=-s -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3 ||
+  go build "${buildflags[@]}" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3 ||
     fail "building etcd failed (is the Go module proxy reachable?)"
   mv "$bin/etcd.tmp" "$bin/etcd"
 }
 
-[ -x "$bin/etcd" ] || build_etcd
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-  if [ ! -x "$bin/$b" ]; then build_kubernetes; break; fi
+k8s=()
+pid=
+for b in "${missing[@]}"; do
+  if [ "$b" = etcd ]; then
+    (build_etcd) & pid=$!
+  else
+    k8s+=("$b")
+  fi
 done
+[ ${#k8s[@]} -eq 0 ] || (build_kubernetes "${k8s[@]}") || { [ -z "$pid" ] || wait "$pid"; exit 1; }
+[ -z "$pid" ] || wait "$pid" || exit 1
 log "ready in $bin"
 echo "$bin"

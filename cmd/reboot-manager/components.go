@@ -44,6 +44,9 @@ func (s *server) components() []component {
 			return nil
 		}))
 	}
+	if s.notifier != nil {
+		cs = append(cs, s.notifier)
+	}
 	return cs
 }
 

@@ -57,6 +57,8 @@ type config struct {
 	basicAuthFile       string
 	verifySourceAddress bool
 	trustedProxies      []netip.Prefix
+
+	notify notifyConfig // --notify-url (notify.go)
 }
 
 // parseConfig reads the flags, with environment overrides where Kubernetes users
@@ -100,7 +102,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	})
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "PEM certificate (chain) for the FleetLock server: with --tls-key-file it serves HTTPS; reloaded when the file changes")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
-	fs.StringVar(&c.basicAuthFile, "basic-auth-file", "", "file of GROUP:USER:BCRYPT_HASH lines (GROUP * for any group): FleetLock requests need HTTP Basic credentials valid for their group; reloaded when it changes")
+	fs.StringVar(&c.basicAuthFile, "basic-auth-file", "", "file of GROUP:USER:BCRYPT_HASH:NODE_SELECTOR lines (GROUP * for any group, NODE_SELECTOR a label selector or * for any node): FleetLock requests need HTTP Basic credentials valid for their group and their node; reloaded when it changes")
 	fs.BoolVar(&c.verifySourceAddress, "verify-source-address", false, "accept a node's requests only from one of the addresses in its status.addresses")
 	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For is believed by --verify-source-address (repeatable)", func(s string) error {
 		p, err := access.ParseTrustedProxies(s)
@@ -110,6 +112,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	c.notify.flags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/reload"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/notify"
 	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 	rmaws "github.com/reboot-manager/reboot-manager/replace/aws"
@@ -70,6 +71,7 @@ type server struct {
 	drainer     *evict.Drainer
 	lock        *lock.Lock
 	replacer    *replace.Replacer // nil without --cloud
+	notifier    *notify.Notifier  // nil without --notify-url
 	fleetLock   *httpServer
 	metrics     *httpServer
 	broadcaster events.EventBroadcaster
@@ -117,9 +119,15 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	if s.replacer, err = newReplacer(ctx, c, client, policyConfig, recorder, log); err != nil {
 		return nil, err
 	}
+	if s.notifier, err = newNotifier(c.notify, client, log); err != nil {
+		return nil, fmt.Errorf("--notify-url: %w", err)
+	}
 	lockOpts := lock.Options{Policy: s.pol, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log, Recorder: recorder}
 	if s.replacer != nil {
 		lockOpts.Hooks = s.replacer
+	}
+	if s.notifier != nil {
+		lockOpts.Hooks = s.notifier.Hooks(lockOpts.Hooks) // "told to reboot", "back"
 	}
 	if s.lock, err = lock.New(client, s.drainer, lockOpts); err != nil {
 		return nil, err
@@ -200,6 +208,9 @@ func (s *server) registry(guard *access.Guard) *prometheus.Registry {
 	)
 	if s.replacer != nil {
 		registry.MustRegister(s.replacer)
+	}
+	if s.notifier != nil {
+		registry.MustRegister(s.notifier)
 	}
 	return registry
 }
