@@ -34,7 +34,9 @@ func (l idleLocker) Resolve(id string) (*corev1.Node, error) {
 	return nil, fleetlock.ErrUnknownNode
 }
 
-func (l idleLocker) PreReboot(context.Context, fleetlock.ClientParams) error { return fleetlock.ErrLockHeld }
+func (l idleLocker) PreReboot(context.Context, fleetlock.ClientParams) error {
+	return fleetlock.ErrLockHeld
+}
 
 func (l idleLocker) SteadyState(_ context.Context, p fleetlock.ClientParams) (bool, error) {
 	_, err := l.Resolve(p.ID)
