@@ -68,6 +68,7 @@ func init() {
 // idleConfig is the idle benchmark's part of the flags.
 type idleConfig struct {
 	clients    int
+	rounds     int
 	duration   time.Duration
 	warmup     time.Duration
 	cpuProfile string
@@ -75,7 +76,8 @@ type idleConfig struct {
 
 func (c *idleConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.clients, "idle-clients", 32, "idle: concurrent clients (keep-alive connections) of the load generator")
-	fs.DurationVar(&c.duration, "idle-duration", 10*time.Second, "idle: how long each server is measured, saturated")
+	fs.IntVar(&c.rounds, "idle-rounds", 3, "idle: how many times the binary is measured, each time between two no-op runs")
+	fs.DurationVar(&c.duration, "idle-duration", 10*time.Second, "idle: how long each run is measured, saturated")
 	fs.DurationVar(&c.warmup, "idle-warmup", 2*time.Second, "idle: load sent to each server before it is measured")
 	fs.StringVar(&c.cpuProfile, "idle-cpuprofile", "", "idle: also serve the same load from an in-process copy of the binary's handler chain "+
 		"(fleetlock.NewHandler over access.Guard over *lock.Lock) and write its CPU profile to this file")
@@ -85,6 +87,8 @@ func (c *idleConfig) flags(fs *flag.FlagSet) {
 type idleRun struct {
 	Server    string          `json:"-"`
 	Checkins  int             `json:"checkins"`
+	All       int             `json:"all"` // with the warm-up's
+	CPU       time.Duration   `json:"-"`   // the server process's, warm-up included
 	Failures  int             `json:"failures"`
 	Seconds   float64         `json:"seconds"`
 	Quantiles []time.Duration `json:"quantiles"` // at idleQuantiles
@@ -94,20 +98,55 @@ var idleQuantiles = []float64{0.5, 0.9, 0.99, 0.999, 1}
 
 func (r idleRun) rate() float64 { return float64(r.Checkins) / r.Seconds }
 
+// cpuPer is the server's CPU time per check-in, or 0 if unknown.
+func (r idleRun) cpuPer() time.Duration {
+	if r.CPU <= 0 || r.All == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.All)
+}
+
 // idleResult is the idle benchmark's outcome.
 type idleResult struct {
 	nodes, clients int
 	duration       time.Duration
 	reply          string
-	runs           []idleRun // no-op, real, no-op[, in-process]
-	// realAPIRequests are the binary's API requests during the three runs, from the
+	runs           []idleRun // no-op, then real and no-op for each round[, in-process]
+	rounds         int
+	// realAPIRequests are the binary's API requests during the runs, from the
 	// API server's audit log, by verb and path, health probes left out.
 	realAPIRequests map[string]int
 }
 
-// ratio is the real server's throughput over the mean of the no-op runs around it.
+// ratios are, for each round, the real server's throughput over the mean of the
+// no-op runs around it, and its CPU per check-in over theirs.
+func (r idleResult) ratios() (rate, cpu []float64) {
+	for i := 1; i+1 < len(r.runs) && i < 2*r.rounds; i += 2 {
+		before, real, after := r.runs[i-1], r.runs[i], r.runs[i+1]
+		rate = append(rate, real.rate()/((before.rate()+after.rate())/2))
+		if c := (before.cpuPer() + after.cpuPer()) / 2; c > 0 && real.cpuPer() > 0 {
+			cpu = append(cpu, float64(real.cpuPer())/float64(c))
+		}
+	}
+	return rate, cpu
+}
+
+// ratio is the median of the rounds' throughput ratios.
 func (r idleResult) ratio() float64 {
-	return r.runs[1].rate() / ((r.runs[0].rate() + r.runs[2].rate()) / 2)
+	rate, _ := r.ratios()
+	return median(rate)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 func (r idleResult) apiRequests() int {
@@ -120,7 +159,8 @@ func (r idleResult) apiRequests() int {
 
 // benchIdle runs the idle benchmark over the nodes of s, which hold nothing.
 func benchIdle(ctx context.Context, env *controlplane.Env, bin string, s *nodeSet, c idleConfig) (idleResult, error) {
-	res := idleResult{nodes: len(s.names), clients: c.clients, duration: c.duration}
+	c.rounds = max(1, c.rounds)
+	res := idleResult{nodes: len(s.names), clients: c.clients, duration: c.duration, rounds: c.rounds}
 	self, err := os.Executable()
 	if err != nil {
 		return res, err
@@ -171,14 +211,26 @@ func benchIdle(ctx context.Context, env *controlplane.Env, bin string, s *nodeSe
 	}
 
 	auditFrom := fileSize(env.AuditLog)
-	for _, target := range []struct{ name, url string }{
-		{"no-op server", noopURL}, {"reboot-manager", real.FleetLock}, {"no-op server, again", noopURL},
-	} {
-		r, err := runLoadProcess(ctx, self, target.url, ids, c)
-		if err != nil {
-			return res, fmt.Errorf("load on the %s: %w", target.name, err)
+	noopCPU := func() (time.Duration, error) { return processCPU(noop.Process.Pid) }
+	realCPU := func() (time.Duration, error) { return metricsCPU(real) }
+	for i := range 2*c.rounds + 1 {
+		name, url, cpu := fmt.Sprintf("no-op server %d", i/2+1), noopURL, noopCPU
+		if i%2 == 1 {
+			name, url, cpu = fmt.Sprintf("reboot-manager %d", i/2+1), real.FleetLock, realCPU
 		}
-		r.Server = target.name
+		cpu0, err := cpu()
+		if err != nil {
+			return res, err
+		}
+		r, err := runLoadProcess(ctx, self, url, ids, c)
+		if err != nil {
+			return res, fmt.Errorf("load on the %s: %w", name, err)
+		}
+		cpu1, err := cpu()
+		if err != nil {
+			return res, err
+		}
+		r.Server, r.CPU = name, cpu1-cpu0
 		res.runs = append(res.runs, r)
 	}
 	time.Sleep(time.Second) // the audit log's last lines
@@ -295,6 +347,44 @@ func idleProbe(base, id string) (int, http.Header, []byte, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b, err
+}
+
+// processCPU is the user and system CPU time process pid has used, from /proc.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command, which is in parentheses: utime and stime are the
+	// 12th and 13th, in clock ticks (100 a second on Linux).
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("cannot read /proc/%d/stat", pid)
+	}
+	var utime, stime int64
+	if _, err := fmt.Sscan(f[11]+" "+f[12], &utime, &stime); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * (time.Second / 100), nil
+}
+
+// metricsCPU is process_cpu_seconds_total of a reboot-manager, from its /metrics.
+func metricsCPU(s *fleetsim.Server) (time.Duration, error) {
+	text, err := s.Metrics()
+	if err != nil {
+		return 0, err
+	}
+	for l := range strings.SplitSeq(text, "\n") {
+		if v, ok := strings.CutPrefix(l, "process_cpu_seconds_total "); ok {
+			var sec float64
+			if _, err := fmt.Sscan(v, &sec); err != nil {
+				return 0, err
+			}
+			return time.Duration(sec * float64(time.Second)), nil
+		}
+	}
+	return 0, fmt.Errorf("reboot-manager /metrics has no process_cpu_seconds_total")
 }
 
 func fileSize(path string) int64 {
@@ -440,12 +530,12 @@ func runLoad(args []string) error {
 	end := measureFrom.Add(*duration)
 	var mu sync.Mutex
 	var lat []time.Duration
-	failures := 0
+	failures, all := 0, 0
 	var wg sync.WaitGroup
 	for range *clients {
 		wg.Go(func() {
 			var mine []time.Duration
-			failed := 0
+			failed, sent := 0, 0
 			for {
 				t0 := time.Now()
 				if !t0.Before(end) {
@@ -457,6 +547,7 @@ func runLoad(args []string) error {
 					continue
 				}
 				resp, err := hc.Do(req)
+				sent++
 				ok := err == nil && resp.StatusCode == http.StatusOK
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
@@ -473,12 +564,13 @@ func runLoad(args []string) error {
 			mu.Lock()
 			lat = append(lat, mine...)
 			failures += failed
+			all += sent
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	slices.Sort(lat)
-	r := idleRun{Checkins: len(lat), Failures: failures, Seconds: duration.Seconds()}
+	r := idleRun{Checkins: len(lat), All: all, Failures: failures, Seconds: duration.Seconds()}
 	for _, q := range idleQuantiles {
 		r.Quantiles = append(r.Quantiles, quantile(lat, q))
 	}
@@ -488,17 +580,32 @@ func runLoad(args []string) error {
 func (r idleResult) print(p *printer) {
 	p.section("Idle check-ins against a no-op server: %d cached nodes, %d clients, saturated, %s each, load generator in its own process",
 		r.nodes, r.clients, r.duration)
+	p.line("the binary is measured %d time(s), each time between two no-op runs; CPU is the server process's per check-in, warm-up included", r.rounds)
 	p.line("every server answers POST /v1/steady-state with %q; the no-op one reads the body and writes those bytes", strings.TrimSpace(r.reply))
-	p.line("%-28s %10s %9s %9s %9s %9s %9s %8s", "server", "req/s", "p50", "p90", "p99", "p99.9", "max", "failed")
+	p.line("%-28s %10s %9s %9s %9s %9s %9s %8s %9s", "server", "req/s", "p50", "p90", "p99", "p99.9", "max", "failed", "CPU/req")
 	for _, run := range r.runs {
 		q := run.Quantiles
 		for len(q) < len(idleQuantiles) {
 			q = append(q, 0)
 		}
-		p.line("%-28s %10.0f %9s %9s %9s %9s %9s %8d", run.Server, run.rate(), us(q[0]), us(q[1]), us(q[2]), us(q[3]), us(q[4]), run.Failures)
+		cpu := "-"
+		if c := run.cpuPer(); c > 0 {
+			cpu = fmt.Sprintf("%.1fµs", float64(c)/float64(time.Microsecond))
+		}
+		p.line("%-28s %10.0f %9s %9s %9s %9s %9s %8d %9s", run.Server, run.rate(), us(q[0]), us(q[1]), us(q[2]), us(q[3]), us(q[4]), run.Failures, cpu)
 	}
-	p.line("reboot-manager / no-op: %.1f%% of the mean no-op throughput (%.1f%% and %.1f%% of each run)",
-		100*r.ratio(), 100*r.runs[1].rate()/r.runs[0].rate(), 100*r.runs[1].rate()/r.runs[2].rate())
-	p.line("reboot-manager's API requests during the three runs (audit log, health probes left out): %d %v",
+	rate, cpu := r.ratios()
+	pct := func(v []float64) string {
+		s := make([]string, len(v))
+		for i, x := range v {
+			s[i] = fmt.Sprintf("%.1f%%", 100*x)
+		}
+		return strings.Join(s, ", ")
+	}
+	p.line("reboot-manager / no-op throughput, each round against the mean of the no-op runs around it: %s; median %.1f%%", pct(rate), 100*median(rate))
+	if len(cpu) > 0 {
+		p.line("reboot-manager / no-op CPU per check-in, each round: %s; median %.1f%%", pct(cpu), 100*median(cpu))
+	}
+	p.line("reboot-manager's API requests during the runs (audit log, health probes left out): %d %v",
 		r.apiRequests(), r.realAPIRequests)
 }
