@@ -8,8 +8,8 @@ BIN           := bin
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -s -w -X main.version=$(VERSION)
 TOOLS         := $(CURDIR)/.cache/tools
-STATICCHECK_VERSION := v0.8.2
-STATICCHECK   := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # go test's -timeout for the whole suite; integration tests start a real control plane.
 TEST_TIMEOUT  ?= 12m
 
@@ -42,16 +42,16 @@ bench: ## rollout makespan, no-op check-ins, cache memory, contention (docs/perf
 	@bin=$$(hack/controlplane.sh); \
 	CONTROLPLANE_BIN=$$bin $(GO) run ./internal/bench $(BENCH_FLAGS)
 
-$(STATICCHECK):
+$(GOLANGCI_LINT):
 	@mkdir -p $(TOOLS)
-	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	@mv $(TOOLS)/staticcheck $@
+	GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@mv $(TOOLS)/golangci-lint $@
 
 .PHONY: lint
-lint: $(STATICCHECK) ## gofmt, go vet and staticcheck
+lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint (.golangci.yml: staticcheck, errorlint, ...)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(STATICCHECK) ./...
+	$(GOLANGCI_LINT) run ./...
 
 .PHONY: clean
 clean: ## remove bin/ (the control-plane cache in .cache/ stays)

@@ -14,24 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drainedNow is a lock.Drainer whose drains are over at once.
-type drainedNow struct{}
-
-func (drainedNow) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drainedNow) Forget(string) {}
 
 // cluster is a real control plane with nodes, a real lock, a Guard in front of it and
 // the FleetLock handler in front of that.
@@ -48,19 +38,21 @@ type cluster struct {
 func newCluster(t *testing.T, nodes map[string]map[string]string, lines []string) *cluster {
 	t.Helper()
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	c := &cluster{env: env, ids: map[string]string{}}
 	for name, labels := range nodes {
 		mid := simkubelet.RandomID()
 		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: mid, Labels: labels})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+		})
 		c.ids[name], err = fleetlock.ZincatiID(mid)
 		require.NoError(t, err)
 	}
-	lk, err := lock.New(env.Client, drainedNow{}, lock.Options{Wait: 2 * time.Second})
+	lk, err := lock.New(env.Client, &locktest.Drained{}, lock.Options{Wait: 2 * time.Second})
 	require.NoError(t, err)
-	lctx, cancel := context.WithCancel(context.Background())
+	lctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
 	require.NoError(t, lk.Start(lctx))
 	require.Eventually(t, func() bool {
@@ -91,7 +83,7 @@ func (c *cluster) ask(t *testing.T, steady bool, node, group, user, pass string)
 // the API server.
 func (c *cluster) state(t *testing.T, node string) (status, group string, cordoned bool) {
 	t.Helper()
-	n, err := c.env.Client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.env.Client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
 	return n.Annotations[lock.AnnotationStatus], n.Annotations[lock.AnnotationGroup], n.Spec.Unschedulable
 }

@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -34,9 +33,6 @@ const AnyNode = "*"
 // longer password would pass with any other that shares its first 72 bytes. Such
 // passwords are refused.
 const MaxPasswordBytes = 72
-
-// groupPattern is the form of a FleetLock group, as Zincati and the handler check it.
-var groupPattern = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
 
 // Entry is one line of a credentials file.
 type Entry struct {
@@ -171,7 +167,7 @@ func parseEntry(line string) (e Entry, msg string) {
 	}
 	e.Group, e.User, e.Hash, e.Nodes = fields[0], fields[1], []byte(fields[2]), strings.TrimSpace(fields[3])
 	switch {
-	case e.Group != AnyGroup && (!groupPattern.MatchString(e.Group) || len(e.Group) > fleetlock.MaxGroupBytes):
+	case e.Group != AnyGroup && !fleetlock.ValidGroup(e.Group):
 		return e, fmt.Sprintf("group %q: want * or a FleetLock group (at most %d of a-z A-Z 0-9 . -)", e.Group, fleetlock.MaxGroupBytes)
 	case e.User == "":
 		return e, "empty user name"

@@ -1,8 +1,9 @@
 package evict
 
 import (
-	"math/rand/v2"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // backoffCeiling returns base·2^(failures-1), capped at ceiling; failures ≥ 1.
@@ -19,6 +20,5 @@ func backoffCeiling(failures int, base, ceiling time.Duration) time.Duration {
 // retries of many pods spread out instead of arriving together.
 func backoff(failures int, base, ceiling time.Duration) time.Duration {
 	d := backoffCeiling(max(failures, 1), base, ceiling)
-	half := d / 2
-	return d - half + rand.N(half+1)
+	return min(wait.Jitter(d/2, 1), d)
 }

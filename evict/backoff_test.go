@@ -46,6 +46,12 @@ func TestOptionsDefaults(t *testing.T) {
 	assert.Equal(t, 15*time.Minute, o.Timeout)
 	assert.Equal(t, KeepRefusing, o.FailurePolicy)
 	assert.NotNil(t, o.Logger)
+	assert.Equal(t, time.Minute, o.SkipWaitForDeleteTimeout)
+	assert.Equal(t, 5*time.Minute, o.VolumeDetachTimeout)
+	assert.Equal(t, 3, o.ReturningRounds)
+	assert.Equal(t, 30*time.Minute, o.BlockedEventInterval)
+	assert.NotNil(t, o.Clock)
+	assert.Negative(t, Options{SkipWaitForDeleteTimeout: -1}.withDefaults().SkipWaitForDeleteTimeout, "negative: never skip")
 
 	o = Options{BackoffBase: time.Minute, BackoffMax: time.Second}.withDefaults()
 	assert.Equal(t, time.Minute, o.BackoffMax, "max is never below base")

@@ -49,7 +49,7 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	require.NoError(t, err)
 	c.deployment("web", 3, nil)
 	one := intstr.FromInt32(1)
-	c.budget("web", "web", nil, &one)
+	c.pdb("web", "web", nil, &one)
 	c.deployment("cache", 1, func(s *corev1.PodSpec) {
 		s.Volumes = []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	})
@@ -102,7 +102,7 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 			}}
 		}
 	})
-	c.waitBudget("web", 3, 1)
+	c.waitPDB("web", 3, 1)
 
 	mustGo, mustStay := map[types.UID]string{}, map[types.UID]string{}
 	for _, p := range c.nodePods(a) {
@@ -126,10 +126,10 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 200 * time.Millisecond, BackoffMax: 2 * time.Second})
 	sampler := c.sampleReady("web")
 
-	p := d.Start(a)
+	p := c.start(d, a)
 	require.NotNil(t, p.Done)
 	assert.False(t, p.Drained)
-	again := d.Start(a)
+	again := c.start(d, a)
 	assert.Equal(t, p.Started, again.Started, "Start is idempotent")
 	assert.Equal(t, p.Done, again.Done, "Start is idempotent")
 
@@ -203,7 +203,7 @@ func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 		}
 	}
 
-	final := d.Start(a)
+	final := c.start(d, a)
 	assert.True(t, final.Drained, "a finished drain stays drained until Forget")
 	assert.Equal(t, p.Started, final.Started)
 }
@@ -217,9 +217,9 @@ func blockedWorkload(c *cluster, n int32) (string, []corev1.Pod, string) {
 	spare := c.addNode("y", false)
 	c.deployment("db", n, nil)
 	all := intstr.FromInt32(n)
-	c.budget("db", "db", &all, nil)
+	c.pdb("db", "db", &all, nil)
 	pods := c.waitRunning(node, "db", int(n))
-	c.waitBudget("db", n, 0)
+	c.waitPDB("db", n, 0)
 	c.cordon(spare, false)
 	c.cordon(node, true)
 	return node, pods, c.ns + "/db"
@@ -235,7 +235,7 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
 	sampler := c.sampleReady("db")
 
-	p := d.Start(node)
+	p := c.start(d, node)
 	c.waitFor(30*time.Second, "the drain blocked by "+budget, func(context.Context) (bool, error) {
 		p, _ = d.Progress(node)
 		return len(p.BlockedBy) == 1 && p.BlockedBy[0] == budget, nil
@@ -262,7 +262,9 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 	assert.False(t, p.BlockedSince.IsZero())
 	metrics := gather(t, d)
 	assert.Equal(t, 2.0, metrics[`rebootmanager_drain_pods_left{node="`+node+`"}`])
-	assert.Greater(t, metrics[`rebootmanager_drain_blocked_seconds{node="`+node+`"}`], 2.5, "blocked for the 3s slept")
+	blockedSince := metrics[`rebootmanager_drain_blocked_since_timestamp_seconds{node="`+node+`",reason="PodDisruptionBudget"}`]
+	assert.Less(t, blockedSince, float64(time.Now().Add(-2500*time.Millisecond).UnixNano())/1e9, "blocked for the 3s slept")
+	assert.Positive(t, blockedSince)
 	assert.Equal(t, 1.0, metrics[`rebootmanager_drains{state="running"}`])
 	assert.Greater(t, metrics[`rebootmanager_evictions_total{result="refused"}`], 4.0)
 	c.waitEvents(node, evict.ReasonDrainBlocked)
@@ -296,7 +298,7 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 	assert.True(t, p.BlockedSince.IsZero(), "no longer blocked")
 	metrics = gather(t, d)
 	assert.Equal(t, 1.0, metrics[`rebootmanager_drains{state="drained"}`])
-	assert.NotContains(t, metrics, `rebootmanager_drain_blocked_seconds{node="`+node+`"}`)
+	assert.NotContains(t, metrics, `rebootmanager_drain_blocked_since_timestamp_seconds{node="`+node+`",reason="PodDisruptionBudget"}`)
 	assert.Equal(t, 2.0, metrics[`rebootmanager_evictions_total{result="accepted"}`])
 	evs = c.waitEvents(node, evict.ReasonDrainSucceeded)
 	assert.Equal(t, 1, countReason(evs, evict.ReasonDrainBlocked))
@@ -313,16 +315,21 @@ func TestForceDeletesAfterTimeout(t *testing.T) {
 	c := newCluster(t)
 	node, pods, budget := blockedWorkload(c, 2)
 	cfg, counter := c.env.CountingConfig()
-	const timeout = 3 * time.Second
+	const timeout = 8 * time.Second
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
 		FailurePolicy: evict.Force, Timeout: timeout, BackoffBase: 200 * time.Millisecond, BackoffMax: time.Second,
 	})
 	start := time.Now()
-	p := d.Start(node)
-	time.Sleep(timeout - time.Second)
-	blocked, _ := d.Progress(node)
-	assert.Equal(t, []string{budget}, blocked.BlockedBy)
-	assert.Zero(t, counter.Count("delete pods"), "no DELETE before the timeout")
+	p := c.start(d, node)
+	// Blocked by the budget well before the timeout, and nothing deleted meanwhile (a
+	// loaded machine may take seconds for the first refusal: wait for it, not a sleep).
+	c.waitFor(timeout-2*time.Second, "the budget's refusal", func(context.Context) (bool, error) {
+		blocked, _ := d.Progress(node)
+		return slices.Equal(blocked.BlockedBy, []string{budget}), nil
+	})
+	deletes := counter.Count("delete pods")
+	require.Less(t, time.Since(start), timeout)
+	assert.Zero(t, deletes, "no DELETE before the timeout")
 
 	p = awaitDone(t, d, node, p, time.Minute)
 	assert.GreaterOrEqual(t, time.Since(start), timeout)
@@ -360,7 +367,7 @@ func TestReleaseGivesUpAndForgetStops(t *testing.T) {
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
 		FailurePolicy: evict.Release, Timeout: 2 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 	})
-	p := d.Start(node)
+	p := c.start(d, node)
 	p = awaitDone(t, d, node, p, 30*time.Second)
 	require.True(t, p.Failed, "progress: %s", p)
 	assert.False(t, p.Drained)
@@ -374,7 +381,7 @@ func TestReleaseGivesUpAndForgetStops(t *testing.T) {
 	}
 	assert.Len(t, c.nodePods(node), len(pods))
 	assert.Zero(t, counter.Count("delete pods"))
-	again := d.Start(node)
+	again := c.start(d, node)
 	assert.True(t, again.Failed, "a failed drain stays failed until Forget")
 	assert.Equal(t, p.Started, again.Started)
 	c.waitEvents(node, evict.ReasonDrainFailed)
@@ -385,7 +392,8 @@ func TestReleaseGivesUpAndForgetStops(t *testing.T) {
 	assert.Empty(t, d.Drains())
 
 	before := counter.Count("create pods/eviction")
-	fresh := d.Start(node)
+	d.Retry(node) // what an operator's release does; see TestReleasedDrainDoesNotChurn
+	fresh := c.start(d, node)
 	assert.False(t, fresh.Failed)
 	assert.True(t, fresh.Started.After(p.Started), "a new drain")
 	assert.Len(t, d.Drains(), 1)
@@ -450,7 +458,7 @@ func TestSelfIsEvictedLast(t *testing.T) {
 	}()
 
 	d := c.drainer(c.client, evict.Options{Self: c.ns + "/reboot-manager"})
-	p := awaitDone(t, d, node, d.Start(node), time.Minute)
+	p := awaitDone(t, d, node, c.start(d, node), time.Minute)
 	require.True(t, p.Drained, "progress: %s", p)
 	c.waitFor(10*time.Second, "the self pod's deletion watched", func(context.Context) (bool, error) {
 		mu.Lock()
@@ -470,14 +478,17 @@ func TestSelfIsEvictedLast(t *testing.T) {
 
 // A drain waits for pod objects to be gone, not for evictions to be accepted; pods
 // already terminating when it starts (a drain resumed by a new process) are waited
-// for, not evicted again; and a pod replaced under the same name by another UID (as a
-// StatefulSet does) counts as gone, its replacement left alone.
+// for, not evicted again; and a pod replaced under the same name by another UID on
+// another node (as a StatefulSet's is, this node being cordoned) counts as gone, its
+// replacement left alone. (A pod that arrives on the node itself must leave too: see
+// TestDrainEvictsPodsThatArriveDuringIt.)
 func TestDrainWaitsForPodObjects(t *testing.T) {
 	c := newCluster(t)
 	ctx := context.Background()
 	node := c.addNode("r", true)
+	spare := c.addNode("q", true)
 	const finalizer = "evict.test/hold"
-	create := func(name string) *corev1.Pod {
+	createOn := func(node, name string) *corev1.Pod {
 		spec := c.podSpec()
 		spec.NodeName = node
 		pod, err := c.client.CoreV1().Pods(c.ns).Create(ctx, &corev1.Pod{
@@ -488,6 +499,7 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 		c.waitRunning(node, name, 1)
 		return pod
 	}
+	create := func(name string) *corev1.Pod { return createOn(node, name) }
 	release := func(name string) {
 		_, err := c.client.CoreV1().Pods(c.ns).Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 		require.NoError(t, err)
@@ -505,13 +517,13 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 
 	cfg, counter := c.env.CountingConfig()
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{})
-	p := d.Start(node)
+	c.start(d, node)
 	c.waitFor(30*time.Second, "db-0 evicted", func(ctx context.Context) (bool, error) {
 		pod, err := c.client.CoreV1().Pods(c.ns).Get(ctx, "db-0", metav1.GetOptions{})
 		return err == nil && pod.DeletionTimestamp != nil, err
 	})
 	time.Sleep(time.Second)
-	p, _ = d.Progress(node)
+	p, _ := d.Progress(node)
 	select {
 	case <-p.Done:
 		t.Fatalf("drained while evicted pods are still there: %s", p)
@@ -529,7 +541,7 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 		}
 		return false, err
 	})
-	replacement := create("db-0")
+	replacement := createOn(spare, "db-0")
 	require.NotEqual(t, db.UID, replacement.UID)
 	c.waitFor(10*time.Second, "only held left", func(context.Context) (bool, error) {
 		p, _ = d.Progress(node)
@@ -554,9 +566,11 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 
 // Drains started before Run wait for it; after Run returns, Start starts nothing.
 func TestStartBeforeRunAndAfterStop(t *testing.T) {
-	client := fake.NewClientset()
+	n1 := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}}
+	n2 := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2", UID: "uid-n2"}}
+	client := fake.NewClientset(n1, n2)
 	d := evict.New(client, evict.Options{})
-	p := d.Start("n1")
+	p := d.Start(n1)
 	require.NotNil(t, p.Done)
 	time.Sleep(200 * time.Millisecond)
 	select {
@@ -585,10 +599,10 @@ func TestStartBeforeRunAndAfterStop(t *testing.T) {
 
 	cancel()
 	<-ran
-	stopped := d.Start("n2")
+	stopped := d.Start(n2)
 	assert.ErrorIs(t, stopped.Err, evict.ErrStopped)
 	require.NotNil(t, stopped.Done)
-	assert.True(t, d.Start("n1").Drained, "what ended before stays")
+	assert.True(t, d.Start(n1).Drained, "what ended before stays")
 	d.Forget("n1")
 	_, ok := d.Progress("n1")
 	assert.False(t, ok)
@@ -614,4 +628,74 @@ func gather(t *testing.T, d *evict.Drainer) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// Issue 15 item 6: after a drain gave up under Release, the node is not drained
+// again until something changes: Start returns the drain that gave up (no new
+// cordon-and-evict round for each Zincati retry), GaveUp says why from a fresh
+// look, and once the blocking budget allows a disruption the node drains again.
+// Before, each Start after Forget began a new drain that evicted afresh.
+func TestReleasedDrainDoesNotChurn(t *testing.T) {
+	c := newCluster(t)
+	node, _, budget := blockedWorkload(c, 2)
+	cfg, counter := c.env.CountingConfig()
+	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{
+		FailurePolicy: evict.Release, Timeout: 2 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
+	})
+	p := awaitDone(t, d, node, c.start(d, node), 30*time.Second)
+	require.True(t, p.Failed, "progress: %s", p)
+	d.Forget(node) // the lock releases the node
+
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(t, err)
+	before := counter.Count("create pods/eviction")
+	for range 3 { // Zincati asks again, and again
+		again := d.Start(n)
+		assert.True(t, again.Failed, "not drained again: %s", again)
+		assert.True(t, again.GaveUpBefore)
+		assert.Equal(t, p.Started, again.Started, "the drain that gave up")
+		assert.Equal(t, []string{budget}, again.BlockedBy, "the refusal says why")
+		time.Sleep(500 * time.Millisecond)
+	}
+	assert.Equal(t, before, counter.Count("create pods/eviction"), "no eviction while nothing changed")
+	g, gaveUp, err := d.GaveUp(context.Background(), n)
+	require.NoError(t, err)
+	assert.True(t, gaveUp)
+	assert.True(t, g.GaveUpBefore)
+	b, ok := g.Blocked()
+	require.True(t, ok)
+	assert.Equal(t, evict.BlockedByPDB, b.Reason)
+	assert.Equal(t, budget, b.Object)
+
+	// The budget is relaxed: something changed, the node drains again.
+	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+		[]byte(`{"spec":{"minAvailable":0}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	c.waitFor(30*time.Second, "the change seen", func(ctx context.Context) (bool, error) {
+		_, gaveUp, err := d.GaveUp(ctx, n)
+		return !gaveUp, err
+	})
+	fresh := d.Start(n)
+	assert.False(t, fresh.GaveUpBefore)
+	assert.True(t, fresh.Started.After(p.Started), "a new drain")
+	fresh = awaitDone(t, d, node, fresh, time.Minute)
+	require.True(t, fresh.Drained, "progress: %s", fresh)
+}
+
+// Issue 20 item 5: the Release/Force deadline counts from Options.Since (the grant),
+// not from when this replica started the drain: a drain resumed long after the grant
+// gives up at once, a second later only what Timeout says.
+func TestTimeoutCountsFromSince(t *testing.T) {
+	c := newCluster(t)
+	node, _, _ := blockedWorkload(c, 1)
+	granted := time.Now().Add(-time.Minute)
+	d := c.drainer(c.env.Client, evict.Options{
+		FailurePolicy: evict.Release, Timeout: 30 * time.Second,
+		Since: func(*corev1.Node) time.Time { return granted },
+	})
+	started := time.Now()
+	p := awaitDone(t, d, node, c.start(d, node), 20*time.Second)
+	require.True(t, p.Failed, "progress: %s", p)
+	assert.ErrorIs(t, p.Err, evict.ErrTimeout)
+	t.Logf("gave up %s after this drain began; Timeout 30s from a grant 1m ago", time.Since(started).Round(time.Millisecond))
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -50,6 +51,10 @@ type Drainer struct {
 	stopped bool              // Run has returned
 	wg      sync.WaitGroup    // drain goroutines
 
+	volumes cache.Indexer     // VolumeAttachments by node; set by Run
+	pdbs    cache.Store       // PodDisruptionBudgets; set by Run
+	gaveUp  map[string]*drain // drains that gave up, by node, kept past Forget; guarded by mu
+
 	evictions *prometheus.CounterVec
 }
 
@@ -66,6 +71,7 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 		running:  make(chan struct{}),
 		drains:   map[string]*drain{},
 		ending:   map[string]*drain{},
+		gaveUp:   map[string]*drain{},
 
 		evictions: newEvictionsCounter(),
 	}
@@ -103,11 +109,13 @@ func (d *Drainer) Run(ctx context.Context) {
 	factory := informers.NewSharedInformerFactoryWithOptions(d.client, 0, informers.WithTransform(stripManagedFields))
 	pdbs := factory.Policy().V1().PodDisruptionBudgets().Informer()
 	if _, err := pdbs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    d.budgetChanged,
-		UpdateFunc: func(_, obj any) { d.budgetChanged(obj) },
+		AddFunc:    d.pdbChanged,
+		UpdateFunc: func(_, obj any) { d.pdbChanged(obj) },
 	}); err != nil {
 		d.log.Error("cannot watch disruption budgets", "err", err)
 	}
+	d.pdbs = pdbs.GetStore()
+	d.volumesInformer(factory.Storage().V1().VolumeAttachments().Informer())
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
@@ -120,11 +128,21 @@ func (d *Drainer) Run(ctx context.Context) {
 	d.wg.Wait()
 }
 
+// isRunning reports whether Run has started: its informers' stores are set.
+func (d *Drainer) isRunning() bool {
+	select {
+	case <-d.running:
+		return true
+	default:
+		return false
+	}
+}
+
 // eventGrace is how long Events may still be posted after Run's context ends.
 const eventGrace = 5 * time.Second
 
-// budgetChanged wakes the drains blocked by a budget that now allows a disruption.
-func (d *Drainer) budgetChanged(obj any) {
+// pdbChanged wakes the drains blocked by a budget that now allows a disruption.
+func (d *Drainer) pdbChanged(obj any) {
 	pdb, ok := obj.(*policyv1.PodDisruptionBudget)
 	if !ok || pdb.Status.DisruptionsAllowed <= 0 || pdb.Status.ObservedGeneration < pdb.Generation {
 		return
@@ -137,32 +155,65 @@ func (d *Drainer) budgetChanged(obj any) {
 	}
 }
 
-// Start starts draining node unless a drain of it is under way or done, and returns
-// its progress without blocking or making a request. A drain that ended (drained or
-// failed) stays as it ended until Forget. After Run has returned, Start starts nothing:
-// the progress it returns has Err ErrStopped, and its Done is closed only if the drain
+// Start starts draining node unless a drain of this Node object (its UID) is under
+// way or done, and returns its progress without blocking or making a request. A
+// drain of another Node object of the same name (deleted and re-created) is stopped
+// and replaced by a fresh one. A drain that ended (drained, failed, or NodeGone)
+// stays as it ended until Forget. After Run has returned, Start starts nothing: the
+// progress it returns has Err ErrStopped, and its Done is closed only if the drain
 // had ended before.
-func (d *Drainer) Start(node string) Progress {
+func (d *Drainer) Start(node *corev1.Node) Progress {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if dr := d.drains[node]; dr != nil {
+	dr := d.drains[node.Name]
+	if dr != nil && dr.uid == node.UID {
 		p := dr.progress
-		if d.stopped && !p.Drained && !p.Failed {
+		if d.stopped && !p.Phase.ended() {
 			p.Err = ErrStopped
 		}
 		return p
 	}
 	if d.stopped {
-		return Progress{Node: node, Err: ErrStopped, Done: make(chan struct{})}
+		return Progress{Node: node.Name, NodeUID: node.UID, Err: ErrStopped, Done: make(chan struct{})}
 	}
-	dr := newDrain(d, node, d.ending[node])
-	d.drains[node] = dr
+	if gone := d.gaveUp[node.Name]; gone != nil && gone.uid == node.UID && dr == nil {
+		p := gone.progress // not drained again until GaveUp sees a change, or Retry
+		p.GaveUpBefore = true
+		return p
+	}
+	if dr != nil {
+		dr.log.Info("drain stopped: the node was replaced", "nodeUID", dr.uid, "newNodeUID", node.UID)
+		d.retire(dr)
+	}
+	return d.launch(newDrain(d, node, d.ending[node.Name])).progress
+}
+
+// launch registers a new drain and starts its goroutine; d.mu is held.
+func (d *Drainer) launch(dr *drain) *drain {
+	d.drains[dr.node] = dr
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		dr.run()
 	}()
-	return dr.progress
+	return dr
+}
+
+// retire stops dr without waiting: its Done is closed once it has stopped; d.mu is
+// held.
+func (d *Drainer) retire(dr *drain) {
+	delete(d.drains, dr.node)
+	d.ending[dr.node] = dr
+	dr.cancel()
+	go func() {
+		<-dr.exited
+		dr.closeDone()
+		d.mu.Lock()
+		if d.ending[dr.node] == dr {
+			delete(d.ending, dr.node)
+		}
+		d.mu.Unlock()
+	}()
 }
 
 // Forget stops any drain of node and drops what is known of it. It returns once the
@@ -175,22 +226,14 @@ func (d *Drainer) Forget(node string) {
 		d.mu.Unlock()
 		return
 	}
-	delete(d.drains, node)
-	d.ending[node] = dr
+	d.retire(dr)
 	d.mu.Unlock()
 
-	dr.cancel()
 	<-dr.exited
 	dr.closeDone()
-	if p := dr.progress; !p.Drained && !p.Failed { // dr's run has exited: no writer left
+	if p := dr.progress; !p.Phase.ended() { // dr's run has exited: no writer left
 		dr.log.Info("drain stopped", "podsLeft", p.PodsLeft)
 	}
-
-	d.mu.Lock()
-	if d.ending[node] == dr {
-		delete(d.ending, node)
-	}
-	d.mu.Unlock()
 }
 
 // Progress returns the progress of node's drain, if the Drainer knows one.

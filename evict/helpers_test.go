@@ -64,6 +64,14 @@ func (c *cluster) addNode(suffix string, schedulable bool) string {
 	return name
 }
 
+// start starts a drain of the node as it is now.
+func (c *cluster) start(d *evict.Drainer, node string) evict.Progress {
+	c.t.Helper()
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(c.t, err)
+	return d.Start(n)
+}
+
 // cordon sets the node's spec.unschedulable, as the lock does in production.
 func (c *cluster) cordon(node string, unschedulable bool) {
 	c.t.Helper()
@@ -101,8 +109,8 @@ func (c *cluster) deployment(name string, replicas int32, mutate func(*corev1.Po
 	require.NoError(c.t, err)
 }
 
-// budget creates a PodDisruptionBudget for the pods labelled app=app.
-func (c *cluster) budget(name, app string, minAvailable, maxUnavailable *intstr.IntOrString) {
+// pdb creates a PodDisruptionBudget for the pods labelled app=app.
+func (c *cluster) pdb(name, app string, minAvailable, maxUnavailable *intstr.IntOrString) {
 	c.t.Helper()
 	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Create(context.Background(), &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -115,9 +123,9 @@ func (c *cluster) budget(name, app string, minAvailable, maxUnavailable *intstr.
 	require.NoError(c.t, err)
 }
 
-// waitBudget waits until the disruption controller has computed the budget's status
+// waitPDB waits until the disruption controller has computed the budget's status
 // with healthy pods and allowed disruptions as given.
-func (c *cluster) waitBudget(name string, healthy, allowed int32) {
+func (c *cluster) waitPDB(name string, healthy, allowed int32) {
 	c.t.Helper()
 	c.waitFor(time.Minute, "budget "+name+" status", func(ctx context.Context) (bool, error) {
 		pdb, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Get(ctx, name, metav1.GetOptions{})

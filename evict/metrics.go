@@ -8,11 +8,15 @@ import (
 
 var (
 	drainsDesc = prometheus.NewDesc("rebootmanager_drains",
-		"Drains this process knows, by state: running, drained or failed.", []string{"state"}, nil)
+		"Drains this process knows, by state: running, drained, failed or nodeGone (the Node was deleted or replaced).", []string{"state"}, nil)
 	podsLeftDesc = prometheus.NewDesc("rebootmanager_drain_pods_left",
 		"Pods still to leave the node, per running drain.", []string{"node"}, nil)
-	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_seconds",
-		"How long a PodDisruptionBudget has refused the drain's evictions, per blocked drain.", []string{"node"}, nil)
+	volumesDesc = prometheus.NewDesc("rebootmanager_drain_volumes_attached",
+		"VolumeAttachments still attached to the node once its pods are gone, per drain waiting for them.", []string{"node"}, nil)
+	blockedDesc = prometheus.NewDesc("rebootmanager_drain_blocked_since_timestamp_seconds",
+		"When the drain of the node became blocked for this reason (Unix time), per blocked drain and reason: "+
+			"PodDisruptionBudget, AdmissionDenied, NamespaceTerminating, Forbidden, EvictionErrors, PodsReturning, VolumesAttached.",
+		[]string{"node", "reason"}, nil)
 )
 
 // newEvictionsCounter counts eviction (and, under Force, deletion) answers by result.
@@ -44,6 +48,7 @@ func (d *Drainer) Describe(ch chan<- *prometheus.Desc) {
 	ch <- drainsDesc
 	ch <- podsLeftDesc
 	ch <- blockedDesc
+	ch <- volumesDesc
 	d.evictions.Describe(ch)
 }
 
@@ -51,7 +56,7 @@ func (d *Drainer) Describe(ch chan<- *prometheus.Desc) {
 // drains' progress at scrape time.
 func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 	d.evictions.Collect(ch)
-	states := map[string]int{"running": 0, "drained": 0, "failed": 0}
+	states := map[string]int{"running": 0, "drained": 0, "failed": 0, "nodeGone": 0}
 	for _, p := range d.Drains() {
 		switch {
 		case p.Drained:
@@ -60,11 +65,23 @@ func (d *Drainer) Collect(ch chan<- prometheus.Metric) {
 		case p.Failed:
 			states["failed"]++
 			continue
+		case p.Phase == PhaseNodeGone:
+			states["nodeGone"]++
+			continue
 		}
 		states["running"]++
 		ch <- prometheus.MustNewConstMetric(podsLeftDesc, prometheus.GaugeValue, float64(p.PodsLeft), p.Node)
-		if !p.BlockedSince.IsZero() {
-			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, time.Since(p.BlockedSince).Seconds(), p.Node)
+		if p.Phase == PhaseWaitingForVolumes {
+			ch <- prometheus.MustNewConstMetric(volumesDesc, prometheus.GaugeValue, float64(len(p.VolumesAttached)), p.Node)
+		}
+		since := map[BlockReason]time.Time{}
+		for _, b := range p.Blocks {
+			if s, ok := since[b.Reason]; !ok || b.Since.Before(s) {
+				since[b.Reason] = b.Since
+			}
+		}
+		for reason, s := range since {
+			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, float64(s.UnixNano())/1e9, p.Node, string(reason))
 		}
 	}
 	for s, n := range states {

@@ -6,7 +6,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 )
 
 // FailurePolicy says what a drain does once Options.Timeout has passed and pods are
@@ -22,7 +24,9 @@ const (
 	// the lock releases the node (and uncordons it). Nothing is deleted.
 	Release
 	// Force, after Timeout, DELETEs the pods whose evictions are still refused, with
-	// each pod's own grace period, and then waits for them to be gone.
+	// each pod's own grace period, and then waits for them to be gone. A pod that
+	// arrived during the drain is evicted for a Timeout of its own (counted from when
+	// the drain found it) before it is deleted.
 	Force
 )
 
@@ -83,15 +87,55 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// SkipWaitForDeleteTimeout is how long past its deletion timestamp (which already
+	// includes its grace period) a target pod that is terminating on a node whose
+	// kubelet is silent (Ready Unknown, as the node lifecycle controller marks it)
+	// is waited for. Past it the pod counts as gone: its eviction was accepted, so its
+	// budget was honoured, and with the kubelet silent nobody would ever finish its
+	// deletion. As kubectl drain's --skip-wait-for-delete-timeout, but only while the
+	// kubelet is silent: a live kubelet that reports Ready False still stops its pods.
+	// A drain also waits at least the pod's grace period plus this timeout from when
+	// it first saw the pod terminating, on its own clock, so that a clock running
+	// ahead of the API server's does not cut the wait short (after a restart, that
+	// can add up to one grace period). Default 1 minute; negative: wait for ever.
+	SkipWaitForDeleteTimeout time.Duration
+	// VolumeDetachTimeout bounds the wait, once the pods are gone, for the node's
+	// VolumeAttachments (storage.k8s.io/v1, spec.nodeName = the node) to be detached:
+	// a node rebooted with CSI volumes still attached can leave them stuck. Past it
+	// the FailurePolicy applies: KeepRefusing blocks (BlockedByVolumes), Release
+	// fails, Force reports the node drained anyway. Default 5 minutes.
+	VolumeDetachTimeout time.Duration
+	// ReturningRounds is how many times the drain's final check may find pods that
+	// must leave and arrived since the drain began (pods that tolerate the cordon,
+	// or name the node) and evict them. Past it, newcomers are not evicted: they
+	// block the drain (BlockedByPodsReturning) until they leave, and under Release
+	// or Force the drain fails at Timeout. Default 3.
+	ReturningRounds int
+	// BlockedEventInterval is how often the Warning Event DrainBlocked is posted
+	// again while the same block lasts (Events expire, after an hour by default).
+	// Default 30 minutes.
+	BlockedEventInterval time.Duration
+	// Clock tells the time and makes the timers of the drains' waits. Default: the
+	// real clock.
+	Clock clock.Clock
+	// Since, if set, returns when the node's drain began for Timeout's purposes (the
+	// lock: when the node took its slot, so that a drain resumed by another replica,
+	// or after a restart, keeps the deadline of the first); a zero time, or a time
+	// after now, counts as now. Default: the moment Start starts the drain.
+	Since func(node *corev1.Node) time.Time
 }
 
 // Defaults of Options.
 const (
-	DefaultParallelism        = 5
-	DefaultEvictionsPerSecond = 10
-	DefaultBackoffBase        = time.Second
-	DefaultBackoffMax         = 30 * time.Second
-	DefaultTimeout            = 15 * time.Minute
+	DefaultParallelism              = 5
+	DefaultEvictionsPerSecond       = 10
+	DefaultBackoffBase              = time.Second
+	DefaultBackoffMax               = 30 * time.Second
+	DefaultTimeout                  = 15 * time.Minute
+	DefaultReturningRounds          = 3
+	DefaultSkipWaitForDeleteTimeout = time.Minute
+	DefaultVolumeDetachTimeout      = 5 * time.Minute
+	DefaultBlockedEventInterval     = 30 * time.Minute
 )
 
 // withDefaults returns o with every zero field set to its default.
@@ -114,8 +158,23 @@ func (o Options) withDefaults() Options {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
+	if o.SkipWaitForDeleteTimeout == 0 {
+		o.SkipWaitForDeleteTimeout = DefaultSkipWaitForDeleteTimeout
+	}
+	if o.VolumeDetachTimeout <= 0 {
+		o.VolumeDetachTimeout = DefaultVolumeDetachTimeout
+	}
+	if o.ReturningRounds <= 0 {
+		o.ReturningRounds = DefaultReturningRounds
+	}
+	if o.BlockedEventInterval <= 0 {
+		o.BlockedEventInterval = DefaultBlockedEventInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
 	return o
 }

@@ -13,19 +13,19 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 )
 
-// budgetInCause finds the PodDisruptionBudget's name in the cause kube-apiserver
+// pdbInCause finds the PodDisruptionBudget's name in the cause kube-apiserver
 // attaches to a refused eviction (pkg/registry/core/pod/storage/eviction.go):
 //
 //	The disruption budget NAME needs 2 healthy pods and has 2 currently
 //	The disruption budget NAME is still being processed by the server.
 //	The disruption budget NAME does not allow evicting pods currently ...
-var budgetInCause = regexp.MustCompile(`^The disruption budget (\S+) `)
+var pdbInCause = regexp.MustCompile(`^The disruption budget (\S+) `)
 
-// budgetFromRefusal returns the name of the PodDisruptionBudget that made the API
+// pdbFromRefusal returns the name of the PodDisruptionBudget that made the API
 // server refuse an eviction, or "" if the reply does not name one. It reads the
 // causes of a 429 (type "DisruptionBudget"), and the details of the 403 the server
 // answers for a budget in a broken state.
-func budgetFromRefusal(err error) string {
+func pdbFromRefusal(err error) string {
 	var status apierrors.APIStatus
 	if !errors.As(err, &status) {
 		return ""
@@ -40,7 +40,7 @@ func budgetFromRefusal(err error) string {
 			if c.Type != policyv1.DisruptionBudgetCause {
 				continue
 			}
-			if m := budgetInCause.FindStringSubmatch(c.Message); m != nil {
+			if m := pdbInCause.FindStringSubmatch(c.Message); m != nil {
 				return strings.TrimRight(m[1], ".,:;")
 			}
 		}
@@ -51,16 +51,16 @@ func budgetFromRefusal(err error) string {
 	return ""
 }
 
-// tooManyBudgets reports the API server's refusal to evict a pod that more than one
+// tooManyPDBs reports the API server's refusal to evict a pod that more than one
 // PodDisruptionBudget selects (a 500 whose message says so).
-func tooManyBudgets(err error) bool {
+func tooManyPDBs(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "more than one PodDisruptionBudget")
 }
 
-// budgetsSelecting returns the names of the budgets among pdbs that select pod, as the
+// pdbsSelecting returns the names of the budgets among pdbs that select pod, as the
 // eviction subresource matches them: same namespace, a valid selector that matches
 // the pod's labels (an empty selector matches every pod, a missing one none).
-func budgetsSelecting(pod *corev1.Pod, pdbs []policyv1.PodDisruptionBudget) []string {
+func pdbsSelecting(pod *corev1.Pod, pdbs []policyv1.PodDisruptionBudget) []string {
 	var names []string
 	for i := range pdbs {
 		pdb := &pdbs[i]

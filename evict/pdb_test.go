@@ -21,27 +21,27 @@ func refusal(retryAfter int, causes ...metav1.StatusCause) error {
 	return err
 }
 
-func budgetCause(msg string) metav1.StatusCause {
+func pdbCause(msg string) metav1.StatusCause {
 	return metav1.StatusCause{Type: policyv1.DisruptionBudgetCause, Message: msg}
 }
 
-func TestBudgetFromRefusal(t *testing.T) {
+func TestPDBFromRefusal(t *testing.T) {
 	tests := []struct {
 		name string
 		err  error
 		want string
 	}{
-		{"needs healthy pods", refusal(0, budgetCause("The disruption budget web-pdb needs 2 healthy pods and has 2 currently")), "web-pdb"},
-		{"dotted name", refusal(0, budgetCause("The disruption budget web.v2 needs 3 healthy pods and has 1 currently")), "web.v2"},
-		{"still processed", refusal(10, budgetCause("The disruption budget guard is still being processed by the server.")), "guard"},
-		{"sync failed", refusal(0, budgetCause("The disruption budget db does not allow evicting pods currently because it failed sync: no controller")), "db"},
-		{"condition", refusal(0, budgetCause("The disruption budget db does not allow evicting pods currently (InsufficientPods): x")), "db"},
-		{"plain", refusal(0, budgetCause("The disruption budget db does not allow evicting pods currently")), "db"},
-		{"cause after another", refusal(0, metav1.StatusCause{Type: "Other", Message: "The disruption budget nope needs"}, budgetCause("The disruption budget yes needs 1 healthy pods and has 0 currently")), "yes"},
-		{"wrapped", fmt.Errorf("evict pod ns/p: %w", refusal(0, budgetCause("The disruption budget w needs 1 healthy pods and has 0 currently"))), "w"},
+		{"needs healthy pods", refusal(0, pdbCause("The disruption budget web-pdb needs 2 healthy pods and has 2 currently")), "web-pdb"},
+		{"dotted name", refusal(0, pdbCause("The disruption budget web.v2 needs 3 healthy pods and has 1 currently")), "web.v2"},
+		{"still processed", refusal(10, pdbCause("The disruption budget guard is still being processed by the server.")), "guard"},
+		{"sync failed", refusal(0, pdbCause("The disruption budget db does not allow evicting pods currently because it failed sync: no controller")), "db"},
+		{"condition", refusal(0, pdbCause("The disruption budget db does not allow evicting pods currently (InsufficientPods): x")), "db"},
+		{"plain", refusal(0, pdbCause("The disruption budget db does not allow evicting pods currently")), "db"},
+		{"cause after another", refusal(0, metav1.StatusCause{Type: "Other", Message: "The disruption budget nope needs"}, pdbCause("The disruption budget yes needs 1 healthy pods and has 0 currently")), "yes"},
+		{"wrapped", fmt.Errorf("evict pod ns/p: %w", refusal(0, pdbCause("The disruption budget w needs 1 healthy pods and has 0 currently"))), "w"},
 		{"no cause (API priority and fairness)", refusal(1), ""},
 		{"cause of another type", refusal(0, metav1.StatusCause{Type: "FieldValueInvalid", Message: "The disruption budget x needs"}), ""},
-		{"unparsable cause", refusal(0, budgetCause("something new")), ""},
+		{"unparsable cause", refusal(0, pdbCause("something new")), ""},
 		{"broken budget (403)", apierrors.NewForbidden(schema.GroupResource{Group: "policy", Resource: "poddisruptionbudget"}, "neg", errors.New("pdb disruptions allowed is negative")), "neg"},
 		{"RBAC refusal (403)", apierrors.NewForbidden(schema.GroupResource{Resource: "pods/eviction"}, "p", errors.New("no")), ""},
 		{"not found", apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p"), ""},
@@ -50,22 +50,22 @@ func TestBudgetFromRefusal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			assert.Equal(t, tt.want, budgetFromRefusal(tt.err))
+			assert.Equal(t, tt.want, pdbFromRefusal(tt.err))
 		})
 	}
 }
 
-func TestTooManyBudgets(t *testing.T) {
+func TestTooManyPDBs(t *testing.T) {
 	err := &apierrors.StatusError{ErrStatus: metav1.Status{
 		Status: metav1.StatusFailure, Code: http.StatusInternalServerError,
 		Message: "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
 	}}
-	assert.True(t, tooManyBudgets(err))
-	assert.False(t, tooManyBudgets(apierrors.NewInternalError(errors.New("etcd down"))))
-	assert.False(t, tooManyBudgets(nil))
+	assert.True(t, tooManyPDBs(err))
+	assert.False(t, tooManyPDBs(apierrors.NewInternalError(errors.New("etcd down"))))
+	assert.False(t, tooManyPDBs(nil))
 }
 
-func TestBudgetsSelecting(t *testing.T) {
+func TestPDBsSelecting(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", Labels: map[string]string{"app": "web", "tier": "front"}}}
 	pdb := func(ns, name string, sel *metav1.LabelSelector) policyv1.PodDisruptionBudget {
 		return policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: policyv1.PodDisruptionBudgetSpec{Selector: sel}}
@@ -79,6 +79,6 @@ func TestBudgetsSelecting(t *testing.T) {
 		pdb("ns", "expr", &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"front", "edge"}}}}),
 		pdb("ns", "invalid", &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: "Bogus"}}}),
 	}
-	assert.Equal(t, []string{"all", "expr", "web"}, budgetsSelecting(pod, pdbs))
-	assert.Empty(t, budgetsSelecting(pod, nil))
+	assert.Equal(t, []string{"all", "expr", "web"}, pdbsSelecting(pod, pdbs))
+	assert.Empty(t, pdbsSelecting(pod, nil))
 }

@@ -21,17 +21,21 @@ const (
 	MaxGroupBytes = 253
 )
 
-// groupPattern is the rule for client_params.group; validGroup applies it.
-const groupPattern = `^[a-zA-Z0-9.-]+$`
+// GroupPattern is the form of a FleetLock group, as Zincati validates it: ASCII
+// letters, digits, dots and dashes.
+const GroupPattern = `^[a-zA-Z0-9.-]+$`
 
-// validGroup reports whether g matches groupPattern.
-func validGroup(g string) bool {
-	if g == "" {
+// ValidGroup reports whether group is a FleetLock group name: it matches GroupPattern
+// and has at most MaxGroupBytes bytes. Every place that accepts a group name (the
+// request body, the policy file, the credentials file, the flags) uses it. It checks
+// the bytes itself, without a regexp: it runs on every request.
+func ValidGroup(group string) bool {
+	if group == "" || len(group) > MaxGroupBytes {
 		return false
 	}
-	for i := 0; i < len(g); i++ {
-		c := g[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '-') {
+	for i := 0; i < len(group); i++ {
+		c := group[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '-' {
 			return false
 		}
 	}
@@ -281,8 +285,8 @@ func validate(p ClientParams) error {
 		return invalid("client_params.group", "required, must not be empty")
 	case len(p.Group) > MaxGroupBytes:
 		return invalid("client_params.group", "must be at most %d bytes", MaxGroupBytes)
-	case !validGroup(p.Group):
-		return invalid("client_params.group", "must match %s", groupPattern)
+	case !ValidGroup(p.Group):
+		return invalid("client_params.group", "must match %s", GroupPattern)
 	}
 	return nil
 }

@@ -78,6 +78,8 @@
 //	pods_blocking       409     ErrPodsBlocking
 //	group_not_ready     409     ErrGroupNotReady
 //	node_not_ready      409     ErrNodeNotReady (steady-state)
+//	node_uncordoned     409     ErrNodeUncordoned (pre-reboot)
+//	node_gone           422     ErrNodeGone (pre-reboot)
 //	unknown_node        422     ErrUnknownNode
 //	ambiguous_node      422     ErrAmbiguousNode
 //	invalid_request     400     bad header or body

@@ -3,6 +3,7 @@ package fleetlock
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -389,8 +390,8 @@ func (h *handler) registerMetrics(reg prometheus.Registerer) {
 // register registers c on reg, or returns the equal collector already there.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	if err := reg.Register(c); err != nil {
-		are, ok := err.(prometheus.AlreadyRegisteredError)
-		if !ok {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
 			panic(fmt.Errorf("fleetlock: registering metrics: %w", err))
 		}
 		return are.ExistingCollector.(C)

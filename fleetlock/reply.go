@@ -77,6 +77,13 @@ const (
 	// KindNodeNotReady (409): steady-state from a node not Ready again yet, with the
 	// health gate on: the slot stays held; ErrNodeNotReady.
 	KindNodeNotReady Kind = "node_not_ready"
+	// KindNodeUncordoned (409): pre-reboot from a holder that someone else uncordoned:
+	// it is not told to reboot, and not cordoned again over their decision;
+	// ErrNodeUncordoned.
+	KindNodeUncordoned Kind = "node_uncordoned"
+	// KindNodeGone (422): the Node object the request worked for was deleted (or
+	// replaced by a new one of the same name) while it waited; ErrNodeGone.
+	KindNodeGone Kind = "node_gone"
 	// KindUnknownNode (422): no Kubernetes node matches the ID; ErrUnknownNode.
 	KindUnknownNode Kind = "unknown_node"
 	// KindAmbiguousNode (422): several nodes match the ID; ErrAmbiguousNode.
@@ -129,6 +136,10 @@ var (
 	ErrGroupNotReady = errors.New("another node of the group is not ready")
 	// ErrNodeNotReady means the node is not Ready again after its reboot.
 	ErrNodeNotReady = errors.New("node not ready yet")
+	// ErrNodeUncordoned means someone else uncordoned the node while it held a slot.
+	ErrNodeUncordoned = errors.New("node uncordoned by someone else")
+	// ErrNodeGone means the Node object of the request's grant was deleted.
+	ErrNodeGone = errors.New("node deleted")
 	// ErrUnknownNode means no Kubernetes node matches the client ID.
 	ErrUnknownNode = errors.New("no node matches the client id")
 	// ErrAmbiguousNode means more than one Kubernetes node matches the client ID.
@@ -176,6 +187,8 @@ var kinds = []kindSpec{
 	{KindPodsBlocking, http.StatusConflict, ErrPodsBlocking, ""},
 	{KindGroupNotReady, http.StatusConflict, ErrGroupNotReady, ""},
 	{KindNodeNotReady, http.StatusConflict, ErrNodeNotReady, ""},
+	{KindNodeUncordoned, http.StatusConflict, ErrNodeUncordoned, ""},
+	{KindNodeGone, http.StatusUnprocessableEntity, ErrNodeGone, ""},
 	{KindUnknownNode, http.StatusUnprocessableEntity, ErrUnknownNode, ""},
 	{KindAmbiguousNode, http.StatusUnprocessableEntity, ErrAmbiguousNode, ""},
 	{KindInvalidRequest, http.StatusBadRequest, errInvalidRequest, ""},

@@ -68,7 +68,7 @@ func TestKindsTable(t *testing.T) {
 		assert.Equal(t, s.err == nil, status >= 200 && status < 300, "only success kinds may be 2xx: %s", s.kind)
 		assert.NotEqual(t, 3, status/100, s.kind)
 	}
-	assert.Len(t, seen, 26)
+	assert.Len(t, seen, 28)
 }
 
 // TestEveryKindOverHTTP produces every kind through the handler and checks the
@@ -100,6 +100,8 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
 		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
+		{KindNodeUncordoned, 409, locker(ErrNodeUncordoned, false), "POST", "/v1/pre-reboot", validBody},
+		{KindNodeGone, 422, locker(ErrNodeGone, false), "POST", "/v1/pre-reboot", validBody},
 		{KindUnknownNode, 422, locker(ErrUnknownNode, false), "POST", "/v1/steady-state", validBody},
 		{KindAmbiguousNode, 422, locker(ErrAmbiguousNode, false), "POST", "/v1/pre-reboot", validBody},
 		{KindInvalidRequest, 400, locker(nil, false), "POST", "/v1/pre-reboot", "{}"},

@@ -14,24 +14,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drainedNow is a lock.Drainer whose drains are over at once.
-type drainedNow struct{}
-
-func (drainedNow) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drainedNow) Forget(string) {}
 
 // TestDuplicateRequestsShareWork is issue 20's item 4: 50 concurrent pre-reboot
 // requests for the same node, waiting while another node holds the group's only
@@ -52,7 +42,7 @@ func TestDuplicateRequestsShareWork(t *testing.T) {
 		require.NoError(t, err)
 	}
 	cfg, counter := env.CountingConfig()
-	lk, err := lock.New(kubernetes.NewForConfigOrDie(cfg), drainedNow{}, lock.Options{Wait: 20 * time.Second})
+	lk, err := lock.New(kubernetes.NewForConfigOrDie(cfg), &locktest.Drained{}, lock.Options{Wait: 20 * time.Second})
 	require.NoError(t, err)
 	lctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)

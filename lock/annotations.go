@@ -32,7 +32,8 @@ const (
 	// AnnotationGroup, which a release leaves in place, it tells a group's last reboot.
 	AnnotationReleased = "rebootmanager/released"
 	// AnnotationHold, set by an operator (any value, best a reason), refuses the node's
-	// pre-reboot with node_held; a current holder keeps its slot.
+	// pre-reboot with node_held; a current holder keeps its slot, and its release
+	// leaves it cordoned.
 	AnnotationHold = "rebootmanager/hold"
 	// LabelLock is set to "true" on claiming and holding nodes, so that the check can
 	// list exactly them with a label selector.
@@ -100,16 +101,20 @@ func (w write) patch() []byte {
 	if w.state != StateReady {
 		label = "true"
 	}
-	var was any
-	if w.wasUnsched != nil {
-		was = strconv.FormatBool(*w.wasUnsched)
-	}
 	since := w.since.UTC().Format(time.RFC3339Nano)
 	annotations := map[string]any{
-		AnnotationStatus:           string(w.state),
-		AnnotationSince:            since,
-		AnnotationBootID:           str(w.bootID),
-		AnnotationWasUnschedulable: was,
+		AnnotationStatus: string(w.state),
+		AnnotationSince:  since,
+		AnnotationBootID: str(w.bootID),
+	}
+	// Written by the promotion, removed by a release, kept by anything else: after a
+	// release by hand (the status annotation overwritten) it still tells that the
+	// cordon left on the node is ours.
+	switch {
+	case w.wasUnsched != nil:
+		annotations[AnnotationWasUnschedulable] = strconv.FormatBool(*w.wasUnsched)
+	case w.released:
+		annotations[AnnotationWasUnschedulable] = nil
 	}
 	if w.state != StateReady {
 		annotations[AnnotationGroup] = w.group // Ready keeps the last group

@@ -15,34 +15,52 @@ import (
 type Policy interface {
 	// Slots returns how many nodes of group may hold a slot at once (0 or more).
 	Slots(group string) int
+	// Groups returns the configured groups, "default" included: the metrics show
+	// each of them from the start, and label counters with no other group.
+	Groups() []string
 	// Admit returns nil if the candidate, which holds nothing, may take a slot now,
 	// else a *Refusal that says why.
 	Admit(c Candidate) error
-	// ReleaseWhenReady reports whether steady-state releases a holder only once its
-	// Node is Ready (the request is held up to Options.Wait, then node_not_ready).
-	ReleaseWhenReady() bool
 	// StaleHolderAfter is how long a holder that rebooted (new boot ID) and is Ready
 	// may go without calling steady-state before it is released; 0 turns that off.
 	StaleHolderAfter() time.Duration
 }
 
 // NoPolicy is the Policy of a lock with no policy configured: one slot per group,
-// every candidate admitted, release on steady-state at once, stale holders kept.
+// every candidate admitted, stale holders kept.
 type NoPolicy struct{}
 
 // Slots returns 1 for every group.
 func (NoPolicy) Slots(string) int { return 1 }
 
+// Groups returns "default".
+func (NoPolicy) Groups() []string { return []string{"default"} }
+
 // Admit admits every candidate.
 func (NoPolicy) Admit(Candidate) error { return nil }
-
-// ReleaseWhenReady returns false.
-func (NoPolicy) ReleaseWhenReady() bool { return false }
 
 // StaleHolderAfter returns 0 (off).
 func (NoPolicy) StaleHolderAfter() time.Duration { return 0 }
 
 var _ Policy = NoPolicy{}
+
+// FixedSlots is the Policy of a lock with n slots for every group and nothing else:
+// every candidate admitted, stale holders kept.
+type FixedSlots int
+
+// Slots returns n.
+func (n FixedSlots) Slots(string) int { return int(n) }
+
+// Groups returns "default".
+func (FixedSlots) Groups() []string { return []string{"default"} }
+
+// Admit admits every candidate.
+func (FixedSlots) Admit(Candidate) error { return nil }
+
+// StaleHolderAfter returns 0 (off).
+func (FixedSlots) StaleHolderAfter() time.Duration { return 0 }
+
+var _ Policy = FixedSlots(1)
 
 // Grant identifies one hold of a slot: one Node object and one promotion. Nothing
 // recorded for an earlier grant, or for an earlier Node object of the same name, counts

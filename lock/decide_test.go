@@ -24,11 +24,11 @@ func TestDecide(t *testing.T) {
 		{name: "alone", slots: 1, want: promote},
 		{name: "holder takes the slot", slots: 1, others: map[string]nodeLock{"a": holding}, want: withdraw, holders: []string{"a"}},
 		{name: "earlier claim wins", slots: 1, others: map[string]nodeLock{"a": claiming}, want: withdraw, ahead: []string{"a"}},
-		{name: "later claim waits for us", slots: 1, others: map[string]nodeLock{"z": claiming}, want: wait},
-		{name: "two slots, one holder, later claim", slots: 2, others: map[string]nodeLock{"a": holding, "z": claiming}, want: wait, holders: []string{"a"}},
+		{name: "later claim waits for us", slots: 1, others: map[string]nodeLock{"z": claiming}, want: awaitLater},
+		{name: "two slots, one holder, later claim", slots: 2, others: map[string]nodeLock{"a": holding, "z": claiming}, want: awaitLater, holders: []string{"a"}},
 		{name: "two slots, one holder", slots: 2, others: map[string]nodeLock{"z": holding}, want: promote, holders: []string{"z"}},
 		{name: "three slots, two earlier claims, two later", slots: 3,
-			others: map[string]nodeLock{"a": claiming, "b": claiming, "y": claiming, "z": claiming}, want: wait, ahead: []string{"a", "b"}},
+			others: map[string]nodeLock{"a": claiming, "b": claiming, "y": claiming, "z": claiming}, want: awaitLater, ahead: []string{"a", "b"}},
 		{name: "three slots, three earlier", slots: 3,
 			others: map[string]nodeLock{"a": claiming, "b": holding, "c": claiming}, want: withdraw, holders: []string{"b"}, ahead: []string{"a", "c"}},
 		{name: "Ready nodes do not count", slots: 1, others: map[string]nodeLock{"a": {State: StateReady}}, want: promote},
@@ -70,10 +70,9 @@ func TestWritePatch(t *testing.T) {
 	assert.Equal(t, map[string]any{LabelLock: nil}, md["labels"], "release removes the label")
 	ann := md["annotations"].(map[string]any)
 	assert.Equal(t, "Ready", ann[AnnotationStatus])
-	for _, k := range []string{AnnotationBootID, AnnotationWasUnschedulable} {
-		assert.Contains(t, ann, k)
-		assert.Nil(t, ann[k], "%s removed", k)
-	}
+	assert.Contains(t, ann, AnnotationBootID)
+	assert.Nil(t, ann[AnnotationBootID], "boot ID removed")
+	assert.NotContains(t, ann, AnnotationWasUnschedulable, "only the promotion and the release touch it")
 	assert.NotContains(t, ann, AnnotationGroup, "Ready keeps the last group")
 	assert.NotContains(t, ann, AnnotationReleased, "a withdrawal is no release")
 	assert.NotContains(t, got, "spec", "no cordon change unless asked")
@@ -82,6 +81,8 @@ func TestWritePatch(t *testing.T) {
 	require.NoError(t, json.Unmarshal(write{resourceVersion: "44", state: StateReady, since: since, released: true}.patch(), &got))
 	ann = got["metadata"].(map[string]any)["annotations"].(map[string]any)
 	assert.Equal(t, "2026-11-21T10:00:00.000000005Z", ann[AnnotationReleased], "a release records its time")
+	assert.Contains(t, ann, AnnotationWasUnschedulable)
+	assert.Nil(t, ann[AnnotationWasUnschedulable], "a release removes it")
 }
 
 func TestLockOf(t *testing.T) {

@@ -28,14 +28,47 @@
 // others and could not promote. A removed stale claim can never be promoted, because
 // the promotion is conditioned on the claim's resourceVersion. Liveness: the
 // alphabetically first claimant of a group never withdraws because of claims, so
-// someone always wins. ../shared/model/lock.pml is a Promela model of exactly this.
+// someone always wins. docs/model/lock-requests.pml models exactly this (below).
 //
-// Release (steady-state from the holder, or Lock.Release) clears the lock and, only if
-// we cordoned the node, uncordons it, in one conditioned write. A holder is never
+// A grant is one Node object (its UID) and one promotion: the drain is bound to the
+// UID, and just before every 2xx a fresh read checks that the node still holds that
+// grant, is still cordoned, and has no pod bound that must leave (answer.go).
+//
+// Release (steady-state from the holder once it is back: Ready with a new boot ID,
+// healthgate.go; or Lock.Release) clears the lock and, only if we cordoned the node
+// and no operator holds it, uncordons it, in one conditioned write. A holder is never
 // expired on a timer alone: it may be rebooting right now. A holder whose Node is
 // deleted frees its slot by construction, since the check no longer lists it.
 //
 // Machine IDs map to nodes through an informer cache indexed by Zincati ID (derived from
 // status.nodeInfo.machineID, or the AnnotationZincatiID override): no LIST per request,
 // and steady-state of a node that holds nothing costs no API request at all.
+//
+// The lock keeps its own compare-and-swap scheme on Node annotations rather than a
+// Lease or kubectl's drain helper: a Lease holds one holder, not k, and kubectl's
+// drain helper blocks its caller, polls per pod and falls back to DELETE, where a
+// held FleetLock request must answer the moment a drain ends and never delete.
+//
+// Where things are, one concern per file:
+//
+//   - boundary.go: what the lock asks of the policy (Policy) and tells around a grant
+//     (Grant, GrantHooks); options.go: Options and their defaults.
+//   - lock.go: the Lock, its node cache and the two FleetLock endpoints.
+//   - acquire.go: a pre-reboot request's acquisition of a slot (claim, check,
+//     promote, withdraw); decide.go: the rule; contend.go: waiting for a free slot.
+//   - admit.go: asking the policy whether a node may take a slot (Candidate, Refusal).
+//   - answer.go: waiting for the holder's drain and the checks before a 2xx.
+//   - release.go: releasing a slot (Lock.Release, and ReleaseNode for the command).
+//   - healthgate.go: steady-state waiting for evidence of this reboot (back).
+//   - stale.go: releasing holders that rebooted but never called steady-state.
+//   - resume.go: every replica resumes the drains of holders that have not rebooted.
+//   - holders.go: the holder list behind the status page; metrics.go: the metrics.
+//   - health.go: the API server health probe behind api_unavailable and /readyz.
+//   - events.go: the Events posted on Nodes and their reasons.
+//   - annotations.go: the annotations and label the lock lives in; nodes.go: the
+//     node cache's indexes and transform; errors.go: the errors PreReboot returns.
+//   - reregistered.go: a machine back under a new Node name frees its old Node's slot.
+//
+// docs/model/lock-requests.pml is a Promela model of the requests (claims, holds,
+// withdrawals, stale claims) that spin checks.
 package lock

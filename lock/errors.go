@@ -1,16 +1,12 @@
 package lock
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
-
-// ErrNotHolder is returned by Release for a node that holds no lock.
-var ErrNotHolder = errors.New("node holds no reboot lock")
 
 // HeldError is returned when every slot of the group is taken. Holders are the nodes
 // rebooting in the group; Ahead the nodes whose claims come first.
@@ -45,10 +41,13 @@ func (e *DrainError) Error() string {
 	return fmt.Sprintf("node %s: %s", e.Progress.Node, e.Progress)
 }
 
-// Is matches fleetlock.ErrDrainBlocked when a PodDisruptionBudget refuses evictions or
-// the drain failed, fleetlock.ErrDrainInProgress otherwise.
+// Is matches fleetlock.ErrDrainBlocked when something blocks the drain (a
+// PodDisruptionBudget, an admission policy, a terminating namespace, missing RBAC, pods
+// that keep returning, volumes still attached: Progress.Blocks), it failed or gave up,
+// fleetlock.ErrDrainInProgress otherwise.
 func (e *DrainError) Is(target error) bool {
-	if len(e.Progress.BlockedBy) > 0 || e.Progress.Failed {
+	p := e.Progress
+	if len(p.BlockedBy) > 0 || len(p.Blocks) > 0 || p.Failed || p.GaveUpBefore {
 		return target == fleetlock.ErrDrainBlocked
 	}
 	return target == fleetlock.ErrDrainInProgress

@@ -32,7 +32,7 @@ func TestReleaseWaitsUntilReady(t *testing.T) {
 	env := controlplane.Shared(t)
 	ctx := context.Background()
 	f := newFleet(t, env, "health", 2, simkubelet.NodeOptions{})
-	l := startLock(t, env.Client, Options{Wait: 2 * time.Second, ReleaseWhenReady: func() bool { return true }})
+	l := startLock(t, env.Client, Options{Wait: 2 * time.Second, Policy: testPolicy{}})
 	awaitCached(t, l, f)
 	a, b := f.names[0], f.names[1]
 
@@ -78,15 +78,22 @@ func TestReleaseWaitsUntilReady(t *testing.T) {
 		t.Fatal("not released 10s after the node was Ready")
 	}
 
-	// b is released without having rebooted: counted, not hidden.
-	require.NoError(t, l.PreReboot(ctx, f.params(b, "default")))
-	released, err = l.SteadyState(ctx, f.params(b, "default"))
+	// b is released without having rebooted, once its kubelet was seen alive with the
+	// old boot ID (two Lease renewals: a longer Wait): counted, not hidden.
+	l2 := startLock(t, env.Client, Options{Wait: 20 * time.Second, Policy: testPolicy{}})
+	awaitCached(t, l2, f)
+	require.NoError(t, l2.PreReboot(ctx, f.params(b, "default")))
+	released, err = l2.SteadyState(ctx, f.params(b, "default"))
 	require.NoError(t, err)
 	require.True(t, released)
-	assert.NoError(t, testutil.CollectAndCompare(l, strings.NewReader(`
+	assert.NoError(t, testutil.CollectAndCompare(l2, strings.NewReader(`
 # HELP rebootmanager_releases_total Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).
 # TYPE rebootmanager_releases_total counter
 rebootmanager_releases_total{group="default",rebooted="false"} 1
+`), "rebootmanager_releases_total"))
+	assert.NoError(t, testutil.CollectAndCompare(l, strings.NewReader(`
+# HELP rebootmanager_releases_total Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).
+# TYPE rebootmanager_releases_total counter
 rebootmanager_releases_total{group="default",rebooted="true"} 1
 `), "rebootmanager_releases_total"))
 }
@@ -97,8 +104,7 @@ func TestStaleHolderReleased(t *testing.T) {
 	env := controlplane.Shared(t)
 	ctx := context.Background()
 	f := newFleet(t, env, "stale-holder", 2, simkubelet.NodeOptions{})
-	l := startLock(t, env.Client, Options{Wait: time.Second, Slots: func(string) int { return 2 },
-		StaleHolderAfter: func() time.Duration { return 3 * time.Second }})
+	l := startLock(t, env.Client, Options{Wait: time.Second, Policy: testPolicy{slots: 2, staleAfter: 3 * time.Second}})
 	awaitCached(t, l, f)
 	silent, waiting := f.names[0], f.names[1]
 	require.NoError(t, l.PreReboot(ctx, f.params(silent, "default")))

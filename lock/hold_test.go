@@ -2,7 +2,6 @@ package lock
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,51 +10,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
-
-// gatedDrainer is a Drainer whose drains end when the test calls finish.
-type gatedDrainer struct {
-	mu      sync.Mutex
-	drains  map[string]chan struct{} // node → closed when its drain is over
-	started chan string              // receives a node's name when its drain starts
-}
-
-func newGatedDrainer() *gatedDrainer {
-	return &gatedDrainer{drains: map[string]chan struct{}{}, started: make(chan string, 16)}
-}
-
-func (d *gatedDrainer) Start(node string) evict.Progress {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	done, ok := d.drains[node]
-	if !ok {
-		done = make(chan struct{})
-		d.drains[node] = done
-		d.started <- node
-	}
-	select {
-	case <-done:
-		return evict.Progress{Node: node, Drained: true, Done: done}
-	default:
-		return evict.Progress{Node: node, PodsLeft: 1, Pods: 1, Done: done}
-	}
-}
-
-func (d *gatedDrainer) Forget(node string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.drains, node)
-}
-
-// finish ends node's drain, which must have started.
-func (d *gatedDrainer) finish(node string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	close(d.drains[node])
-}
 
 func startLockWith(t *testing.T, client kubernetes.Interface, drainer Drainer, opts Options) *Lock {
 	t.Helper()
@@ -95,14 +53,14 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 	env := controlplane.Shared(t)
 	f := newFleet(t, env, "hold-drain", 1, simkubelet.NodeOptions{})
 	name := f.names[0]
-	drainer := newGatedDrainer()
+	drainer := locktest.NewGated()
 	l := startLockWith(t, env.Client, drainer, Options{Wait: 30 * time.Second})
 	awaitCached(t, l, f)
 
 	asked := time.Now()
 	res := preRebootAsync(l, f, name)
 	select {
-	case started := <-drainer.started:
+	case started := <-drainer.Started:
 		require.Equal(t, name, started)
 	case r := <-res:
 		t.Fatalf("answered before its drain started: %v", r.err)
@@ -115,7 +73,7 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 	finished := time.Now()
-	drainer.finish(name)
+	drainer.Finish(name)
 	select {
 	case r := <-res:
 		require.NoError(t, r.err, "granted once drained")

@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -40,6 +39,7 @@ func TestCordonOnlyWhatWeCordoned(t *testing.T) {
 		assert.Equal(t, tc.wasUnschedulable, st.WasUnschedulable)
 
 		awaitState(t, l, name, StateRebooting)
+		require.NoError(t, env.Kubelet.Reboot(ctx, name, 0))
 		released, err := l.SteadyState(ctx, tc.f.params(name, "default"))
 		require.NoError(t, err)
 		assert.True(t, released)
@@ -83,6 +83,7 @@ func TestRepeatedCallsAreNoOps(t *testing.T) {
 	}
 	assert.Equal(t, before, resourceRequests(counter), "no API request for no-op steady-state")
 
+	require.NoError(t, env.Kubelet.Reboot(ctx, holder, 0))
 	released, err := l.SteadyState(ctx, f.params(holder, "default"))
 	require.NoError(t, err)
 	require.True(t, released)
@@ -171,7 +172,7 @@ func TestRemovedClaimNeverPromoted(t *testing.T) {
 	awaitCached(t, l, f)
 	n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err)
-	r := &request{Lock: l, name: name, group: "default", log: l.log}
+	r := &acquisition{lock: l, name: name, group: "default", log: l.log}
 	claimed, err := r.write(ctx, n, write{state: StateClaiming, group: "default"})
 	require.NoError(t, err)
 	r.claim = claimed
@@ -237,20 +238,4 @@ func TestZincatiIDOverride(t *testing.T) {
 	require.NoError(t, l.PreReboot(ctx, fleetlock.ClientParams{ID: override, Group: "default"}))
 	_, err := l.resolve(f.ids[f.names[0]])
 	assert.ErrorIs(t, err, fleetlock.ErrUnknownNode, "the derived ID no longer matches once overridden")
-}
-
-func awaitState(t *testing.T, l *Lock, name string, want State) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		obj, ok, err := l.nodes.GetIndexer().GetByKey(name)
-		return err == nil && ok && lockOf(obj.(*corev1.Node)).State == want
-	}, 10*time.Second, 10*time.Millisecond)
-}
-
-// resourceRequests is the counter's snapshot without the API server health probes
-// (GET /readyz every few seconds, whatever the requests).
-func resourceRequests(c *controlplane.RequestCounter) map[string]int {
-	m := c.Snapshot()
-	delete(m, "GET /readyz")
-	return m
 }

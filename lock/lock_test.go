@@ -7,150 +7,19 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drained is a Drainer whose drains are over at once.
-type drained struct{ forgot atomic.Int32 }
-
-func (d *drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (d *drained) Forget(string) { d.forgot.Add(1) }
-
-// fleet is a set of test nodes, named prefix-00, prefix-01, ...
-type fleet struct {
-	names []string
-	ids   map[string]string // node name → Zincati ID
-}
-
-func newFleet(t *testing.T, env *controlplane.Env, prefix string, n int, opts simkubelet.NodeOptions) fleet {
-	t.Helper()
-	f := fleet{ids: map[string]string{}}
-	for i := range n {
-		name := fmt.Sprintf("%s-%02d", prefix, i)
-		o := opts
-		o.MachineID = simkubelet.RandomID()
-		_, err := env.Kubelet.AddNode(context.Background(), name, o)
-		require.NoError(t, err)
-		id, err := fleetlock.ZincatiID(o.MachineID)
-		require.NoError(t, err)
-		f.names = append(f.names, name)
-		f.ids[name] = id
-	}
-	t.Cleanup(func() {
-		for _, name := range f.names {
-			_ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{})
-		}
-	})
-	return f
-}
-
-func (f fleet) params(name, group string) fleetlock.ClientParams {
-	return fleetlock.ClientParams{ID: f.ids[name], Group: group}
-}
-
-func startLock(t *testing.T, client kubernetes.Interface, opts Options) *Lock {
-	t.Helper()
-	l, err := New(client, &drained{}, opts)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	require.NoError(t, l.Start(ctx))
-	return l
-}
-
-// awaitCached waits until l's cache shows every node of f, so IDs resolve.
-func awaitCached(t *testing.T, l *Lock, f fleet) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		for _, name := range f.names {
-			if _, err := l.resolve(f.ids[name]); err != nil {
-				return false
-			}
-		}
-		return true
-	}, 30*time.Second, 20*time.Millisecond)
-}
-
-// awaitNoHolders waits until l's cache shows no claim or hold in group.
-func awaitNoHolders(t *testing.T, l *Lock, group string) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		objs, err := l.nodes.GetIndexer().ByIndex(byGroup, group)
-		return err == nil && len(objs) == 0
-	}, 10*time.Second, 10*time.Millisecond)
-}
-
-func nodeLockState(t *testing.T, client kubernetes.Interface, name string) (nodeLock, bool) {
-	t.Helper()
-	n, err := client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
-	require.NoError(t, err)
-	return lockOf(n), n.Spec.Unschedulable
-}
-
-// holdersWatcher follows every lock change through a watch, in the order the API server
-// applied them, and records the most nodes of a group that held at once.
-type holdersWatcher struct {
-	mu      sync.Mutex
-	holding map[string]bool
-	most    int
-}
-
-func watchHolders(t *testing.T, client kubernetes.Interface, f fleet) *holdersWatcher {
-	t.Helper()
-	ours := map[string]bool{}
-	for _, n := range f.names {
-		ours[n] = true
-	}
-	w, err := client.CoreV1().Nodes().Watch(context.Background(), metav1.ListOptions{})
-	require.NoError(t, err)
-	t.Cleanup(w.Stop)
-	h := &holdersWatcher{holding: map[string]bool{}}
-	go func() {
-		for ev := range w.ResultChan() {
-			n, ok := ev.Object.(*corev1.Node)
-			if !ok || !ours[n.Name] {
-				continue
-			}
-			h.mu.Lock()
-			h.holding[n.Name] = ev.Type != watch.Deleted && lockOf(n).holding()
-			count := 0
-			for _, held := range h.holding {
-				if held {
-					count++
-				}
-			}
-			h.most = max(h.most, count)
-			h.mu.Unlock()
-		}
-	}()
-	return h
-}
-
-func (h *holdersWatcher) max() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.most
-}
 
 // Every node of a group asks at once, through two lock instances (two replicas) and
 // from two goroutines per node per instance, round after round: never more than
@@ -166,7 +35,7 @@ func TestContention(t *testing.T) {
 			const nodes, rounds = 20, 8
 			f := newFleet(t, env, fmt.Sprintf("contend-s%d", slots), nodes, simkubelet.NodeOptions{})
 			watcher := watchHolders(t, env.Client, f)
-			opts := Options{Slots: func(string) int { return slots }, Wait: 300 * time.Millisecond}
+			opts := Options{Policy: testPolicy{slots: slots}, Wait: 300 * time.Millisecond}
 			replicas := []*Lock{startLock(t, env.Client, opts), startLock(t, env.Client, opts)}
 			for _, l := range replicas {
 				awaitCached(t, l, f)
@@ -218,6 +87,7 @@ func TestContention(t *testing.T) {
 				}
 				require.Equal(t, len(granted), holders)
 				for name := range granted {
+					require.NoError(t, env.Kubelet.Reboot(ctx, name, 0))
 					// The replica's cache may not have seen the other replica's grant yet.
 					require.Eventually(t, func() bool {
 						released, err := replicas[round%2].SteadyState(ctx, f.params(name, "default"))

@@ -1,36 +1,51 @@
 package lock
 
 import (
-	"time"
+	"errors"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
-// Holder is a node that claims or holds the lock, as the cache shows it.
-type Holder struct {
-	Node  string
-	Group string
-	State State     // Claiming or Rebooting
-	Since time.Time // when the state began
+func newUnmatchedCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_unmatched_ids_total",
+		Help: "Requests whose Zincati ID matched no node (reason unknown) or several (reason ambiguous).",
+	}, []string{"endpoint", "reason"})
 }
 
-// Holders returns the nodes that claim or hold the lock, from the cache.
-func (l *Lock) Holders() []Holder {
-	var hs []Holder
-	for _, obj := range l.nodes.GetIndexer().List() {
-		if h, ok := HolderOf(obj.(*corev1.Node)); ok {
-			hs = append(hs, h)
-		}
+func newRefusalsCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_refusals_total",
+		Help: "Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers) or for an uncordoned holder, by group and reason.",
+	}, []string{"group", "reason"})
+}
+
+func newReleasesCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_releases_total",
+		Help: "Slots released by steady-state, by group and by whether the node's boot ID had changed (rebooted true or false).",
+	}, []string{"group", "rebooted"})
+}
+
+// groupLabel is group as a metric label value: a configured group, else
+// "unconfigured", so that clients cannot grow the series by naming groups.
+func (l *Lock) groupLabel(group string) string {
+	if slices.Contains(l.opts.Policy.Groups(), group) {
+		return group
 	}
-	return hs
+	return "unconfigured"
 }
 
-// HolderOf reads the lock state recorded on a node: ok is false when the node neither
-// claims nor holds.
-func HolderOf(n *corev1.Node) (h Holder, ok bool) {
-	st := lockOf(n)
-	return Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since}, st.State != StateReady
+func (l *Lock) countUnmatched(endpoint string, err error) {
+	switch {
+	case errors.Is(err, fleetlock.ErrUnknownNode):
+		l.unmatched.WithLabelValues(endpoint, "unknown").Inc()
+	case errors.Is(err, fleetlock.ErrAmbiguousNode):
+		l.unmatched.WithLabelValues(endpoint, "ambiguous").Inc()
+	}
 }
 
 var (
@@ -40,7 +55,7 @@ var (
 		"Nodes of the group that hold the reboot lock.", []string{"group"}, nil)
 	claimsDesc = prometheus.NewDesc("rebootmanager_group_claims",
 		"Nodes of the group whose pre-reboot request is claiming a slot.", []string{"group"}, nil)
-	heldSinceDesc = prometheus.NewDesc("rebootmanager_lock_held_since_seconds",
+	heldSinceDesc = prometheus.NewDesc("rebootmanager_lock_held_since_timestamp_seconds",
 		"When the node took the reboot lock (Unix time); one series per holder.", []string{"group", "node"}, nil)
 )
 
@@ -66,8 +81,11 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	type counts struct{ holders, claims int }
-	groups := map[string]*counts{"default": {}}
-	for _, h := range l.Holders() {
+	groups := map[string]*counts{}
+	for _, g := range l.opts.Policy.Groups() {
+		groups[g] = &counts{} // every configured group, holders or not
+	}
+	for _, h := range l.Holders() { // and the groups of existing nodes' claims and holds
 		c := groups[h.Group]
 		if c == nil {
 			c = &counts{}

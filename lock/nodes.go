@@ -21,7 +21,7 @@ func zincatiIDs(obj any) ([]string, error) {
 	if !ok {
 		return nil, nil
 	}
-	if id := strings.TrimSpace(n.Annotations[AnnotationZincatiID]); id != "" {
+	if id := normalizeID(n.Annotations[AnnotationZincatiID]); id != "" {
 		return []string{id}, nil
 	}
 	id, err := fleetlock.ZincatiID(n.Status.NodeInfo.MachineID)
@@ -29,6 +29,13 @@ func zincatiIDs(obj any) ([]string, error) {
 		return nil, nil //nolint:nilerr // a node without a usable machine ID is simply not indexed
 	}
 	return []string{id}, nil
+}
+
+// normalizeID writes an ID as Zincati sends it: Zincati's identity.node_uuid may be
+// written with dashes and in upper case (a UUID), and is sent as 32 lowercase hex
+// digits.
+func normalizeID(id string) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(id), "-", ""))
 }
 
 // byGroup indexes the node cache by the group of a node's claim or hold.

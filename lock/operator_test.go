@@ -2,7 +2,6 @@ package lock
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,43 +10,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
-
-// endlessDrainer's drains never finish; it records what was forgotten.
-type endlessDrainer struct {
-	mu     sync.Mutex
-	done   map[string]chan struct{}
-	forgot []string
-}
-
-func (d *endlessDrainer) Start(node string) evict.Progress {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.done[node] == nil {
-		d.done[node] = make(chan struct{})
-	}
-	return evict.Progress{Node: node, PodsLeft: 1, Done: d.done[node]}
-}
-
-func (d *endlessDrainer) Forget(node string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.forgot = append(d.forgot, node)
-	if c := d.done[node]; c != nil {
-		close(c)
-		delete(d.done, node)
-	}
-}
-
-func (d *endlessDrainer) forgotten() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.forgot...)
-}
 
 // An operator's writes on a holder mid-drain are respected: a manual release
 // (kubectl annotate rebootmanager/status=Ready) stops the wait and the drain and is not
@@ -57,8 +24,8 @@ func TestOperatorWritesMidDrain(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t, env, "operator", 2, simkubelet.NodeOptions{})
 	released, annotated := f.names[0], f.names[1]
-	drainer := &endlessDrainer{done: map[string]chan struct{}{}}
-	l, err := New(env.Client, drainer, Options{Wait: 20 * time.Second, Slots: func(string) int { return 2 }})
+	drainer := &locktest.Endless{}
+	l, err := New(env.Client, drainer, Options{Wait: 20 * time.Second, Policy: testPolicy{slots: 2}})
 	require.NoError(t, err)
 	lctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
@@ -78,7 +45,7 @@ func TestOperatorWritesMidDrain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the held request did not notice the manual release")
 	}
-	assert.Contains(t, drainer.forgotten(), released, "its drain is stopped")
+	assert.Contains(t, drainer.Forgotten(), released, "its drain is stopped")
 	st, _ := nodeLockState(t, env.Client, released)
 	assert.Equal(t, StateReady, st.State, "the manual release is not undone")
 

@@ -138,7 +138,7 @@ func TestAlertsWarningsBlock(t *testing.T) {
 	hs := httptest.NewServer(prom)
 	t.Cleanup(hs.Close)
 	p, _ := startPolicy(t, fmt.Sprintf("blockers: {alerts: {url: %q, interval: 1s}}", hs.URL), nil)
-	awaitAdmit(t, p, "admitted on a clean answer", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted on a clean answer", func(err error) bool { return err == nil })
 
 	prom.set(0, answer(200, `{"status":"success","data":{"alerts":[]},"warnings":["rule group \"node\" unavailable: querier down"]}`))
 	err := awaitAdmit(t, p, "partial data blocks", is(fleetlock.ErrBlockerCheckFailing))
@@ -150,7 +150,7 @@ func TestAlertsWarningsBlock(t *testing.T) {
 	assert.True(t, b[0].Active)
 
 	prom.set(0, answer(200, noAlerts))
-	awaitAdmit(t, p, "admitted again on a clean answer", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted again on a clean answer", func(err error) bool { return err == nil })
 }
 
 // A broken alerts check (503, a timeout) has its own reply kind, reason, cause and
@@ -161,7 +161,7 @@ func TestAlertsCheckFailingIsNotAnAlert(t *testing.T) {
 	hs := httptest.NewServer(prom)
 	t.Cleanup(hs.Close)
 	p, logs := startPolicy(t, fmt.Sprintf("blockers: {alerts: {url: %q, interval: 1s, timeout: 1s}}", hs.URL), nil)
-	awaitAdmit(t, p, "admitted on a clean answer", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted on a clean answer", func(err error) bool { return err == nil })
 	require.Equal(t, float64(0), metric(t, p, "rebootmanager_blocker_check_failures_total"))
 	firstSuccess := metric(t, p, "rebootmanager_blocker_last_success_timestamp_seconds")
 	assert.InDelta(t, float64(time.Now().Unix()), firstSuccess, 60)
@@ -202,7 +202,7 @@ func TestSlowPrometheusUnblocks(t *testing.T) {
 	hs := httptest.NewServer(prom)
 	t.Cleanup(hs.Close)
 	p, _ := startPolicy(t, fmt.Sprintf("blockers: {alerts: {url: %q, interval: 1s}}", hs.URL), nil)
-	awaitAdmit(t, p, "admitted although each answer takes 4s", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted although each answer takes 4s", func(err error) bool { return err == nil })
 	require.Eventually(t, func() bool { return prom.asked.Load() >= 3 }, 30*time.Second, 100*time.Millisecond)
 	assert.NoError(t, admit(p, "n"), "still admitted, three slow answers later")
 	assert.Equal(t, int32(1), prom.maxIn.Load(), "never two queries at once")
@@ -270,7 +270,7 @@ blockers:
     tls: {caFile: %s}
     headers: {X-Scope-OrgID: team-a}
 `, secretURL, tokenFile, ca), nil)
-	awaitAdmit(t, p, "admitted: token, CA and header reach Prometheus", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted: token, CA and header reach Prometheus", func(err error) bool { return err == nil })
 
 	write("token", "rotated")
 	err := awaitAdmit(t, p, "a rotated token file is read again", is(fleetlock.ErrBlockerCheckFailing))
@@ -278,7 +278,7 @@ blockers:
 	mu.Lock()
 	wantAuth = "Bearer rotated"
 	mu.Unlock()
-	awaitAdmit(t, p, "the rotated token works", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "the rotated token works", func(err error) bool { return err == nil })
 
 	// Basic auth: a user name and a password file.
 	passwordFile := write("password", password)
@@ -294,7 +294,7 @@ blockers:
     tls: {caFile: %s}
     headers: {X-Scope-OrgID: team-a}
 `, hs.URL, passwordFile, ca), nil)
-	awaitAdmit(t, p2, "admitted with basic auth", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p2, "admitted with basic auth", func(err error) bool { return err == nil })
 	write("password", "wrong")
 	err2 := awaitAdmit(t, p2, "a wrong password blocks", is(fleetlock.ErrBlockerCheckFailing))
 
@@ -340,7 +340,7 @@ func TestSlowPodsCheckUnblocks(t *testing.T) {
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { slow.rt = rt; return slow })
 	client := kubernetes.NewForConfigOrDie(cfg)
 	p, _ := startPolicy(t, fmt.Sprintf("blockers: {podsInterval: 1s, pods: [{selector: app=backup, namespace: %s}]}", env.Namespace(t)), client)
-	awaitAdmit(t, p, "admitted although each list takes 4s", func(err error) bool { return err == nil })
+	_ = awaitAdmit(t, p, "admitted although each list takes 4s", func(err error) bool { return err == nil })
 	require.Eventually(t, func() bool { return slow.lists.Load() >= 3 }, 30*time.Second, 100*time.Millisecond)
 	assert.NoError(t, admit(p, "n"), "still admitted, three slow lists later")
 	assert.Equal(t, int32(1), slow.maxIn.Load(), "never two lists at once")

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	promconfig "github.com/prometheus/common/config"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 )
 
 // Config is the configuration file (YAML or JSON). docs/operations.md shows an
 // example; the zero value (no file) is one slot per group, no windows, no gap, the
-// health gate on, no stale-holder release and no blockers.
+// health gate on, stale holders released after DefaultStaleHolderAfter and no blockers.
 type Config struct {
 	// APIVersion is the file format's version, APIVersion. A file must carry it (see
 	// ParseFile): an empty or cut-off file is then invalid, never the zero policy.
@@ -33,7 +34,8 @@ type Config struct {
 	ReleaseWhenReady *bool `json:"releaseWhenReady,omitempty"`
 	// StaleHolderAfter releases a holder that rebooted (new boot ID) and has been Ready
 	// this long without calling steady-state (its Zincati cannot reach us). 0: never.
-	StaleHolderAfter Duration `json:"staleHolderAfter,omitempty"`
+	// Default DefaultStaleHolderAfter.
+	StaleHolderAfter *Duration `json:"staleHolderAfter,omitempty"`
 	// Blockers refuse new grants while they find something wrong.
 	Blockers Blockers `json:"blockers"`
 	// Replacement tunes the replacement of nodes that fail to return (groups opt in
@@ -275,9 +277,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
-// groupName is what Zincati accepts as a group (and fleetlock checks).
-var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
-
 // ParseFile reads and checks a policy file (the --config file, the ConfigMap's
 // config.yaml): as Parse, and it must carry "apiVersion: rebootmanager/v1". An empty
 // document, or one without apiVersion (a file caught while it was being rewritten, a
@@ -347,7 +346,7 @@ func (c *Config) Validate() error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if !groupName.MatchString(name) || len(name) > 253 {
+		if !fleetlock.ValidGroup(name) {
 			return fmt.Errorf("groups.%s: not a FleetLock group name (letters, digits, '.' and '-')", name)
 		}
 		g := c.Groups[name]
@@ -382,6 +381,9 @@ func (c *Config) Validate() error {
 	}
 	if r.Interval.Duration < time.Second {
 		return fmt.Errorf("replacement.interval: %s is under a second", r.Interval)
+	}
+	if err := c.checkReplaceAfter(); err != nil {
+		return err
 	}
 	if c.Blockers.PodsInterval.Duration == 0 {
 		c.Blockers.PodsInterval.Duration = DefaultPodsInterval
@@ -418,6 +420,41 @@ func (g *Group) compile(field string) error {
 		}
 	}
 	return nil
+}
+
+// MinReplaceAfter is the least replaceAfter accepted outside a dry run: a rebooting
+// node is silent (no Lease renewal, NotReady once the node-monitor grace period of 40
+// to 50s has passed) for its whole reboot, and a shorter replaceAfter replaces nodes
+// that reboot normally. docs/replacement.md says how to size it.
+const MinReplaceAfter = 2 * time.Minute
+
+// minReplaceAfter is MinReplaceAfter, but in test builds (replace_unsafe.go).
+var minReplaceAfter = MinReplaceAfter
+
+// checkReplaceAfter refuses a replaceAfter under minReplaceAfter unless dryRun.
+func (c *Config) checkReplaceAfter() error {
+	if c.Replacement.DryRun {
+		return nil
+	}
+	fields := map[string]Duration{"defaults": c.Defaults.ReplaceAfter}
+	for name, g := range c.Groups {
+		fields["groups."+name] = g.ReplaceAfter
+	}
+	for _, field := range sortedKeys(fields) {
+		if d := fields[field].Duration; d > 0 && d < minReplaceAfter {
+			return fmt.Errorf("%s.replaceAfter: %s is under %s, which would replace nodes that reboot normally (docs/replacement.md); replacement.dryRun allows it", field, d, minReplaceAfter)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Group returns the settings in force for a group: its own, with Defaults filling in

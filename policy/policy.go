@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -46,7 +47,7 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Policy is the operator's policy in force. It implements lock.Gate.
+// Policy is the operator's policy in force. It implements lock.Policy.
 type Policy struct {
 	opts   Options
 	log    *slog.Logger
@@ -61,7 +62,7 @@ type Policy struct {
 	clientFor *AlertsBlocker // the configuration client was built from
 }
 
-var _ lock.Gate = (*Policy)(nil)
+var _ lock.Policy = (*Policy)(nil)
 
 // New returns a Policy; Start it before use.
 func New(opts Options) *Policy {
@@ -117,8 +118,31 @@ func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots
 // ReleaseWhenReady tells whether the health gate is on.
 func (p *Policy) ReleaseWhenReady() bool { return p.Config().releaseWhenReady() }
 
-// StaleHolderAfter is the configured stale-holder time; 0: off.
-func (p *Policy) StaleHolderAfter() time.Duration { return p.Config().StaleHolderAfter.Duration }
+// Groups returns the configured groups, "default" included, sorted.
+func (p *Policy) Groups() []string {
+	groups := []string{"default"}
+	for g := range p.Config().Groups {
+		if g != "default" {
+			groups = append(groups, g)
+		}
+	}
+	slices.Sort(groups)
+	return groups
+}
+
+// DefaultStaleHolderAfter is Config.StaleHolderAfter's default: a holder that rebooted
+// and has been Ready an hour without calling steady-state is released. Safe: it counts
+// only a new boot ID and Ready, never the time alone.
+const DefaultStaleHolderAfter = time.Hour
+
+// StaleHolderAfter is the configured stale-holder time (DefaultStaleHolderAfter
+// unless set); 0: off.
+func (p *Policy) StaleHolderAfter() time.Duration {
+	if d := p.Config().StaleHolderAfter; d != nil {
+		return d.Duration
+	}
+	return DefaultStaleHolderAfter
+}
 
 // Paused returns the pause's reason and true while the pause ConfigMap exists.
 func (p *Policy) Paused() (string, bool) {
@@ -134,7 +158,7 @@ func (p *Policy) Paused() (string, bool) {
 	return "", false
 }
 
-// Admit implements lock.Gate: the checks in order, the first that refuses wins.
+// Admit implements lock.Policy: the checks in order, the first that refuses wins.
 func (p *Policy) Admit(c lock.Candidate) error {
 	cfg := p.Config()
 	now := p.opts.Now()

@@ -22,25 +22,15 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 	"github.com/reboot-manager/reboot-manager/policy"
 )
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
-
-// drained is a Drainer whose drains are over at once.
-type drained struct{}
-
-func (drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-func (drained) Forget(string) {}
 
 // clock is a settable clock.
 type clock struct {
@@ -104,9 +94,8 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	require.NoError(t, broadcaster.StartRecordingToSinkWithContext(ctx))
 	t.Cleanup(broadcaster.Shutdown)
 	var err error
-	r.lock, err = lock.New(env.Client, drained{}, lock.Options{
-		Slots: r.policy.Slots, Wait: max(o.wait, time.Second), Gate: r.policy,
-		ReleaseWhenReady: r.policy.ReleaseWhenReady, StaleHolderAfter: r.policy.StaleHolderAfter,
+	r.lock, err = lock.New(env.Client, &locktest.Drained{}, lock.Options{
+		Policy: r.policy, Wait: max(o.wait, time.Second),
 		Recorder: broadcaster.NewRecorder(scheme.Scheme, "reboot-manager"),
 	})
 	require.NoError(t, err)
@@ -137,7 +126,12 @@ func (r *rig) preReboot(node string) error {
 	return r.lock.PreReboot(context.Background(), r.params(node, "default"))
 }
 
+// steadyState reboots node (the lock releases only a node back from its reboot), then
+// sends its steady-state.
 func (r *rig) steadyState(node string) (bool, error) {
+	if err := r.env.Kubelet.Reboot(context.Background(), node, 0); err != nil {
+		return false, err
+	}
 	return r.lock.SteadyState(context.Background(), r.params(node, "default"))
 }
 
@@ -164,9 +158,9 @@ func (r *rig) annotate(node, key string, value *string) {
 func (r *rig) assertRefusals(want map[string]int) {
 	r.t.Helper()
 	var b strings.Builder
-	b.WriteString("# HELP rebootmanager_refusals_total Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers), by reason.\n# TYPE rebootmanager_refusals_total counter\n")
+	b.WriteString("# HELP rebootmanager_refusals_total Pre-reboot requests refused by the operator's policy (window, pause, hold, gap, blockers) or for an uncordoned holder, by group and reason.\n# TYPE rebootmanager_refusals_total counter\n")
 	for reason, n := range want {
-		fmt.Fprintf(&b, "rebootmanager_refusals_total{reason=%q} %d\n", reason, n)
+		fmt.Fprintf(&b, "rebootmanager_refusals_total{group=\"default\",reason=%q} %d\n", reason, n)
 	}
 	assert.NoError(r.t, testutil.CollectAndCompare(r.lock, strings.NewReader(b.String()), "rebootmanager_refusals_total"))
 }
@@ -381,14 +375,14 @@ blockers:
 		}, 40*time.Second, 200*time.Millisecond, "%s: want %v, last %v", node, want, err)
 		return err
 	}
-	awaitErr(a, nil)
+	_ = awaitErr(a, nil)
 	_, err := r.steadyState(a)
 	require.NoError(t, err)
 
 	pod("fsck", "fsck", b)
 	err = awaitErr(b, fleetlock.ErrPodsBlocking)
 	assert.Contains(t, err.Error(), r.ns+"/fsck")
-	awaitErr(a, nil) // a node-scoped blocker blocks its node only
+	_ = awaitErr(a, nil) // a node-scoped blocker blocks its node only
 	_, err = r.steadyState(a)
 	require.NoError(t, err)
 
@@ -401,7 +395,7 @@ blockers:
 	p.Status.Phase = corev1.PodSucceeded
 	_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
 	require.NoError(t, err)
-	awaitErr(a, nil)
+	_ = awaitErr(a, nil)
 }
 
 // With notReadyNodes, a group with a member down (not a holder) gets no new grant.

@@ -70,15 +70,16 @@ func clock(s string) (time.Duration, error) {
 	return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
 }
 
-// open reports whether t falls in the window.
+// open reports whether t falls in the window. The weekday and the wall-clock time are
+// read off the instant in the window's zone: a day may have no local midnight (Santiago
+// and Havana skip 00:00 to 01:00 on their spring day), so nothing is derived from one.
 func (w *Window) open(t time.Time) bool {
 	t = t.In(w.loc)
-	y, m, d := t.Date()
-	midnight := time.Date(y, m, d, 0, 0, 0, 0, w.loc)
-	// Wall-clock time since midnight, so that DST days keep their HH:MM meaning.
+	// Wall-clock time of day, so that DST days keep their HH:MM meaning.
 	tod := time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute +
 		time.Duration(t.Second())*time.Second + time.Duration(t.Nanosecond())
-	today, yesterday := midnight.Weekday(), (midnight.Weekday()+6)%7
+	today := t.Weekday()
+	yesterday := (today + 6) % 7
 	if w.start < w.end {
 		return w.days[today] && tod >= w.start && tod < w.end
 	}

@@ -19,7 +19,10 @@ type Cloud interface {
 	// refuses is a *GuardError; any other error is the cloud's.
 	Preflight(ctx context.Context, in Instance) error
 	// Replace terminates the instance and keeps the group's capacity, so that the group
-	// launches a new one. An instance already gone is done: nil.
+	// launches a new one, in one call to the cloud: it never asks again by itself, as
+	// the node may have come back in between. An instance already gone is done: nil.
+	// An error wrapping ErrTryAgain is the cloud's "not now" (throttling, contention,
+	// 5xx, a broken connection): the caller reads the node again before asking again.
 	Replace(ctx context.Context, in Instance) error
 	// InService returns the IDs of the group's instances in service.
 	InService(ctx context.Context, in Instance) ([]string, error)
@@ -37,6 +40,9 @@ type Instance struct {
 
 // ErrNotManaged is returned by Resolve for a node reboot-manager must never replace.
 var ErrNotManaged = errors.New("not an instance of a supported group")
+
+// ErrTryAgain is wrapped by Replace's errors that may pass if asked again later.
+var ErrTryAgain = errors.New("the cloud said not now")
 
 // GuardError is a Preflight guard's refusal.
 type GuardError struct {

@@ -2,13 +2,11 @@ package replace
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,30 +21,25 @@ import (
 	"github.com/reboot-manager/reboot-manager/policy"
 )
 
-// LabelRecord marks the ConfigMaps that record replaceable grants.
-const LabelRecord = "rebootmanager/replacement"
+// DefaultResumeAfter is how long a Replacing record whose instance is in service
+// must stay unchanged, as this replica sees it, before it asks to terminate the
+// instance again: longer than a terminate call with its timeouts, so that it does not
+// ask while another replica's call is under way.
+const DefaultResumeAfter = 30 * time.Second
 
-// The states of a record.
-const (
-	// StateGranted: the node was granted a reboot; nothing done yet.
-	StateGranted = "Granted"
-	// StateReplacing: a replica terminated (or is terminating) the instance and waits
-	// for the node of a new instance.
-	StateReplacing = "Replacing"
-	// StateReplaced: a node of a new instance is Ready; the old Node is being deleted.
-	StateReplaced = "Replaced"
-	// StateFailed: the replacement failed; the record stays, counting towards
-	// MaxFailures, until an operator deletes it.
-	StateFailed = "Failed"
-)
+// DefaultAPIGrace is how long replacement stays paused after this replica last
+// failed to reach the API server: twice a kubelet's 10s Lease renewal period (its
+// renewals fail during an outage too, and it retries with a backoff of up to 7s).
+const DefaultAPIGrace = 20 * time.Second
 
 // Options configure a Replacer.
 type Options struct {
 	// Cloud replaces instances. Required.
 	Cloud Cloud
-	// Client reads and deletes Nodes and keeps the records. Required.
+	// Client reads Nodes and their Leases, deletes Nodes and keeps the records and
+	// the in-flight Lease. Required.
 	Client kubernetes.Interface
-	// Namespace holds the records.
+	// Namespace holds the records and the in-flight Lease.
 	Namespace string
 	// Identity names this replica in the records it claims (its pod name).
 	Identity string
@@ -58,41 +51,38 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// APIGrace pauses replacement this long after this replica last failed to reach
+	// the API server, and after it started. Default DefaultAPIGrace.
+	APIGrace time.Duration
+	// ResumeAfter: a claimed replacement whose instance is still in service is taken
+	// up again (its instance terminated) only once its record stayed unchanged this
+	// long on this replica's clock. Default DefaultResumeAfter.
+	ResumeAfter time.Duration
 }
 
-// Replacer replaces the nodes that fail to return after a granted reboot.
+// Replacer replaces the nodes that fail to return after a granted reboot. It
+// implements lock.GrantHooks (hooks.go).
 type Replacer struct {
 	opts Options
 	log  *slog.Logger
+
+	mu sync.Mutex
 	// noted is what was last reported for a record (a guard's refusal, a dry run), so
 	// that each is logged and posted once, not at every look.
 	noted map[string]string
+	// watches are what this replica saw of each record's kubelet (evidence.go).
+	watches map[string]watch
+	// downAt is when this replica last failed to reach the API server (or started:
+	// it has seen nothing before).
+	downAt time.Time
+	// quiet is, per Replacing record, its resourceVersion and when this replica first
+	// saw it.
+	quiet map[string]seenAt
+	// waiting is, per Replacing record whose instance is out of service, its claim
+	// and attempt, and when this replica first saw it so.
+	waiting map[string]seenAt
 
 	replacements *prometheus.CounterVec
-}
-
-// record is what a ConfigMap keeps of a grant, under the key "record".
-type record struct {
-	Node       string    `json:"node"`
-	Group      string    `json:"group"` // the FleetLock group
-	ProviderID string    `json:"providerID"`
-	Instance   Instance  `json:"instance"`
-	BootID     string    `json:"bootID"`
-	GrantedAt  time.Time `json:"grantedAt"`
-	State      string    `json:"state"`
-	// TerminatedAt is when the instance was terminated (state Replacing).
-	TerminatedAt time.Time `json:"terminatedAt,omitzero"`
-	// By is the replica that claimed the replacement.
-	By string `json:"by,omitempty"`
-	// Before are the group's instances in service when it was claimed: the
-	// replacement is an instance not among them.
-	Before []string `json:"before,omitempty"`
-	// NewNode is the node of the new instance (state Replaced).
-	NewNode string `json:"newNode,omitempty"`
-	// Error is why the replacement failed.
-	Error string `json:"error,omitempty"`
-
-	cm *corev1.ConfigMap // as read, for conditioned writes
 }
 
 // New returns a Replacer; call Run.
@@ -103,129 +93,22 @@ func New(opts Options) *Replacer {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.APIGrace <= 0 {
+		opts.APIGrace = DefaultAPIGrace
+	}
+	if opts.ResumeAfter <= 0 {
+		opts.ResumeAfter = DefaultResumeAfter
+	}
 	return &Replacer{
-		opts: opts, log: opts.Logger.With("cloud", opts.Cloud.Name()), noted: map[string]string{},
+		opts: opts, log: opts.Logger.With("cloud", opts.Cloud.Name()),
+		noted: map[string]string{}, watches: map[string]watch{}, quiet: map[string]seenAt{},
+		waiting: map[string]seenAt{},
+		downAt:  opts.Now(),
 		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rebootmanager_replacements_total",
 			Help: "Replacements of nodes that failed to return, by result: started (instance terminated), replaced (a new node is Ready), failed, dry_run (would have started).",
 		}, []string{"result"}),
 	}
-}
-
-// recordName is the ConfigMap of a node's record: a DNS subdomain, unique per node.
-func recordName(node string) string {
-	name := "replace-" + node
-	if len(name) > 253 {
-		sum := sha256.Sum256([]byte(node))
-		name = "replace-" + hex.EncodeToString(sum[:16])
-	}
-	return name
-}
-
-// BeforeReboot records the grant of a node whose group replaces failed nodes, before it
-// reboots; it is lock.Options.BeforeReboot. A node that is not an instance of a
-// supported group is not recorded (it is never replaced). A cloud that cannot say the
-// node's instance group now is asked again when the node fails; only a failure to
-// write the record refuses the reboot.
-func (r *Replacer) BeforeReboot(ctx context.Context, n *corev1.Node, group string) error {
-	if r.opts.Config().Group(group).ReplaceAfter.Duration == 0 {
-		return nil
-	}
-	st, _ := lock.HolderOf(n)
-	rec := record{Node: n.Name, Group: group, ProviderID: n.Spec.ProviderID, BootID: n.Status.NodeInfo.BootID,
-		GrantedAt: st.Since, State: StateGranted}
-	cms := r.opts.Client.CoreV1().ConfigMaps(r.opts.Namespace)
-	var old *corev1.ConfigMap // a record of an earlier grant, overwritten
-	cm, err := cms.Get(ctx, recordName(n.Name), metav1.GetOptions{})
-	switch {
-	case err == nil:
-		if prev, perr := decode(cm); perr == nil && prev.GrantedAt.Equal(rec.GrantedAt) {
-			return nil // this grant is recorded (a re-entrant pre-reboot)
-		}
-		old = cm
-	case !apierrors.IsNotFound(err):
-		return fmt.Errorf("read replacement record: %w", err)
-	}
-	id, ok := r.opts.Cloud.InstanceID(n.Spec.ProviderID)
-	if !ok {
-		r.log.Debug("not recorded for replacement: not this cloud's node", "node", n.Name, "providerID", n.Spec.ProviderID)
-		return nil
-	}
-	rec.Instance = Instance{ID: id}
-	in, err := r.opts.Cloud.Resolve(ctx, n.Spec.ProviderID)
-	switch {
-	case errors.Is(err, ErrNotManaged):
-		r.log.Info("not recorded for replacement: its instance is in no instance group", "node", n.Name, "err", err)
-		return nil
-	case err != nil:
-		r.log.Warn("instance group unknown at grant; asked again if the node fails", "node", n.Name, "err", err)
-	default:
-		rec.Instance = in
-	}
-	if old != nil {
-		rec.cm = old
-		if err := r.update(ctx, &rec); err != nil {
-			return fmt.Errorf("write replacement record: %w", err)
-		}
-		return nil
-	}
-	cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
-		Name: recordName(n.Name), Namespace: r.opts.Namespace,
-		Labels: map[string]string{LabelRecord: "true", "app.kubernetes.io/name": "reboot-manager"},
-	}}
-	if err := encode(cm, rec); err != nil {
-		return err
-	}
-	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("write replacement record: %w", err)
-	}
-	r.log.Info("grant recorded for replacement", "node", n.Name, "instance", rec.Instance.ID, "instanceGroup", rec.Instance.Group)
-	return nil
-}
-
-func decode(cm *corev1.ConfigMap) (record, error) {
-	var rec record
-	if err := json.Unmarshal([]byte(cm.Data["record"]), &rec); err != nil {
-		return rec, fmt.Errorf("ConfigMap %s: %w", cm.Name, err)
-	}
-	rec.cm = cm
-	return rec, nil
-}
-
-func encode(cm *corev1.ConfigMap, rec record) error {
-	b, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return err
-	}
-	cm.Data = map[string]string{"record": string(b)}
-	return nil
-}
-
-// update writes rec, conditioned on the ConfigMap as read: a 409 means another
-// replica changed it first.
-func (r *Replacer) update(ctx context.Context, rec *record) error {
-	cm := rec.cm.DeepCopy()
-	if err := encode(cm, *rec); err != nil {
-		return err
-	}
-	out, err := r.opts.Client.CoreV1().ConfigMaps(r.opts.Namespace).Update(ctx, cm, metav1.UpdateOptions{})
-	if err != nil {
-		return err
-	}
-	rec.cm = out
-	return nil
-}
-
-func (r *Replacer) forget(ctx context.Context, rec *record) error {
-	uid, rv := rec.cm.UID, rec.cm.ResourceVersion
-	err := r.opts.Client.CoreV1().ConfigMaps(r.opts.Namespace).Delete(ctx, rec.cm.Name, metav1.DeleteOptions{
-		Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
-	})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	delete(r.noted, rec.Node)
-	return err
 }
 
 // Run looks at the records every replacement.interval until ctx ends.
@@ -244,22 +127,16 @@ func (r *Replacer) Run(ctx context.Context) {
 	}
 }
 
-// Reconcile takes every record one step further, as far as the guards allow.
+// Reconcile takes every record one step further, as far as the evidence and the
+// guards allow.
 func (r *Replacer) Reconcile(ctx context.Context) error {
-	list, err := r.opts.Client.CoreV1().ConfigMaps(r.opts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRecord + "=true"})
+	recs, bad, err := listRecords(ctx, r.opts.Client, r.opts.Namespace)
 	if err != nil {
-		return err
+		return r.apiDown(err)
 	}
-	var recs []*record
-	for i := range list.Items {
-		rec, err := decode(&list.Items[i])
-		if err != nil {
-			r.log.Warn("replacement: unreadable record, ignored", "err", err)
-			continue
-		}
-		recs = append(recs, &rec)
+	for _, err := range bad {
+		r.log.Warn("replacement: unreadable record, ignored", "err", err)
 	}
-	slices.SortFunc(recs, func(a, b *record) int { return a.GrantedAt.Compare(b.GrantedAt) })
 	for _, rec := range recs {
 		var err error
 		switch rec.State {
@@ -277,129 +154,205 @@ func (r *Replacer) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-// granted decides whether a granted node failed to return, and if so, and the guards
-// allow, claims its replacement and terminates its instance.
+// granted decides whether a node told to reboot failed to return and, if so and the
+// guards allow, claims its replacement and terminates its instance.
 func (r *Replacer) granted(ctx context.Context, rec *record, all []*record) error {
-	cfg := r.opts.Config()
-	now := r.opts.Now()
-	node, err := r.opts.Client.CoreV1().Nodes().Get(ctx, rec.Node, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		node = nil
-	case err != nil:
+	l, failed, err := r.failedToReturn(ctx, rec)
+	if err != nil || !failed {
 		return err
 	}
-	if node != nil {
-		if st, holds := lock.HolderOf(node); !holds || st.State != lock.StateRebooting || !st.Since.Equal(rec.GrantedAt) {
-			return r.forget(ctx, rec) // released: it came back, or an operator released it
+	if ok, err := r.guards(ctx, rec, l, all); err != nil || !ok {
+		return err
+	}
+	return r.claim(ctx, rec, l)
+}
+
+// failedToReturn looks at rec's node now: failed is true once, for replaceAfter
+// after the 2xx, continuously, its boot ID stayed the one of the 2xx and its kubelet
+// was silent (evidence.go), and no API outage was seen for Options.APIGrace.
+func (r *Replacer) failedToReturn(ctx context.Context, rec *record) (look, bool, error) {
+	if rec.UID == "" || rec.ToldAt.IsZero() {
+		// Written by an earlier version, without this grant's identity: it never
+		// justifies a replacement.
+		r.log.Info("replacement record without the grant's identity dropped", "node", rec.Node)
+		return look{}, false, r.forget(ctx, rec)
+	}
+	l, err := r.read(ctx, rec)
+	if err != nil {
+		return l, false, err
+	}
+	if l.released {
+		return l, false, r.forget(ctx, rec) // released: it came back, or an operator released it
+	}
+	now := r.opts.Now()
+	after := r.opts.Config().Group(rec.Group).ReplaceAfter.Duration
+	if l.back != "" || after == 0 {
+		r.mu.Lock()
+		delete(r.watches, rec.Node)
+		r.mu.Unlock()
+		return l, false, nil // steady-state will release it
+	}
+	if r.silentFor(rec, l, now) < after || r.paused(now) {
+		return l, false, nil
+	}
+	other, err := r.otherNode(ctx, rec)
+	if err != nil || other != "" {
+		if err != nil {
+			return l, false, err
 		}
-		if lock.NodeReady(node) {
-			return nil // back, or not gone yet: steady-state will release it
-		}
+		return l, false, r.note(rec, l.node, "ReplacementAbandoned", "not replaced: its instance is Node "+other+" now")
 	}
-	// Failed to return: NotReady (or gone) for replaceAfter, counted from the grant or
-	// from when it went NotReady, whichever is later, so that a node whose reboot began
-	// late is not taken for one that never came back.
-	after := cfg.Group(rec.Group).ReplaceAfter.Duration
-	down := rec.GrantedAt
-	if node != nil {
-		down = later(down, notReadySince(node))
-	}
-	if after == 0 || now.Sub(down) < after {
-		return nil
-	}
-	// Failed to return. The guards, cheapest first; each refusal is reported once.
-	rc := cfg.Replacement
-	failed, inFlight := 0, 0
+	return l, true, nil
+}
+
+// guards runs the guards, cheapest first; each refusal is reported once. ok is
+// true when the replacement may be claimed.
+func (r *Replacer) guards(ctx context.Context, rec *record, l look, all []*record) (bool, error) {
+	rc := r.opts.Config().Replacement
+	failed := 0
 	for _, o := range all {
-		switch o.State {
-		case StateFailed:
+		if o.State == StateFailed {
 			failed++
-		case StateReplacing:
-			inFlight++
 		}
 	}
 	if failed >= rc.MaxFailures {
-		return r.note(rec, node, "ReplacementStopped", fmt.Sprintf("not replaced: %d replacements failed (replacement.maxFailures %d); delete their records once the cause is fixed", failed, rc.MaxFailures))
-	}
-	if inFlight >= rc.MaxInFlight {
-		return r.note(rec, node, "ReplacementWaiting", fmt.Sprintf("not replaced yet: %d replacements in flight (replacement.maxInFlight %d)", inFlight, rc.MaxInFlight))
+		return false, r.note(rec, l.node, "ReplacementStopped", fmt.Sprintf("not replaced: %d replacements failed (replacement.maxFailures %d); delete their records once the cause is fixed", failed, rc.MaxFailures))
 	}
 	if rec.Instance.Group == "" {
 		in, err := r.opts.Cloud.Resolve(ctx, rec.ProviderID)
 		if errors.Is(err, ErrNotManaged) {
 			r.log.Info("failed node not replaceable: its instance is in no instance group", "node", rec.Node, "err", err)
-			return r.forget(ctx, rec)
+			return false, r.forget(ctx, rec)
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		rec.Instance = in
 	}
-	if slices.ContainsFunc(all, func(o *record) bool { return o.State == StateReplacing && o.Instance.Group == rec.Instance.Group }) {
-		return r.note(rec, node, "ReplacementWaiting", "not replaced yet: a replacement in instance group "+rec.Instance.Group+" is in flight")
+	if why, err := r.admitted(ctx, rec); err != nil || why != "" {
+		if err != nil {
+			return false, err
+		}
+		return false, r.note(rec, l.node, "ReplacementWaiting", "not replaced yet: "+why)
 	}
 	if err := r.opts.Cloud.Preflight(ctx, rec.Instance); err != nil {
 		var guard *GuardError
 		if !errors.As(err, &guard) {
-			return err // the cloud's API: try again
+			return false, err // the cloud's API: try again
 		}
-		if node == nil && (guard.Guard == "NotInGroup" || guard.Guard == "NotInService") {
+		if l.node == nil && (guard.Guard == "NotInGroup" || guard.Guard == "NotInService") {
 			// Gone from the cluster, and its instance from the group: nothing to do.
 			r.log.Info("failed node gone and its instance not replaceable; record dropped", "node", rec.Node, "err", err)
-			return r.forget(ctx, rec)
+			return false, r.forget(ctx, rec)
 		}
-		return r.note(rec, node, "Replacement"+guard.Guard, "not replaced: "+err.Error())
-	}
-	state := "NotReady"
-	if node == nil {
-		state = "gone"
+		return false, r.note(rec, l.node, "Replacement"+guard.Guard, "not replaced: "+err.Error())
 	}
 	if rc.DryRun {
-		if r.noted[rec.Node] != "dry-run" {
+		r.mu.Lock()
+		first := r.noted[rec.Node] != "dry-run"
+		r.mu.Unlock()
+		if first {
 			r.replacements.WithLabelValues("dry_run").Inc()
 		}
-		return r.note(rec, node, "ReplacementDryRun", fmt.Sprintf("dry run: would replace instance %s of %s (node %s %s, granted %s ago)",
-			rec.Instance.ID, rec.Instance.Group, rec.Node, state, now.Sub(rec.GrantedAt).Round(time.Second)), "dry-run")
+		return false, r.note(rec, l.node, "ReplacementDryRun", fmt.Sprintf("dry run: would replace instance %s of %s (node %s %s since it was told to reboot %s ago)",
+			rec.Instance.ID, rec.Instance.Group, rec.Node, downState(l), r.opts.Now().Sub(rec.ToldAt).Round(time.Second)), "dry-run")
 	}
+	return true, nil
+}
+
+func downState(l look) string {
+	if l.node == nil {
+		return "gone"
+	}
+	return "silent"
+}
+
+// claim claims the replacement (a write conditioned on the record: one replica
+// wins), takes its place in flight, and terminates the instance.
+func (r *Replacer) claim(ctx context.Context, rec *record, l look) error {
 	before, err := r.opts.Cloud.InService(ctx, rec.Instance)
 	if err != nil {
 		return err
 	}
-	// Claim: the conditioned write only one replica wins.
-	rec.State, rec.TerminatedAt, rec.By, rec.Before = StateReplacing, now, r.opts.Identity, before
+	rec.State, rec.TerminatedAt, rec.By, rec.Before = StateReplacing, r.opts.Now(), r.opts.Identity, before
+	rec.LeaseRenewTime, rec.Claim = l.lease, r.opts.Identity+"/"+simpleID()
 	if err := r.update(ctx, rec); err != nil {
 		return err
 	}
 	r.log.Warn("replacing a node that failed to return", "node", rec.Node, "instance", rec.Instance.ID,
-		"instanceGroup", rec.Instance.Group, "state", state, "downFor", now.Sub(down).Round(time.Second),
-		"grantedFor", now.Sub(rec.GrantedAt).Round(time.Second))
-	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s for %s after its reboot was granted: terminating instance %s in %s, which launches a new one",
-		rec.Node, state, now.Sub(down).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
+		"instanceGroup", rec.Instance.Group, "state", downState(l), "toldFor", r.opts.Now().Sub(rec.ToldAt).Round(time.Second))
 	return r.terminate(ctx, rec)
 }
 
-// notReadySince is when the node's Ready condition last changed, if it is not True.
-func notReadySince(n *corev1.Node) time.Time {
-	if c, ok := lock.ReadyCondition(n); ok && c.Status != corev1.ConditionTrue {
-		return c.LastTransitionTime.Time
-	}
-	return time.Time{}
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
-}
-
-// terminate asks the cloud to replace the instance; a failure fails the record.
+// terminate terminates rec's instance once rec holds its place in flight and a fresh
+// read finds its node still failed; a node found back ends the replacement, a
+// refusal of the cloud fails the record.
 func (r *Replacer) terminate(ctx context.Context, rec *record) error {
+	why, err := r.acquire(ctx, rec)
+	if err != nil {
+		return err
+	}
+	if why != "" {
+		// Another replica took the place first: not started; try again later.
+		if err := r.unclaim(ctx, rec); err != nil {
+			return err
+		}
+		return r.note(rec, nil, "ReplacementWaiting", "not replaced yet: "+why)
+	}
+	l, err := r.stillFailed(ctx, rec)
+	if stop, ok := errors.AsType[*errStop](err); ok {
+		return r.abandon(ctx, rec, l, stop.why)
+	}
+	if err != nil {
+		return err
+	}
+	if r.paused(r.opts.Now()) {
+		return nil // an API outage hid the node's kubelet: wait for it to post again
+	}
+	// Each call is written first, conditioned on the record: of replicas that resume
+	// this claim at once, one goes on.
+	rec.Attempts, rec.TerminatedAt = rec.Attempts+1, r.opts.Now()
+	if err := r.update(ctx, rec); err != nil {
+		return err
+	}
+	r.event(rec.Node, corev1.EventTypeWarning, "NodeReplacing", fmt.Sprintf("%s %s since it was told to reboot %s ago: terminating instance %s in %s, which launches a new one",
+		rec.Node, downState(l), r.opts.Now().Sub(rec.ToldAt).Round(time.Second), rec.Instance.ID, rec.Instance.Group))
 	if err := r.opts.Cloud.Replace(ctx, rec.Instance); err != nil {
+		if errors.Is(err, ErrTryAgain) {
+			// Still claimed: the next look reads the node again before asking again.
+			return fmt.Errorf("terminate instance %s: %w", rec.Instance.ID, err)
+		}
 		return r.fail(ctx, rec, "terminate instance: "+err.Error())
 	}
 	r.replacements.WithLabelValues("started").Inc()
+	return nil
+}
+
+// abandon ends a replacement claimed but not started: the node is back (or its grant
+// ended). Its record goes back to Granted, or goes if the grant was released.
+func (r *Replacer) abandon(ctx context.Context, rec *record, l look, why string) error {
+	r.log.Info("replacement abandoned before terminating: "+why, "node", rec.Node, "instance", rec.Instance.ID)
+	r.event(rec.Node, corev1.EventTypeNormal, "ReplacementAbandoned", "not replaced: "+why)
+	if l.released {
+		claimed := *rec
+		if err := r.forget(ctx, rec); err != nil {
+			return err
+		}
+		r.release(ctx, &claimed)
+		return nil
+	}
+	return r.unclaim(ctx, rec)
+}
+
+// unclaim puts a claimed replacement whose instance was not terminated back to
+// Granted, and gives its place in flight back.
+func (r *Replacer) unclaim(ctx context.Context, rec *record) error {
+	claimed := *rec
+	rec.State, rec.TerminatedAt, rec.By, rec.Before, rec.LeaseRenewTime, rec.Claim = StateGranted, time.Time{}, "", nil, nil, ""
+	if err := r.update(ctx, rec); err != nil {
+		return err
+	}
+	r.release(ctx, &claimed)
 	return nil
 }
 
@@ -408,11 +361,17 @@ func (r *Replacer) fail(ctx context.Context, rec *record, why string) error {
 	r.replacements.WithLabelValues("failed").Inc()
 	r.log.Error("node replacement failed", "node", rec.Node, "instance", rec.Instance.ID, "err", why)
 	r.event(rec.Node, corev1.EventTypeWarning, "ReplacementFailed", why)
-	return r.update(ctx, rec)
+	claimed := *rec
+	if err := r.update(ctx, rec); err != nil {
+		return err
+	}
+	r.release(ctx, &claimed)
+	return nil
 }
 
-// replacing waits for a node of a new instance of the group to be Ready, then deletes
-// the old Node, which frees its slot, and forgets the record.
+// replacing terminates the instance of a claim whose termination did not happen (the
+// replica stopped in between), or waits for a node of a new instance of the group to
+// be Ready, then deletes the old Node.
 func (r *Replacer) replacing(ctx context.Context, rec *record) error {
 	now := r.opts.Now()
 	ids, err := r.opts.Cloud.InService(ctx, rec.Instance)
@@ -421,43 +380,111 @@ func (r *Replacer) replacing(ctx context.Context, rec *record) error {
 	}
 	if slices.Contains(ids, rec.Instance.ID) {
 		// Claimed, but the termination did not happen (the replica stopped in between,
-		// or the cloud has not acted yet): ask again; terminating is idempotent.
+		// the cloud said not now, or has not acted yet): ask again, after the same
+		// checks, once no replica has touched the record for ResumeAfter (one may be
+		// calling the cloud right now).
+		if !r.quietFor(rec, now) {
+			return nil
+		}
 		return r.terminate(ctx, rec)
 	}
-	nodes, err := r.opts.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	newNode, err := r.newNode(ctx, rec, ids)
 	if err != nil {
 		return err
 	}
-	for i := range nodes.Items {
-		n := &nodes.Items[i]
-		id, ok := r.opts.Cloud.InstanceID(n.Spec.ProviderID)
-		if !ok || !slices.Contains(ids, id) || slices.Contains(rec.Before, id) || !lock.NodeReady(n) {
-			continue // not a node of a new instance of the group, or not Ready yet
-		}
-		rec.State, rec.NewNode = StateReplaced, n.Name
+	if newNode != nil {
+		rec.State, rec.NewNode = StateReplaced, newNode.Name
 		if err := r.update(ctx, rec); err != nil {
 			return err // 409: another replica saw it first
 		}
 		r.replacements.WithLabelValues("replaced").Inc()
-		r.log.Info("node replaced", "node", rec.Node, "newNode", n.Name, "instance", id,
-			"took", now.Sub(rec.TerminatedAt).Round(time.Second))
-		r.event(n.Name, corev1.EventTypeNormal, "NodeReplaced", fmt.Sprintf("replaces %s (instance %s), which failed to return from its reboot", rec.Node, rec.Instance.ID))
+		r.log.Info("node replaced", "node", rec.Node, "newNode", newNode.Name, "took", now.Sub(rec.TerminatedAt).Round(time.Second))
+		r.event(newNode.Name, corev1.EventTypeNormal, "NodeReplaced", fmt.Sprintf("replaces %s (instance %s), which failed to return from its reboot", rec.Node, rec.Instance.ID))
 		return r.replaced(ctx, rec)
 	}
-	if now.Sub(rec.TerminatedAt) > r.opts.Config().Replacement.Timeout.Duration {
+	if waited := now.Sub(r.waitingSince(rec, now)); waited > r.opts.Config().Replacement.Timeout.Duration {
 		return r.fail(ctx, rec, fmt.Sprintf("no Ready node of a new instance of %s %s after terminating %s",
-			rec.Instance.Group, now.Sub(rec.TerminatedAt).Round(time.Second), rec.Instance.ID))
+			rec.Instance.Group, waited.Round(time.Second), rec.Instance.ID))
 	}
 	return nil
 }
 
-// replaced deletes the old Node, whose lock slot goes with it, and forgets the record.
-func (r *Replacer) replaced(ctx context.Context, rec *record) error {
-	err := r.opts.Client.CoreV1().Nodes().Delete(ctx, rec.Node, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete the old node: %w", err)
+// waitingSince returns when this replica first saw rec's instance out of service
+// after this attempt, on its own clock: TerminatedAt is another replica's clock.
+func (r *Replacer) waitingSince(rec *record, now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := fmt.Sprintf("%s#%d", rec.Claim, rec.Attempts)
+	s, ok := r.waiting[rec.Node]
+	if !ok || s.rv != key {
+		s = seenAt{rv: key, at: now}
+		r.waiting[rec.Node] = s
 	}
-	r.log.Info("old node deleted; its slot is free", "node", rec.Node)
+	return s.at
+}
+
+// seenAt is a record's resourceVersion and when this replica first saw it.
+type seenAt struct {
+	rv string
+	at time.Time
+}
+
+// quietFor reports whether rec's record has stayed as it is for Options.ResumeAfter,
+// as this replica saw it (its own clock).
+func (r *Replacer) quietFor(rec *record, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.quiet[rec.Node]
+	if !ok || s.rv != rec.cm.ResourceVersion {
+		r.quiet[rec.Node] = seenAt{rv: rec.cm.ResourceVersion, at: now}
+		return false
+	}
+	return now.Sub(s.at) >= r.opts.ResumeAfter
+}
+
+// newNode returns a Ready node of an instance of the group in service now (ids) that
+// was not when the replacement was claimed; nil if none yet.
+func (r *Replacer) newNode(ctx context.Context, rec *record, ids []string) (*corev1.Node, error) {
+	nodes, err := r.opts.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, r.apiDown(err)
+	}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		id, ok := r.opts.Cloud.InstanceID(n.Spec.ProviderID)
+		if ok && slices.Contains(ids, id) && !slices.Contains(rec.Before, id) && lock.NodeReady(n) {
+			return n, nil
+		}
+	}
+	return nil, nil
+}
+
+// replaced deletes the old Node, whose lock slot goes with it, and forgets the record.
+// The Node is deleted only if a fresh read finds it the same object (UID, a
+// precondition of the delete), of the terminated instance, not back and still
+// holding this grant; otherwise it is left to its owner (the cloud's node controller
+// deletes the Nodes of terminated instances).
+func (r *Replacer) replaced(ctx context.Context, rec *record) error {
+	_, err := r.stillFailed(ctx, rec)
+	if stop, ok := errors.AsType[*errStop](err); ok {
+		r.log.Info("old node not deleted: "+stop.why, "node", rec.Node, "instance", rec.Instance.ID)
+		r.release(ctx, rec)
+		return r.forget(ctx, rec)
+	}
+	if err != nil {
+		return err
+	}
+	err = r.opts.Client.CoreV1().Nodes().Delete(ctx, rec.Node, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &rec.UID}})
+	switch {
+	case apierrors.IsNotFound(err):
+	case apierrors.IsConflict(err):
+		r.log.Info("old node not deleted: a new Node object has its name", "node", rec.Node)
+	case err != nil:
+		return fmt.Errorf("delete the old node: %w", err)
+	default:
+		r.log.Info("old node deleted; its slot is free", "node", rec.Node)
+	}
+	r.release(ctx, rec)
 	return r.forget(ctx, rec)
 }
 
@@ -467,10 +494,13 @@ func (r *Replacer) note(rec *record, node *corev1.Node, reason, msg string, key 
 	if len(key) > 0 {
 		k = key[0]
 	}
-	if r.noted[rec.Node] == k {
+	r.mu.Lock()
+	seen := r.noted[rec.Node] == k
+	r.noted[rec.Node] = k
+	r.mu.Unlock()
+	if seen {
 		return nil
 	}
-	r.noted[rec.Node] = k
 	r.log.Info("replacement: "+msg, "node", rec.Node, "reason", reason)
 	if node != nil {
 		r.event(rec.Node, corev1.EventTypeNormal, reason, msg)

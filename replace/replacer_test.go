@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,15 +22,16 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/fakeasg"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 	"github.com/reboot-manager/reboot-manager/policy"
 	"github.com/reboot-manager/reboot-manager/replace"
 	rmaws "github.com/reboot-manager/reboot-manager/replace/aws"
@@ -37,14 +39,14 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 
-type drained struct{}
-
-func (drained) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
+// slotsPolicy is the lock's policy in these tests: no restriction but the slots, which
+// a test may change.
+type slotsPolicy struct {
+	lock.NoPolicy
+	n *atomic.Int32
 }
-func (drained) Forget(string) {}
+
+func (p slotsPolicy) Slots(string) int { return int(p.n.Load()) }
 
 const asg = "asg-workers"
 
@@ -62,12 +64,18 @@ type rig struct {
 	recorder events.EventRecorder
 	prefix   string
 
+	first *replace.Replacer // the replica that answers pre-reboot
+	slots atomic.Int32      // of the lock's group
+
 	mu       sync.Mutex
 	ids      map[string]string // node → Zincati ID
 	launched []string          // nodes launched as replacements
+	// launch, if set, joins the node of an instance the group launched (default: a
+	// new Node of that name).
+	launch func(group, name string)
 }
 
-func newRig(t *testing.T, config string) *rig {
+func newRig(t *testing.T, replaceAfter time.Duration, config string) *rig {
 	t.Helper()
 	env := controlplane.Shared(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -78,12 +86,16 @@ func newRig(t *testing.T, config string) *rig {
 	r.fake.AddGroup(&fakeasg.Group{Name: asg, Tags: map[string]string{"reboot-manager/replace": "true"}, Desired: 3})
 	r.fake.OnTerminate = func(group, _ string) {
 		// The group keeps its capacity: it launches a new instance, which joins the cluster.
-		name := fmt.Sprintf("%s-new-%d", r.prefix, len(r.launched))
-		id := r.addNode(name, group)
 		r.mu.Lock()
+		name := fmt.Sprintf("%s-new-%d", r.prefix, len(r.launched))
 		r.launched = append(r.launched, name)
+		launch := r.launch
 		r.mu.Unlock()
-		_ = id
+		if launch != nil {
+			launch(group, name)
+			return
+		}
+		r.addNode(name, group)
 	}
 	client := autoscaling.NewFromConfig(aws.Config{
 		Region: "eu-west-1", Credentials: credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", ""), RetryMaxAttempts: 1,
@@ -92,14 +104,15 @@ func newRig(t *testing.T, config string) *rig {
 	var err error
 	r.config, err = policy.Parse([]byte(config))
 	require.NoError(t, err)
+	// Set after validation: the tests' reboots last milliseconds, not minutes.
+	r.config.Defaults.ReplaceAfter.Duration = replaceAfter
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: env.Client.EventsV1()})
 	require.NoError(t, broadcaster.StartRecordingToSinkWithContext(ctx))
 	t.Cleanup(broadcaster.Shutdown)
 	r.recorder = broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
-	recorder := r.replacer("first")
-	r.lock, err = lock.New(env.Client, drained{}, lock.Options{
-		Slots: func(string) int { return 1 }, Wait: time.Second, BeforeReboot: recorder.BeforeReboot,
-	})
+	r.first = r.replacer("first")
+	r.slots.Store(1)
+	r.lock, err = lock.New(env.Client, &locktest.Drained{}, lock.Options{Policy: slotsPolicy{n: &r.slots}, Wait: time.Second})
 	require.NoError(t, err)
 	require.NoError(t, r.lock.Start(ctx))
 	return r
@@ -107,10 +120,27 @@ func newRig(t *testing.T, config string) *rig {
 
 // replacer returns a Replacer, as one replica would run it.
 func (r *rig) replacer(identity string) *replace.Replacer {
+	return r.replacerWith(identity, r.env.Client)
+}
+
+// replacerWith returns a Replacer that reaches the API server through client.
+func (r *rig) replacerWith(identity string, client kubernetes.Interface) *replace.Replacer {
 	return replace.New(replace.Options{
-		Cloud: r.cloud, Client: r.env.Client, Namespace: r.ns, Identity: identity,
-		Config: func() *policy.Config { return r.config }, Recorder: r.recorder,
+		Cloud: r.cloud, Client: client, Namespace: r.ns, Identity: identity,
+		Config: func() *policy.Config { return r.config }, Recorder: r.recorder, APIGrace: 500 * time.Millisecond,
+		ResumeAfter: 300 * time.Millisecond,
 	})
+}
+
+// tell runs what the lock runs just before its 2xx to pre-reboot, with the node as
+// read from the API server now.
+func (r *rig) tell(node string) {
+	r.t.Helper()
+	n, err := r.env.Client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	require.NoError(r.t, err)
+	h, _ := lock.HolderOf(n)
+	g := lock.Grant{Node: n.Name, UID: n.UID, Group: "default", Promoted: h.Since, BootID: n.Annotations[lock.AnnotationBootID]}
+	require.NoError(r.t, r.first.ToldToReboot(context.Background(), n, g, time.Now()))
 }
 
 func randomInstance() string {
@@ -130,10 +160,14 @@ func (r *rig) addNode(name, group string) string {
 	return id
 }
 
+// leasePeriod is how often the tests' kubelets renew their Lease: far shorter than
+// replaceAfter, as 10s is far shorter than a real replaceAfter.
+const leasePeriod = 100 * time.Millisecond
+
 func (r *rig) addNodeWith(name, providerID string) {
 	r.t.Helper()
 	mid := simkubelet.RandomID()
-	_, err := r.env.Kubelet.AddNode(context.Background(), name, simkubelet.NodeOptions{MachineID: mid, ProviderID: providerID})
+	_, err := r.env.Kubelet.AddNode(context.Background(), name, simkubelet.NodeOptions{MachineID: mid, ProviderID: providerID, LeasePeriod: leasePeriod})
 	require.NoError(r.t, err)
 	id, err := fleetlock.ZincatiID(mid)
 	require.NoError(r.t, err)
@@ -143,8 +177,18 @@ func (r *rig) addNodeWith(name, providerID string) {
 	r.t.Cleanup(func() { _ = r.env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
 }
 
-// grant takes the lock for node, as Zincati's pre-reboot does.
+// grant takes the lock for node, as Zincati's pre-reboot does, and tells it to reboot.
 func (r *rig) grant(node string) error {
+	r.t.Helper()
+	if err := r.promote(node); err != nil {
+		return err
+	}
+	r.tell(node)
+	return nil
+}
+
+// promote takes the lock for node and drains it, short of telling it to reboot.
+func (r *rig) promote(node string) error {
 	r.t.Helper()
 	r.mu.Lock()
 	id := r.ids[node]
@@ -195,7 +239,7 @@ func (r *rig) reconcileUntil(what string, cond func() bool, reps ...*replace.Rep
 // capacity; the new instance's node comes up, the old Node is deleted and its slot
 // frees. A node that came back is not touched.
 func TestFailedNodeReplaced(t *testing.T) {
-	r := newRig(t, "defaults: {replaceAfter: 2s}")
+	r := newRig(t, 2*time.Second, "")
 	ctx := context.Background()
 	failing, healthy, next := r.prefix+"-a", r.prefix+"-b", r.prefix+"-c"
 	failingID := r.addNode(failing, asg)
@@ -263,7 +307,7 @@ func results(t *testing.T, result string, reps ...*replace.Replacer) float64 {
 // Nodes that are not instances of an Auto Scaling group, or not AWS instances at all,
 // are never recorded nor touched; nor is a holder that is Ready but silent.
 func TestNotReplaceable(t *testing.T) {
-	r := newRig(t, "defaults: {replaceAfter: 1s}")
+	r := newRig(t, time.Second, "")
 	ctx := context.Background()
 	gce, loose, silent := r.prefix+"-gce", r.prefix+"-loose", r.prefix+"-silent"
 	r.addNodeWith(gce, "gce://project/europe-west1-b/"+gce)
@@ -293,17 +337,17 @@ func (r *rig) release(node string) {
 // Every guard holds a replacement back, says why once (an Event), and lets it go when
 // it clears: a group that has not opted in, a suspended Launch process, a dry run.
 func TestReplacementGuards(t *testing.T) {
-	r := newRig(t, "defaults: {replaceAfter: 1s}\nreplacement: {dryRun: true}")
+	r := newRig(t, time.Second, "replacement: {dryRun: true}")
 	ctx := context.Background()
 	node := r.prefix + "-a"
 	r.fake.AddGroup(&fakeasg.Group{Name: "plain", Desired: 1})
 	id := r.addNode(node, "plain")
 	require.NoError(t, r.grant(node))
 	require.NoError(t, r.env.Kubelet.Fail(ctx, node))
-	time.Sleep(1100 * time.Millisecond)
+
 	rep := r.replacer("replica")
 
-	require.NoError(t, rep.Reconcile(ctx))
+	r.reconcileFor(1500*time.Millisecond, rep) // silent for replaceAfter, as this replica saw it
 	r.env.AwaitNodeEvent(t, node, "ReplacementNotOptedIn", "group plain has not opted in")
 	r.fake.AddGroup(&fakeasg.Group{Name: "plain", Tags: map[string]string{"reboot-manager/replace": "true"}, Desired: 1,
 		Instances: []*fakeasg.Instance{{ID: id, Zone: "eu-west-1a", State: "InService"}}, Suspended: []string{"Launch"}})
@@ -325,7 +369,7 @@ func TestReplacementGuards(t *testing.T) {
 // After maxFailures failed replacements, nothing more is replaced: a bad release
 // fails every node, and replacing the fleet would not help.
 func TestCircuitBreaker(t *testing.T) {
-	r := newRig(t, "defaults: {replaceAfter: 1s}\nreplacement: {maxFailures: 2, maxInFlight: 5}")
+	r := newRig(t, time.Second, "replacement: {maxFailures: 2, maxInFlight: 5}")
 	ctx := context.Background()
 	rep := r.replacer("replica")
 	var nodes []string
@@ -347,8 +391,8 @@ func TestCircuitBreaker(t *testing.T) {
 			r.release(n) // an operator frees the slot for the next node
 		}
 	}
-	time.Sleep(1100 * time.Millisecond)
-	require.NoError(t, rep.Reconcile(ctx))
+
+	r.reconcileFor(1500*time.Millisecond, rep)
 	r.env.AwaitNodeEvent(t, nodes[2], "ReplacementStopped", "2 replacements failed (replacement.maxFailures 2)")
 	assert.Equal(t, 2, r.fake.Count("TerminateInstanceInAutoScalingGroup"), "the third is not attempted")
 	assert.Equal(t, 2.0, results(t, "failed", rep))
@@ -363,7 +407,7 @@ func TestCircuitBreaker(t *testing.T) {
 // A replica that stops after claiming a replacement, before or after terminating the
 // instance, leaves a record another replica finishes from.
 func TestRestartMidReplacement(t *testing.T) {
-	r := newRig(t, "defaults: {replaceAfter: 1s}")
+	r := newRig(t, time.Second, "")
 	ctx := context.Background()
 	claimedOnly, terminated := r.prefix+"-a", r.prefix+"-b"
 	idA := r.addNode(claimedOnly, asg)
@@ -373,16 +417,8 @@ func TestRestartMidReplacement(t *testing.T) {
 	// the replica writes it: its state and its view of the group.
 	require.NoError(t, r.grant(claimedOnly))
 	require.NoError(t, r.env.Kubelet.Fail(ctx, claimedOnly))
-	cm, err := r.env.Client.CoreV1().ConfigMaps(r.ns).Get(ctx, "replace-"+claimedOnly, metav1.GetOptions{})
-	require.NoError(t, err)
-	rec := r.record(claimedOnly)
-	rec["state"], rec["terminatedAt"], rec["by"] = replace.StateReplacing, time.Now().UTC().Format(time.RFC3339Nano), "dead-replica"
-	rec["before"] = []string{idA}
-	b, err := json.Marshal(rec)
-	require.NoError(t, err)
-	cm.Data["record"] = string(b)
-	_, err = r.env.Client.CoreV1().ConfigMaps(r.ns).Update(ctx, cm, metav1.UpdateOptions{})
-	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // its Lease silent since
+	r.claimAsDeadReplica(claimedOnly, idA)
 
 	fresh := r.replacer("restarted")
 	r.reconcileUntil("the claimed replacement finished", func() bool { return r.record(claimedOnly) == nil }, fresh)

@@ -53,7 +53,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		defer s.Stop()
+		defer func() { _ = s.Stop() }()
 		endpoints = append(endpoints, s.FleetLock)
 		fmt.Fprintf(out, "reboot-manager replica %d: FleetLock %s  metrics %s/metrics\n", i+1, s.FleetLock, s.Admin)
 	}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -154,12 +155,6 @@ func podsLeft(ctx context.Context, client kubernetes.Interface, node string) str
 	return fmt.Sprintf("%d pods left to evict", left)
 }
 
-// noDrains is the Drainer of a Lock that only releases.
-type noDrains struct{}
-
-func (noDrains) Start(node string) evict.Progress { return evict.Progress{Node: node} }
-func (noDrains) Forget(string)                    {}
-
 // releaseCommand releases the slot a node holds, with a write conditioned on what it
 // read, and uncordons the node only if reboot-manager cordoned it.
 func releaseCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -182,22 +177,17 @@ func releaseCommand(ctx context.Context, args []string, getenv func(string) stri
 	if err != nil {
 		return err
 	}
-	lk, err := lock.New(client, noDrains{}, lock.Options{})
-	if err != nil {
-		return err
+	n, _, err := lock.ReleaseNode(ctx, client, node, clock.RealClock{})
+	if errors.Is(err, lock.ErrNotHolder) {
+		return fmt.Errorf("node %s holds no reboot slot: nothing released", node)
 	}
-	if err := lk.Release(ctx, node); err != nil {
-		if errors.Is(err, lock.ErrNotHolder) {
-			return fmt.Errorf("node %s holds no reboot slot: nothing released", node)
-		}
-		return err
-	}
-	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
 	cordon := "uncordoned"
-	if n.Spec.Unschedulable {
+	if _, held := n.Annotations[lock.AnnotationHold]; held && n.Spec.Unschedulable {
+		cordon = "left cordoned (an operator holds it: annotation " + lock.AnnotationHold + ")"
+	} else if n.Spec.Unschedulable {
 		cordon = "left cordoned (it was cordoned before reboot-manager took it)"
 	}
 	fmt.Fprintf(stdout, "released the reboot slot of node %s; %s\n", node, cordon)

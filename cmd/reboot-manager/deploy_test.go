@@ -34,7 +34,7 @@ var built struct {
 func binary(t *testing.T) string {
 	t.Helper()
 	built.once.Do(func() {
-		dir, err := os.MkdirTemp("", "reboot-manager-bin-")
+		dir, err := os.MkdirTemp("", "reboot-manager-bin-") //nolint:usetesting // shared by every test of the binary
 		if err == nil {
 			built.path, err = fleetsim.BuildServer(dir)
 		}
@@ -119,14 +119,15 @@ func TestDeployedCycle(t *testing.T) {
 	assert.Zero(t, webPods(t, env, ns, nodeA), "granted only once the pods are gone")
 
 	// Restart: the metrics, computed from the cluster, show the same holder.
-	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
+	require.Contains(t, metrics(t, s), `rebootmanager_lock_held_since_timestamp_seconds{group="default",node="`+nodeA+`"}`)
 	require.NoError(t, s.Stop(), "clean exit on SIGTERM")
 	s = startServer(t, kubeconfig, "--wait=30s", "--config="+configFile)
 	client.BaseURL = s.FleetLock
 	m := metrics(t, s)
-	assert.Contains(t, m, `rebootmanager_lock_held_since_seconds{group="default",node="`+nodeA+`"}`)
+	assert.Contains(t, m, `rebootmanager_lock_held_since_timestamp_seconds{group="default",node="`+nodeA+`"}`)
 	assert.Contains(t, m, `rebootmanager_group_holders{group="default"} 1`)
 
+	require.NoError(t, env.Kubelet.Reboot(ctx, nodeA, 0)) // back: Ready, a new boot ID
 	resp, err = client.SteadyState(ctx, a)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "steady-state: %+v", resp.Reply)
@@ -200,7 +201,7 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 	}
 	// Granted for paths a healthy cycle does not take: the events library patches an
 	// Event only to count a repeat within minutes (a series); the drain lists budgets
-	// only when a 429 names none, and informers list only when they cannot stream
+	// only for a pod that several select, and informers list only when they cannot stream
 	// their initial state through the watch.
 	notExercised := map[string]bool{
 		"events.k8s.io events patch":       true,

@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
 
 	_ "time/tzdata" // reboot windows name IANA time zones; the image may have no tzdata
@@ -58,9 +59,6 @@ type config struct {
 	trustedProxies      []netip.Prefix
 }
 
-// groupName is the form of a FleetLock group, as Zincati validates it.
-var groupName = regexp.MustCompile(`^[a-zA-Z0-9.-]+$`)
-
 // parseConfig reads the flags, with environment overrides where Kubernetes users
 // expect them (KUBECONFIG; POD_NAMESPACE and POD_NAME from the downward API).
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -74,8 +72,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.defaultSlots, "default-slots", 1, "nodes of a group that may reboot at once, for groups without --group-slots")
 	fs.Func("group-slots", "GROUP=N: nodes of GROUP that may reboot at once (repeatable)", func(s string) error {
 		group, n, ok := strings.Cut(s, "=")
-		if !ok || !groupName.MatchString(group) {
-			return fmt.Errorf("want GROUP=N with GROUP matching %s, got %q", groupName, s)
+		if !ok || !fleetlock.ValidGroup(group) {
+			return fmt.Errorf("want GROUP=N with GROUP matching %s, got %q", fleetlock.GroupPattern, s)
 		}
 		slots, err := strconv.Atoi(n)
 		if err != nil || slots < 0 {
@@ -91,8 +89,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
 	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
 	fs.StringVar(&c.cloud, "cloud", "", "replace nodes that fail to return through their cloud's instance group, for groups with replaceAfter in --config: aws (credentials from the SDK's default chain) (docs/replacement.md)")
-	fs.DurationVar(&c.wait, "wait", 2*time.Minute, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
-	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", time.Minute, "age after which a claim left by a crashed replica is removed")
+	fs.DurationVar(&c.wait, "wait", lock.DefaultWait, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
+	fs.DurationVar(&c.staleClaimAge, "stale-claim-age", lock.DefaultStaleClaimAge, "age after which a claim left by a crashed replica is removed")
 	fs.IntVar(&c.drain.Parallelism, "eviction-parallelism", evict.DefaultParallelism, "evictions in flight per drain")
 	fs.Float64Var(&c.drain.EvictionsPerSecond, "evictions-per-second", evict.DefaultEvictionsPerSecond, "eviction requests per second, all drains together")
 	fs.DurationVar(&c.drain.Timeout, "drain-timeout", evict.DefaultTimeout, "how long a drain may run before --drain-failure-policy acts (not with KeepRefusing)")
@@ -117,25 +115,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	slotFlags := false
 	fs.Visit(func(f *flag.Flag) { slotFlags = slotFlags || f.Name == "default-slots" || f.Name == "group-slots" })
-	switch {
-	case c.cloud != "" && c.cloud != "aws":
-		return c, fmt.Errorf("--cloud must be aws (or unset), got %q", c.cloud)
-	case c.configFile != "" && slotFlags:
-		return c, fmt.Errorf("--default-slots and --group-slots go in the --config file (defaults.slots, groups.NAME.slots), not beside it")
-	case fs.NArg() > 0:
-		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	case c.defaultSlots < 0:
-		return c, fmt.Errorf("--default-slots must be >= 0, got %d", c.defaultSlots)
-	case c.wait <= 0 || c.wait > 25*time.Minute:
-		return c, fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
-	case c.staleClaimAge <= 0:
-		return c, fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
-	case c.logFormat != "json" && c.logFormat != "text":
-		return c, fmt.Errorf("--log-format must be json or text, got %q", c.logFormat)
-	case (c.tlsCertFile == "") != (c.tlsKeyFile == ""):
-		return c, fmt.Errorf("--tls-cert-file and --tls-key-file go together: give both or neither")
-	case len(c.trustedProxies) > 0 && !c.verifySourceAddress:
-		return c, fmt.Errorf("--trusted-proxies is only used by --verify-source-address, which is off")
+	if err := c.validate(slotFlags, fs.Args()); err != nil {
+		return c, err
 	}
 	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
 		c.drain.Self = ns + "/" + name
@@ -145,6 +126,31 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		c.namespace = cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager")
 	}
 	return c, nil
+}
+
+// validate checks the flags together; it fills in nothing.
+func (c config) validate(slotFlags bool, args []string) error {
+	switch {
+	case c.cloud != "" && c.cloud != "aws":
+		return fmt.Errorf("--cloud must be aws (or unset), got %q", c.cloud)
+	case c.configFile != "" && slotFlags:
+		return fmt.Errorf("--default-slots and --group-slots go in the --config file (defaults.slots, groups.NAME.slots), not beside it")
+	case len(args) > 0:
+		return fmt.Errorf("unexpected arguments: %q", args)
+	case c.defaultSlots < 0:
+		return fmt.Errorf("--default-slots must be >= 0, got %d", c.defaultSlots)
+	case c.wait <= 0 || c.wait > 25*time.Minute:
+		return fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
+	case c.staleClaimAge <= 0:
+		return fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
+	case c.logFormat != "json" && c.logFormat != "text":
+		return fmt.Errorf("--log-format must be json or text, got %q", c.logFormat)
+	case (c.tlsCertFile == "") != (c.tlsKeyFile == ""):
+		return fmt.Errorf("--tls-cert-file and --tls-key-file go together: give both or neither")
+	case len(c.trustedProxies) > 0 && !c.verifySourceAddress:
+		return fmt.Errorf("--trusted-proxies is only used by --verify-source-address, which is off")
+	}
+	return nil
 }
 
 // slotsConfig is the policy that --default-slots and --group-slots describe.

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/reboot-manager/reboot-manager/evict"
+	"github.com/reboot-manager/reboot-manager/lock"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -27,7 +28,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	assert.Equal(t, ":8080", c.listenAddress)
 	assert.Equal(t, ":9090", c.metricsAddress)
 	assert.Equal(t, 1, c.defaultSlots)
-	assert.Equal(t, 2*time.Minute, c.wait)
+	assert.Equal(t, lock.DefaultWait, c.wait)
 	assert.Equal(t, "json", c.logFormat)
 	assert.Equal(t, slog.LevelInfo, c.logLevel)
 	assert.Equal(t, evict.KeepRefusing, c.drain.FailurePolicy)

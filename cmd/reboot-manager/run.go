@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"runtime"
-	"sync"
 	"time"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -17,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -39,24 +38,117 @@ const shutdownGrace = 10 * time.Second
 
 // run serves until ctx ends, then shuts down: it stops taking requests, lets those in
 // flight answer, and stops the drains, which the next replica resumes from the state
-// recorded on the nodes.
+// recorded on the nodes. It is a build step (every file read, every dependency made,
+// every address listened on: a mistake stops here) and then the components, each
+// blocking in Start until ctx ends, under one errgroup: the first to fail stops all.
 func run(ctx context.Context, c config, log *slog.Logger) error {
+	s, err := build(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	log.Info("reboot-manager started", "version", version,
+		"fleetlock", s.fleetLock.Addr(), "metrics", s.metrics.Addr(),
+		"config", c.configFile, "wait", c.wait,
+		"tls", c.tlsCertFile != "", "basicAuth", c.basicAuthFile != "", "verifySourceAddress", c.verifySourceAddress,
+		"trustedProxies", len(c.trustedProxies))
+	g, gctx := errgroup.WithContext(ctx)
+	for _, comp := range s.components() {
+		g.Go(func() error { return comp.Start(gctx) })
+	}
+	err = g.Wait()
+	if ctx.Err() != nil {
+		log.Info("shutting down")
+	}
+	return err
+}
+
+// server is what build makes: the dependencies and the components that run them.
+type server struct {
+	log         *slog.Logger
+	pol         *policy.Policy
+	drainer     *evict.Drainer
+	lock        *lock.Lock
+	replacer    *replace.Replacer // nil without --cloud
+	fleetLock   *httpServer
+	metrics     *httpServer
+	broadcaster events.EventBroadcaster
+	stopEvents  context.CancelFunc
+}
+
+// build reads the files, makes the clients, the policy, the drainer, the lock, the
+// replacer and the HTTP servers, and listens on their addresses; it starts nothing
+// that runs on its own but the Event broadcaster.
+func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err error) {
 	// The files first: an invalid one stops here, before anything else starts.
 	certs, guardOpts, err := loadAccess(c, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	policyConfig, policyState, err := loadPolicy(c, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.cloud == "" && policyConfig().Replaces() {
-		return errors.New("--config: replaceAfter is set, but no --cloud says how to replace nodes")
+		return nil, errors.New("--config: replaceAfter is set, but no --cloud says how to replace nodes")
 	}
+	client, err := serverClient(c)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{log: log}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	recorder, err := s.startEvents(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	s.pol = policy.New(policy.Options{
+		Config: policyConfig, ConfigState: policyState, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
+	})
+	c.drain.Logger = log
+	c.drain.Recorder = recorder
+	drainOpts := c.drain
+	drainOpts.Since = lock.GrantedAt // Timeout counts from the grant, on any replica
+	s.drainer = evict.New(client, drainOpts)
+	if s.replacer, err = newReplacer(ctx, c, client, policyConfig, recorder, log); err != nil {
+		return nil, err
+	}
+	lockOpts := lock.Options{Policy: s.pol, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log, Recorder: recorder}
+	if s.replacer != nil {
+		lockOpts.Hooks = s.replacer
+	}
+	if s.lock, err = lock.New(client, s.drainer, lockOpts); err != nil {
+		return nil, err
+	}
+	if c.verifySourceAddress {
+		guardOpts.Nodes = s.lock
+	}
+	guard := access.NewGuard(s.lock, guardOpts)
+	registry := s.registry(guard)
+	handler := fleetlock.NewHandler(guard, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
+	// A held pre-reboot request may take up to --wait: the write deadline is longer.
+	fleetLock := newServer(c.listenAddress, handler, c.wait+time.Minute, log)
+	if certs != nil {
+		fleetLock.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
+	}
+	if s.metrics, err = listen(newServer(c.metricsAddress, s.metricsMux(registry), 30*time.Second, log), log); err != nil {
+		return nil, err
+	}
+	if s.fleetLock, err = listen(fleetLock, log); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
+// serverClient is the server's clientset, from --kubeconfig or in-cluster.
+func serverClient(c config) (kubernetes.Interface, error) {
 	restConfig, err := kubeConfig(c.kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	restConfig.UserAgent = "reboot-manager/" + version
 	// client-go's default of 5 requests/s throttles the lock when many waiters re-claim
@@ -64,141 +156,68 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	// must not be capped below itself. The API server's priority and fairness still
 	// protects it.
 	restConfig.QPS, restConfig.Burst = 50, 100
-	client, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return err
-	}
+	return kubernetes.NewForConfig(restConfig)
+}
 
-	// One Event recorder for the drains and the lock.
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	eventsCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopEvents()
-	if err := broadcaster.StartRecordingToSinkWithContext(eventsCtx); err != nil {
-		return err
+// startEvents starts the one Event broadcaster of the drains, the lock and the
+// replacer. It posts until close, after every component has stopped.
+func (s *server) startEvents(ctx context.Context, client kubernetes.Interface) (events.EventRecorder, error) {
+	s.broadcaster = events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	var eventsCtx context.Context
+	eventsCtx, s.stopEvents = context.WithCancel(context.WithoutCancel(ctx))
+	if err := s.broadcaster.StartRecordingToSinkWithContext(eventsCtx); err != nil {
+		return nil, err
 	}
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, "reboot-manager")
+	return s.broadcaster.NewRecorder(scheme.Scheme, "reboot-manager"), nil
+}
 
-	pol := policy.New(policy.Options{
-		Config: policyConfig, ConfigState: policyState, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
-	})
+// close stops what build started on its own: the Event broadcaster, and the listeners
+// of servers that never served.
+func (s *server) close() {
+	for _, h := range []*httpServer{s.fleetLock, s.metrics} {
+		if h != nil {
+			h.ln.Close()
+		}
+	}
+	if s.stopEvents != nil {
+		s.stopEvents()
+		s.broadcaster.Shutdown()
+	}
+}
 
-	c.drain.Logger = log
-	c.drain.Recorder = recorder
-	drainer := evict.New(client, c.drain)
-	drainCtx, stopDrains := context.WithCancel(context.WithoutCancel(ctx))
-	var drainsDone sync.WaitGroup
-	drainsDone.Go(func() { drainer.Run(drainCtx) })
-	defer func() {
-		stopDrains()
-		drainsDone.Wait()
-	}()
-
-	replacer, err := newReplacer(ctx, c, client, policyConfig, recorder, log)
-	if err != nil {
-		return err
-	}
-	lockOpts := lock.Options{
-		Slots: pol.Slots, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log,
-		Gate: pol, ReleaseWhenReady: pol.ReleaseWhenReady, StaleHolderAfter: pol.StaleHolderAfter,
-		Recorder: recorder,
-	}
-	if replacer != nil {
-		lockOpts.BeforeReboot = replacer.BeforeReboot
-	}
-	lk, err := lock.New(client, drainer, lockOpts)
-	if err != nil {
-		return err
-	}
-
-	if c.verifySourceAddress {
-		guardOpts.Nodes = lk
-	}
-	guard := access.NewGuard(lk, guardOpts)
-
+// registry is the one Prometheus registry: the process, the build, and every
+// component's metrics.
+func (s *server) registry(guard *access.Guard) *prometheus.Registry {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(),
-		lk,
-		drainer,
+		s.lock,
+		s.drainer,
 		guard,
-		pol,
+		s.pol,
 	)
-	if replacer != nil {
-		registry.MustRegister(replacer)
+	if s.replacer != nil {
+		registry.MustRegister(s.replacer)
 	}
+	return registry
+}
 
-	metrics := metricsMux(registry, lk, func() status {
+// metricsMux is the metrics server's handler, with the status page of this replica.
+func (s *server) metricsMux(registry *prometheus.Registry) *http.ServeMux {
+	return metricsMux(registry, s.lock, func() status {
 		return buildStatus(statusInput{
-			now: time.Now(), source: "server", nodes: lk.Nodes(), config: pol.Config(), paused: pol.Paused,
+			now: time.Now(), source: "server", nodes: s.lock.Nodes(), config: s.pol.Config(), paused: s.pol.Paused,
 			drain: func(node string) string {
-				if p, ok := drainer.Progress(node); ok {
+				if p, ok := s.drainer.Progress(node); ok {
 					return p.String()
 				}
 				return "not started by this replica"
 			},
-			blockers: pol.Blockers(), configState: pol.ConfigState(),
+			blockers: s.pol.Blockers(), configState: s.pol.ConfigState(),
 		})
 	})
-
-	handler := fleetlock.NewHandler(guard, fleetlock.Options{PathPrefix: c.pathPrefix, Logger: log, Registerer: registry})
-	// A held pre-reboot request may take up to --wait: the write deadline is longer.
-	fleetLockServer := newServer(c.listenAddress, handler, c.wait+time.Minute, log)
-	if certs != nil {
-		fleetLockServer.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
-	}
-	servers := []*http.Server{newServer(c.metricsAddress, metrics, 30*time.Second, log), fleetLockServer}
-	serveErr := make(chan error, len(servers))
-	var listeners []net.Listener
-	for _, s := range servers {
-		ln, err := net.Listen("tcp", s.Addr)
-		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			return fmt.Errorf("listen on %s: %w", s.Addr, err)
-		}
-		listeners = append(listeners, ln)
-	}
-	for i, s := range servers {
-		go func() {
-			if s.TLSConfig != nil {
-				serveErr <- s.ServeTLS(listeners[i], "", "") // the certificate comes from GetCertificate
-				return
-			}
-			serveErr <- s.Serve(listeners[i])
-		}()
-	}
-	log.Info("reboot-manager started", "version", version,
-		"fleetlock", listeners[1].Addr().String(), "metrics", listeners[0].Addr().String(),
-		"config", c.configFile, "wait", c.wait,
-		"tls", certs != nil, "basicAuth", c.basicAuthFile != "", "verifySourceAddress", c.verifySourceAddress,
-		"trustedProxies", len(c.trustedProxies))
-
-	lockCtx, stopLock := context.WithCancel(ctx)
-	defer stopLock()
-	for _, start := range []func(context.Context) error{pol.Start, lk.Start} {
-		if err := start(lockCtx); err != nil {
-			if ctx.Err() != nil {
-				err = nil // told to stop while starting: not a failure
-			}
-			return shutdown(servers, err, log)
-		}
-	}
-	log.Info("node cache synced; serving FleetLock requests")
-	if replacer != nil {
-		go replacer.Run(lockCtx)
-	}
-
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		return shutdown(servers, nil, log)
-	case err := <-serveErr:
-		return shutdown(servers, err, log)
-	}
 }
 
 // loadAccess loads the TLS certificate and the credentials the flags name.
@@ -283,21 +302,6 @@ func metricsMux(registry *prometheus.Registry, lk *lock.Lock, current func() sta
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
-}
-
-// shutdown stops the servers, letting in-flight requests finish, and returns cause.
-func shutdown(servers []*http.Server, cause error, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	for _, s := range servers {
-		if err := s.Shutdown(ctx); err != nil {
-			log.Warn("server did not shut down cleanly", "addr", s.Addr, "err", err)
-		}
-	}
-	if errors.Is(cause, http.ErrServerClosed) {
-		return nil
-	}
-	return cause
 }
 
 // newServer returns an HTTP server hardened against slow and oversized clients.

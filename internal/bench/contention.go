@@ -13,6 +13,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // contentionResult is how a queue of nodes that all ask at once drains.
@@ -29,7 +30,7 @@ type contentionResult struct {
 }
 
 // benchContention has every node of s ask for the lock at once, through one Lock
-// with slots slots and an instant drain. A granted node holds for hold, then sends
+// with the given number of slots and an instant drain. A granted node holds for hold, then sends
 // steady-state; a request answered "not yet" asks again at once. It ends when every
 // node has been granted and has released.
 func benchContention(ctx context.Context, env *controlplane.Env, s *nodeSet, slots int, wait, hold time.Duration) (contentionResult, error) {
@@ -41,7 +42,7 @@ func benchContention(ctx context.Context, env *controlplane.Env, s *nodeSet, slo
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	l, err := lock.New(client, noDrain{}, lock.Options{Slots: func(string) int { return slots }, Wait: wait})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{Policy: lock.FixedSlots(slots), Wait: wait})
 	if err != nil {
 		return res, err
 	}
@@ -140,13 +141,13 @@ func inversions(order []string) int {
 
 func (r contentionResult) print(p *printer) {
 	grants := len(r.order)
-	p.section("Contention: %d nodes ask at once, %d slots, held requests (Wait %s), instant drain, hold %s", r.nodes, r.slots, r.wait, r.hold)
+	p.sectionf("Contention: %d nodes ask at once, %d slots, held requests (Wait %s), instant drain, hold %s", r.nodes, r.slots, r.wait, r.hold)
 	ideal := time.Duration(float64(r.hold) * float64(r.nodes) / float64(r.slots))
-	p.line("queue drained in   %s (every node granted and released): %.1f grants/s; nodes/slots x hold = %s, so %s of lock overhead per grant per slot",
+	p.linef("queue drained in   %s (every node granted and released): %.1f grants/s; nodes/slots x hold = %s, so %s of lock overhead per grant per slot",
 		r.elapsed.Round(time.Millisecond), float64(grants)/r.elapsed.Seconds(), ideal,
 		ms(time.Duration(float64(r.elapsed-ideal)*float64(r.slots)/float64(max(1, grants)))))
-	p.line("most holding       %d (slots %d)", r.mostHolding, r.slots)
-	p.line("not-yet answers    %d (held requests that timed out, asked again at once); other errors %d", r.notYet, r.failures)
+	p.linef("most holding       %d (slots %d)", r.mostHolding, r.slots)
+	p.linef("not-yet answers    %d (held requests that timed out, asked again at once); other errors %d", r.notYet, r.failures)
 	keys := make([]string, 0, len(r.apiRequests))
 	total := 0
 	for k, v := range r.apiRequests {
@@ -154,21 +155,21 @@ func (r contentionResult) print(p *printer) {
 		total += v
 	}
 	sort.Strings(keys)
-	p.line("API writes/grant   %.1f patch nodes per grant (%d in all; the minimum is 3: claim, promote, release)",
+	p.linef("API writes/grant   %.1f patch nodes per grant (%d in all; the minimum is 3: claim, promote, release)",
 		float64(r.apiRequests["patch nodes"])/float64(max(1, grants)), r.apiRequests["patch nodes"])
 	for _, k := range keys {
-		p.line("  %-16s %7d  %.1f per grant", k, r.apiRequests[k], float64(r.apiRequests[k])/float64(max(1, grants)))
+		p.linef("  %-16s %7d  %.1f per grant", k, r.apiRequests[k], float64(r.apiRequests[k])/float64(max(1, grants)))
 	}
-	p.line("  %-16s %7d  %.1f per grant", "all requests", total, float64(total)/float64(max(1, grants)))
+	p.linef("  %-16s %7d  %.1f per grant", "all requests", total, float64(total)/float64(max(1, grants)))
 	gaps := append([]time.Duration(nil), r.grantGaps...)
 	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
 	if len(gaps) > 0 {
-		p.line("time between grants p50 %s  p90 %s  max %s", ms(gaps[len(gaps)/2]), ms(gaps[len(gaps)*9/10]), ms(gaps[len(gaps)-1]))
+		p.linef("time between grants p50 %s  p90 %s  max %s", ms(gaps[len(gaps)/2]), ms(gaps[len(gaps)*9/10]), ms(gaps[len(gaps)-1]))
 	}
 	pairs := grants * (grants - 1) / 2
-	p.line("grant order        %d of %d pairs against alphabetical order (0: strictly alphabetical)", inversions(r.order), pairs)
+	p.linef("grant order        %d of %d pairs against alphabetical order (0: strictly alphabetical)", inversions(r.order), pairs)
 	if len(r.order) > 12 {
-		p.line("first grants       %v ...", r.order[:12])
+		p.linef("first grants       %v ...", r.order[:12])
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // The idle benchmark: a fleet's no-op steady-state check-ins (nodes that hold
@@ -186,7 +187,7 @@ func benchIdle(ctx context.Context, env *controlplane.Env, bin string, s *nodeSe
 	if err != nil {
 		return res, err
 	}
-	defer real.Stop()
+	defer func() { _ = real.Stop() }()
 	status, hdr, reply, err := idleProbe(real.FleetLock, s.ids[0])
 	if err != nil {
 		return res, err
@@ -259,7 +260,7 @@ func idleInProcess(ctx context.Context, env *controlplane.Env, self, ids string,
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	log := jsonLogger(io.Discard)
-	l, err := lock.New(client, noDrain{}, lock.Options{Logger: log})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{Logger: log})
 	if err != nil {
 		return idleRun{}, err
 	}
@@ -578,11 +579,11 @@ func runLoad(args []string) error {
 }
 
 func (r idleResult) print(p *printer) {
-	p.section("Idle check-ins against a no-op server: %d cached nodes, %d clients, saturated, %s each, load generator in its own process",
+	p.sectionf("Idle check-ins against a no-op server: %d cached nodes, %d clients, saturated, %s each, load generator in its own process",
 		r.nodes, r.clients, r.duration)
-	p.line("the binary is measured %d time(s), each time between two no-op runs; CPU is the server process's per check-in, warm-up included", r.rounds)
-	p.line("every server answers POST /v1/steady-state with %q; the no-op one reads the body and writes those bytes", strings.TrimSpace(r.reply))
-	p.line("%-28s %10s %9s %9s %9s %9s %9s %8s %9s", "server", "req/s", "p50", "p90", "p99", "p99.9", "max", "failed", "CPU/req")
+	p.linef("the binary is measured %d time(s), each time between two no-op runs; CPU is the server process's per check-in, warm-up included", r.rounds)
+	p.linef("every server answers POST /v1/steady-state with %q; the no-op one reads the body and writes those bytes", strings.TrimSpace(r.reply))
+	p.linef("%-28s %10s %9s %9s %9s %9s %9s %8s %9s", "server", "req/s", "p50", "p90", "p99", "p99.9", "max", "failed", "CPU/req")
 	for _, run := range r.runs {
 		q := run.Quantiles
 		for len(q) < len(idleQuantiles) {
@@ -592,7 +593,7 @@ func (r idleResult) print(p *printer) {
 		if c := run.cpuPer(); c > 0 {
 			cpu = fmt.Sprintf("%.1fµs", float64(c)/float64(time.Microsecond))
 		}
-		p.line("%-28s %10.0f %9s %9s %9s %9s %9s %8d %9s", run.Server, run.rate(), us(q[0]), us(q[1]), us(q[2]), us(q[3]), us(q[4]), run.Failures, cpu)
+		p.linef("%-28s %10.0f %9s %9s %9s %9s %9s %8d %9s", run.Server, run.rate(), us(q[0]), us(q[1]), us(q[2]), us(q[3]), us(q[4]), run.Failures, cpu)
 	}
 	rate, cpu := r.ratios()
 	pct := func(v []float64) string {
@@ -602,10 +603,10 @@ func (r idleResult) print(p *printer) {
 		}
 		return strings.Join(s, ", ")
 	}
-	p.line("reboot-manager / no-op throughput, each round against the mean of the no-op runs around it: %s; median %.1f%%", pct(rate), 100*median(rate))
+	p.linef("reboot-manager / no-op throughput, each round against the mean of the no-op runs around it: %s; median %.1f%%", pct(rate), 100*median(rate))
 	if len(cpu) > 0 {
-		p.line("reboot-manager / no-op CPU per check-in, each round: %s; median %.1f%%", pct(cpu), 100*median(cpu))
+		p.linef("reboot-manager / no-op CPU per check-in, each round: %s; median %.1f%%", pct(cpu), 100*median(cpu))
 	}
-	p.line("reboot-manager's API requests during the runs (audit log, health probes left out): %d %v",
+	p.linef("reboot-manager's API requests during the runs (audit log, health probes left out): %d %v",
 		r.apiRequests(), r.realAPIRequests)
 }

@@ -27,10 +27,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/fleetsim"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+	"github.com/reboot-manager/reboot-manager/lock"
 )
 
 type config struct {
@@ -44,19 +44,22 @@ type config struct {
 	contentionNodes, contentionSlots int
 	contentionWait, contentionHold   time.Duration
 
-	rollout      rolloutConfig
-	baselineWait time.Duration
-	baseline     bool
-	verbose      bool
+	holdsWaiters             []int
+	holdsGroups, holdsRounds int
+
+	rollout   rolloutConfig
+	timeScale float64
+	scenarios []string
+	verbose   bool
 
 	idle idleConfig
 }
 
-var benchmarks = []string{"memory", "noop", "idle", "contention", "rollout"}
+var benchmarks = []string{"memory", "noop", "idle", "contention", "holds", "rollout"}
 
 func main() {
 	var c config
-	var only string
+	var only, scenarios, holdsWaiters string
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
 	fs.StringVar(&only, "only", strings.Join(benchmarks, ","), "benchmarks to run, comma-separated: "+strings.Join(benchmarks, ", "))
 	fs.IntVar(&c.nodes, "nodes", 5000, "memory, noop: realistic Nodes in the cluster")
@@ -68,17 +71,20 @@ func main() {
 	fs.IntVar(&c.contentionSlots, "contention-slots", 5, "contention: slots")
 	fs.DurationVar(&c.contentionWait, "contention-wait", 2*time.Minute, "contention: lock.Options.Wait")
 	fs.DurationVar(&c.contentionHold, "contention-hold", 500*time.Millisecond, "contention: how long a granted node holds before its steady-state")
-	fs.IntVar(&c.rollout.nodes, "rollout-nodes", 20, "rollout: nodes")
-	fs.IntVar(&c.rollout.slots, "rollout-slots", 1, "rollout: slots")
-	fs.IntVar(&c.rollout.replicas, "replicas", 1, "rollout: reboot-manager replicas")
-	fs.DurationVar(&c.rollout.poll, "poll", 30*time.Second, "rollout: Zincati's poll period (real Zincati: 300s)")
+	fs.StringVar(&holdsWaiters, "holds-waiters", "200,1000,2000", "holds: numbers of requests held at once, comma-separated, one run each")
+	fs.IntVar(&c.holdsGroups, "holds-groups", 20, "holds: groups the waiters are spread over, 1 slot each")
+	fs.IntVar(&c.holdsRounds, "holds-handovers", 40, "holds: handovers measured per run")
+	fs.Float64Var(&c.timeScale, "time-scale", 0.1, "rollout: every real duration below is multiplied by this (0.1: a real 5-minute poll lasts 30 s)")
+	fs.IntVar(&c.rollout.perSlot, "rollout-nodes-per-slot", 12, "rollout: nodes per slot of the group")
+	fs.StringVar(&scenarios, "rollouts", strings.Join(rolloutScenarios, ","), "rollout: scenarios to run, comma-separated: "+strings.Join(rolloutScenarios, ", "))
+	fs.DurationVar(&c.rollout.poll, "poll", 300*time.Second, "rollout: Zincati's poll period, real time (Zincati: 300 s plus -jitter)")
 	fs.Float64Var(&c.rollout.jitter, "jitter", 0.1, "rollout: Zincati's poll jitter, a share of -poll")
-	fs.DurationVar(&c.rollout.drain, "drain", 2*time.Second, "rollout: how long an evicted pod takes to terminate (the drain)")
-	fs.DurationVar(&c.rollout.downtime, "downtime", 5*time.Second, "rollout: how long a reboot keeps a node NotReady")
-	fs.DurationVar(&c.rollout.wait, "wait", 2*time.Minute, "rollout: reboot-manager --wait (request holding)")
-	fs.DurationVar(&c.baselineWait, "baseline-wait", time.Millisecond, "rollout: reboot-manager --wait of the baseline, holding disabled")
+	fs.DurationVar(&c.rollout.stage, "stage", 300*time.Second, "rollout: nodes stage their update at random within this, real time (Zincati checks for updates every 300 s)")
+	fs.DurationVar(&c.rollout.drain, "drain", 60*time.Second, "rollout: how long an evicted pod takes to terminate (the drain), real time")
+	fs.DurationVar(&c.rollout.downtime, "downtime", 120*time.Second, "rollout: how long a reboot keeps a node NotReady, real time")
+	fs.DurationVar(&c.rollout.wait, "wait", lock.DefaultWait, "rollout: reboot-manager --wait, real time (default: the shipped default)")
+	fs.DurationVar(&c.rollout.staleClaimAge, "stale-claim-age", lock.DefaultStaleClaimAge, "rollout: reboot-manager --stale-claim-age, real time (default: the shipped default)")
 	fs.BoolVar(&c.verbose, "v", false, "rollout: also print each node's wait, drain, reboot and requests")
-	fs.BoolVar(&c.baseline, "baseline", true, "rollout: also roll with holding disabled (the slow part: about poll x nodes)")
 	fs.StringVar(&c.rollout.rebootManagerBin, "reboot-manager", "", "rollout, memory: the reboot-manager binary (default: build it)")
 	fs.BoolVar(&c.rollout.inProcess, "in-process", false, "rollout: serve from this process (lock, drainer, handler as cmd/reboot-manager wires them) instead of the binary; counts API requests")
 	fs.IntVar(&c.rollout.qps, "qps", 50, "rollout -in-process: the client's QPS limit, as cmd/reboot-manager sets it (0: client-go's default, 5)")
@@ -107,6 +113,29 @@ func main() {
 		}
 		c.only = append(c.only, o)
 	}
+	for o := range strings.SplitSeq(scenarios, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		if !slices.Contains(rolloutScenarios, o) {
+			fmt.Fprintf(os.Stderr, "bench: unknown rollout %q (have %s)\n", o, strings.Join(rolloutScenarios, ", "))
+			os.Exit(2)
+		}
+		c.scenarios = append(c.scenarios, o)
+	}
+	for w := range strings.SplitSeq(holdsWaiters, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: -holds-waiters: %q is not a positive number\n", w)
+			os.Exit(2)
+		}
+		c.holdsWaiters = append(c.holdsWaiters, n)
+	}
+	if c.timeScale <= 0 || c.timeScale > 1 {
+		fmt.Fprintf(os.Stderr, "bench: -time-scale must be in (0, 1], got %v\n", c.timeScale)
+		os.Exit(2)
+	}
+	c.rollout = c.rollout.scaled(c.timeScale)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, c, os.Stdout); err != nil {
@@ -120,8 +149,8 @@ func (c config) runs(name string) bool { return slices.Contains(c.only, name) }
 
 func run(ctx context.Context, c config, out io.Writer) error {
 	p := &printer{out: out}
-	p.line("reboot-manager benchmarks, %s", time.Now().UTC().Format(time.RFC3339))
-	p.line("machine: %d CPUs (GOMAXPROCS %d), %s, %s %s; load average before: %s", runtime.NumCPU(), runtime.GOMAXPROCS(0),
+	p.linef("reboot-manager benchmarks, %s", time.Now().UTC().Format(time.RFC3339))
+	p.linef("machine: %d CPUs (GOMAXPROCS %d), %s, %s %s; load average before: %s", runtime.NumCPU(), runtime.GOMAXPROCS(0),
 		memTotal(), runtime.Version(), runtime.GOARCH, loadAvg())
 
 	if c.rollout.rebootManagerBin == "" && (c.runs("rollout") || c.runs("memory")) {
@@ -143,7 +172,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	defer env.Stop()
-	p.line("control plane started in %s", time.Since(start).Round(time.Millisecond))
+	p.linef("control plane started in %s", time.Since(start).Round(time.Millisecond))
 	var sum summary
 
 	if c.runs("memory") || c.runs("noop") || c.runs("idle") {
@@ -162,7 +191,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		p.line("created %d realistic Nodes in %s with %d requests in flight: %.1f KiB of JSON each, %d managed-fields entries, 50 images",
+		p.linef("created %d realistic Nodes in %s with %d requests in flight: %.1f KiB of JSON each, %d managed-fields entries, 50 images",
 			c.nodes, time.Since(start).Round(time.Millisecond), c.createWorkers, float64(size)/1024, managers)
 		if c.runs("memory") {
 			m, err := benchMemory(ctx, env.Client, c.nodes)
@@ -175,7 +204,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			p.line("reboot-manager binary, whole process: RSS %.1f MiB (empty cluster: %.1f MiB), Go heap in use %.1f MiB (empty: %.1f MiB)",
+			p.linef("reboot-manager binary, whole process: RSS %.1f MiB (empty cluster: %.1f MiB), Go heap in use %.1f MiB (empty: %.1f MiB)",
 				mib(full.rss), mib(emptyRSS.rss), mib(full.heapInuse), mib(emptyRSS.heapInuse))
 		}
 		if c.runs("noop") {
@@ -215,81 +244,75 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		}
 	}
 
+	if c.runs("holds") {
+		var rs []holdsResult
+		for _, w := range c.holdsWaiters {
+			r, err := benchHolds(ctx, env, w, c.holdsGroups, c.holdsRounds)
+			if err != nil {
+				return fmt.Errorf("holds, %d waiters: %w", w, err)
+			}
+			rs = append(rs, r)
+		}
+		printHolds(p, rs)
+	}
+
 	if c.runs("rollout") {
-		rc := c.rollout
-		p.section("Rollout makespan: %d nodes, %d slot(s), Zincati poll %s + %.0f%% jitter, drain %s, reboot %s, %d replica(s)",
-			rc.nodes, rc.slots, rc.poll, rc.jitter*100, rc.drain, rc.downtime, rc.replicas)
-		p.line("ideal = nodes/slots x the mean time a node held its slot in the holding run (drain + reboot + steady-state, measured);")
-		p.line("nominal = nodes/slots x (drain + reboot) as configured")
-		logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
-		held, err := benchRollout(ctx, env, "holding", "hold", rc, logf)
+		rs, err := runRollouts(ctx, env, c, p)
 		if err != nil {
 			return err
 		}
-		held.print(p, held.ideal())
-		if c.verbose {
-			p.line("%s", held.report.Summary())
-		}
-		sum.held = &held
-		if c.baseline {
-			bc := rc
-			bc.wait = c.baselineWait
-			polled, err := benchRollout(ctx, env, "holding disabled", "poll", bc, logf)
-			if err != nil {
-				return err
-			}
-			polled.print(p, held.ideal())
-			if c.verbose {
-				p.line("%s", polled.report.Summary())
-			}
-			sum.polled = &polled
-			p.line("holding disabled / holding: %.2fx the makespan", polled.makespan.Seconds()/held.makespan.Seconds())
-		}
+		sum.rollouts = rs
 	}
-	p.line("")
-	p.line("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
+	if err := replaceSoak(ctx, c, env, p); err != nil {
+		return err
+	}
+	p.linef("")
+	p.linef("load average after: %s; total %s", loadAvg(), time.Since(start).Round(time.Second))
 	sum.print(p)
 	return nil
 }
 
 // summary holds what ran, for the targets.
 type summary struct {
-	memory       *memoryResult
-	noop         *noopResult
-	idle         *idleResult
-	contention   *contentionResult
-	held, polled *rolloutResult
+	memory     *memoryResult
+	noop       *noopResult
+	idle       *idleResult
+	contention *contentionResult
+	rollouts   []rolloutResult
 }
 
 func (s summary) print(p *printer) {
-	p.section("Targets")
+	p.sectionf("Targets")
 	verdict := func(ok bool) string {
 		if ok {
 			return "met"
 		}
 		return "MISSED"
 	}
-	if r := s.held; r != nil {
-		x := r.makespan.Seconds() / r.ideal().Seconds()
-		p.line("rollout makespan <= 1.15x ideal        %.2fx: %s", x, verdict(x <= 1.15))
+	for _, r := range s.rollouts {
+		if r.target == 0 {
+			continue
+		}
+		x := r.ratio()
+		p.linef("%-38s %.2fx ideal <= %.2fx: %s", "rollout, "+r.label, x, r.target, verdict(x <= r.target))
 	}
 	if r := s.noop; r != nil {
 		n, _ := r.perCheckin()
-		p.line("no-op check-in API requests = 0        %d: %s", n, verdict(n == 0))
-		p.line("no-op check-in p99 < 5ms, saturated    %s: %s", us(r.quantile(0.99)), verdict(r.quantile(0.99) < 5*time.Millisecond))
+		p.linef("no-op check-in API requests = 0        %d: %s", n, verdict(n == 0))
+		p.linef("no-op check-in p99 < 5ms, saturated    %s: %s", us(r.quantile(0.99)), verdict(r.quantile(0.99) < 5*time.Millisecond))
 		if r.rate > 0 {
 			p99 := quantile(r.paced, 0.99)
-			p.line("no-op check-in p99 < 5ms, %5.0f/s      %s: %s", r.rate, us(p99), verdict(p99 < 5*time.Millisecond))
+			p.linef("no-op check-in p99 < 5ms, %5.0f/s      %s: %s", r.rate, us(p99), verdict(p99 < 5*time.Millisecond))
 		}
 	}
 	if r := s.idle; r != nil {
-		p.line("idle check-ins >= 85%% of a no-op server  %.1f%%: %s", 100*r.ratio(), verdict(r.ratio() >= 0.85))
+		p.linef("idle check-ins >= 85%% of a no-op server  %.1f%%: %s", 100*r.ratio(), verdict(r.ratio() >= 0.85))
 	}
 	if r := s.memory; r != nil {
-		p.line("node cache < 80 MiB at %d nodes      %.1f MiB: %s", r.nodes, mib(r.stripped), verdict(mib(r.stripped) < 80))
+		p.linef("node cache < 80 MiB at %d nodes      %.1f MiB: %s", r.nodes, mib(r.stripped), verdict(mib(r.stripped) < 80))
 	}
 	if r := s.contention; r != nil {
-		p.line("contention (no target)                 %.1f patch nodes per grant, queue of %d drained in %s",
+		p.linef("contention (no target)                 %.1f patch nodes per grant, queue of %d drained in %s",
 			float64(r.apiRequests["patch nodes"])/float64(max(1, len(r.order))), r.nodes, r.elapsed.Round(time.Millisecond))
 	}
 }
@@ -297,24 +320,13 @@ func (s summary) print(p *printer) {
 // printer writes the report.
 type printer struct{ out io.Writer }
 
-func (p *printer) section(format string, args ...any) {
+func (p *printer) sectionf(format string, args ...any) {
 	fmt.Fprintf(p.out, "\n== "+format+"\n", args...)
 }
 
-func (p *printer) line(format string, args ...any) {
+func (p *printer) linef(format string, args ...any) {
 	fmt.Fprintf(p.out, format+"\n", args...)
 }
-
-// noDrain is a Drainer whose drains are over at once.
-type noDrain struct{}
-
-func (noDrain) Start(node string) evict.Progress {
-	done := make(chan struct{})
-	close(done)
-	return evict.Progress{Node: node, Drained: true, Done: done}
-}
-
-func (noDrain) Forget(string) {}
 
 // serverMemory is what a reboot-manager process reports on /metrics.
 type serverMemory struct{ rss, heapInuse uint64 }
@@ -327,7 +339,7 @@ func measureServer(bin, kubeconfig string) (serverMemory, error) {
 	if err != nil {
 		return m, err
 	}
-	defer s.Stop()
+	defer func() { _ = s.Stop() }()
 	time.Sleep(2 * time.Second)
 	text, err := s.Metrics()
 	if err != nil {

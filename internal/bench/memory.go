@@ -13,6 +13,7 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // memoryResult is the heap the node cache takes, with the lock's transform and without.
@@ -37,7 +38,7 @@ func benchMemory(ctx context.Context, client kubernetes.Interface, nodes int) (m
 
 	before := heapInuse()
 	lctx, stop := context.WithCancel(ctx)
-	l, err := lock.New(client, noDrain{}, lock.Options{})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{})
 	if err != nil {
 		stop()
 		return res, err
@@ -90,11 +91,11 @@ func benchMemory(ctx context.Context, client kubernetes.Interface, nodes int) (m
 }
 
 func (r memoryResult) print(p *printer) {
-	p.section("Node cache memory, %d realistic Nodes (in-process, HeapInuse growth after runtime.GC)", r.nodes)
-	p.line("lock cache (stripNode transform)  %8.1f MiB  %6.1f KiB/node", mib(r.stripped), kib(r.stripped)/float64(r.nodes))
-	p.line("same informer, no transform       %8.1f MiB  %6.1f KiB/node", mib(r.baseline), kib(r.baseline)/float64(r.nodes))
+	p.sectionf("Node cache memory, %d realistic Nodes (in-process, HeapInuse growth after runtime.GC)", r.nodes)
+	p.linef("lock cache (stripNode transform)  %8.1f MiB  %6.1f KiB/node", mib(r.stripped), kib(r.stripped)/float64(r.nodes))
+	p.linef("same informer, no transform       %8.1f MiB  %6.1f KiB/node", mib(r.baseline), kib(r.baseline)/float64(r.nodes))
 	if r.stripped > 0 {
-		p.line("baseline / lock cache             %8.1fx", float64(r.baseline)/float64(r.stripped))
+		p.linef("baseline / lock cache             %8.1fx", float64(r.baseline)/float64(r.stripped))
 	}
 }
 

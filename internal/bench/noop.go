@@ -17,6 +17,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/lock"
+	"github.com/reboot-manager/reboot-manager/lock/locktest"
 )
 
 // noopResult is the steady-state check-in throughput of nodes that hold nothing.
@@ -51,7 +52,7 @@ func benchNoop(ctx context.Context, env *controlplane.Env, s *nodeSet, clients i
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	l, err := lock.New(client, noDrain{}, lock.Options{})
+	l, err := lock.New(client, &locktest.Drained{}, lock.Options{})
 	if err != nil {
 		return res, err
 	}
@@ -212,23 +213,23 @@ func (r noopResult) perCheckin() (requests int, periodic []string) {
 }
 
 func (r noopResult) print(p *printer) {
-	p.section("Steady-state no-op check-ins: %d cached nodes, %d concurrent clients, loopback HTTP, %s", r.nodes, r.clients, r.duration.Round(time.Millisecond))
-	p.line("saturated: every client sends its next check-in as soon as the last is answered")
-	p.line("check-ins          %d (%d failed)", r.checkins, r.failures)
-	p.line("throughput         %.0f check-ins/s", float64(r.checkins)/r.duration.Seconds())
-	p.line("latency            %s", latencies(r.latencies))
-	p.line("(with %d requests always in flight, mean latency = %d / throughput = %s: queueing for the CPU)",
+	p.sectionf("Steady-state no-op check-ins: %d cached nodes, %d concurrent clients, loopback HTTP, %s", r.nodes, r.clients, r.duration.Round(time.Millisecond))
+	p.linef("saturated: every client sends its next check-in as soon as the last is answered")
+	p.linef("check-ins          %d (%d failed)", r.checkins, r.failures)
+	p.linef("throughput         %.0f check-ins/s", float64(r.checkins)/r.duration.Seconds())
+	p.linef("latency            %s", latencies(r.latencies))
+	p.linef("(with %d requests always in flight, mean latency = %d / throughput = %s: queueing for the CPU)",
 		r.clients, r.clients, us(time.Duration(float64(r.clients)/(float64(r.checkins)/r.duration.Seconds())*float64(time.Second))))
 	if r.rate > 0 {
-		p.line("paced: %.0f check-ins/s in all from the %d clients, for %s (a real fleet of %d nodes polling every 300s sends %.0f/s)",
+		p.linef("paced: %.0f check-ins/s in all from the %d clients, for %s (a real fleet of %d nodes polling every 300s sends %.0f/s)",
 			r.rate, r.clients, r.pacedDuration.Round(time.Millisecond), r.nodes, float64(r.nodes)/300)
-		p.line("check-ins          %d (%d failed), %.0f/s achieved", len(r.paced), r.pacedFailures, float64(len(r.paced))/r.pacedDuration.Seconds())
-		p.line("latency            %s (from when each request was due)", latencies(r.paced))
+		p.linef("check-ins          %d (%d failed), %.0f/s achieved", len(r.paced), r.pacedFailures, float64(len(r.paced))/r.pacedDuration.Seconds())
+		p.linef("latency            %s (from when each request was due)", latencies(r.paced))
 	}
 	n, periodic := r.perCheckin()
-	p.line("API requests       %d during the run: %.4f per check-in", n, float64(n)/float64(max(1, r.checkins)))
+	p.linef("API requests       %d during the run: %.4f per check-in", n, float64(n)/float64(max(1, r.checkins)))
 	if len(periodic) > 0 {
-		p.line("periodic requests  %s (time-driven, not per check-in)", strings.Join(periodic, ", "))
+		p.linef("periodic requests  %s (time-driven, not per check-in)", strings.Join(periodic, ", "))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,15 +23,22 @@ import (
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 
-// rolloutConfig is one rollout of the fleet simulator.
+// rolloutScenarios are the rollouts -rollouts chooses from, in the order they run.
+var rolloutScenarios = []string{"one-slot", "three-slots", "restarts", "behind-proxy", "poll-bound"}
+
+// rolloutConfig is one rollout of the fleet simulator. Durations are as the rollout
+// runs them, already scaled by -time-scale.
 type rolloutConfig struct {
-	nodes, slots     int
-	poll             time.Duration
-	jitter           float64
-	drain, downtime  time.Duration
-	wait             time.Duration // reboot-manager --wait
-	replicas         int
-	rebootManagerBin string
+	nodes, slots, perSlot int
+	poll                  time.Duration
+	jitter                float64
+	stage                 time.Duration // nodes stage their update at random within it
+	drain, downtime       time.Duration
+	wait                  time.Duration // reboot-manager --wait
+	staleClaimAge         time.Duration // reboot-manager --stale-claim-age
+	restartWhileWaiting   time.Duration // fleetsim.Options.RestartWhileWaiting
+	replicas              int
+	rebootManagerBin      string
 	// inProcess serves from this process (the lock, the drainer and the FleetLock
 	// handler wired as cmd/reboot-manager wires them) instead of the binary, with a
 	// client limited to qps and burst (0: client-go's defaults, 5 and 10; the binary
@@ -39,10 +47,21 @@ type rolloutConfig struct {
 	qps, burst int
 }
 
+// scaled returns c with every real duration multiplied by k.
+func (c rolloutConfig) scaled(k float64) rolloutConfig {
+	for _, d := range []*time.Duration{&c.poll, &c.stage, &c.drain, &c.downtime, &c.wait, &c.staleClaimAge} {
+		*d = time.Duration(float64(*d) * k)
+	}
+	return c
+}
+
 // rolloutResult is one rollout's outcome.
 type rolloutResult struct {
-	label    string
-	cfg      rolloutConfig
+	label string
+	cfg   rolloutConfig
+	// target is the makespan / ideal this rollout must stay under (0: none, a baseline).
+	target   float64
+	restarts int
 	report   *fleetsim.Report
 	makespan time.Duration
 	// meanHold is the mean time a node held its slot: from taking it (the checker
@@ -63,9 +82,68 @@ func (r rolloutResult) ideal() time.Duration {
 	return time.Duration(float64(r.meanHold) * float64(r.cfg.nodes) / float64(r.cfg.slots))
 }
 
+// ratio is the makespan over the ideal.
+func (r rolloutResult) ratio() float64 { return r.makespan.Seconds() / r.ideal().Seconds() }
+
 // nominal is the ideal computed from the configured drain and reboot times alone.
 func (r rolloutResult) nominal() time.Duration {
 	return time.Duration(float64(r.cfg.drain+r.cfg.downtime) * float64(r.cfg.nodes) / float64(r.cfg.slots))
+}
+
+// runRollouts runs the chosen scenarios, every one at Zincati's real proportions
+// scaled by -time-scale and with reboot-manager's shipped defaults unless flags say
+// otherwise, and prints each against its own ideal.
+func runRollouts(ctx context.Context, env *controlplane.Env, c config, p *printer) ([]rolloutResult, error) {
+	rc := c.rollout
+	p.sectionf("Rollouts at Zincati's proportions x %.2f: poll %s + %.0f%% jitter, updates staged within %s, drain %s, reboot %s, --wait %s",
+		c.timeScale, rc.poll, rc.jitter*100, rc.stage, rc.drain, rc.downtime, rc.wait)
+	p.linef("ideal = nodes/slots x the mean time a node held its slot in that rollout (drain + reboot + steady-state, measured);")
+	p.linef("nominal = nodes/slots x (drain + reboot) as configured; makespan from the first node staging to the last release")
+	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	var out []rolloutResult
+	// holdingIdeal is the 1-slot holding rollout's ideal, by nodes: the baselines'
+	// own holds are longer (a poll per drain), so their own ideal flatters them.
+	holdingIdeal := map[int]time.Duration{}
+	for _, name := range c.scenarios {
+		sc, label, target := rc, name, 0.0
+		sc.slots, sc.replicas = 1, 1
+		switch name {
+		case "one-slot":
+			label, target = "1 slot", 1.10
+		case "three-slots":
+			sc.slots, sc.replicas = 3, 2
+			label, target = "3 slots, 2 replicas", 1.10
+		case "restarts":
+			// Every waiting node's Zincati restarts once within its first held request.
+			sc.restartWhileWaiting = sc.wait
+			label, target = "1 slot, every waiter's Zincati restarts once", 1.25
+		case "behind-proxy":
+			// A proxy that cuts idle requests after 60 s, and --wait set under it.
+			sc.wait = time.Duration(float64(50*time.Second) * c.timeScale)
+			label = "1 slot, --wait=50s behind a proxy that cuts idle requests at 60s"
+		case "poll-bound":
+			sc.wait = time.Millisecond // holding off: every answer at once
+			label = "1 slot, holding off (poll-bound baseline)"
+		}
+		sc.nodes = sc.perSlot * sc.slots
+		r, err := benchRollout(ctx, env, label, name, sc, logf)
+		if err != nil {
+			return out, fmt.Errorf("rollout %s: %w", name, err)
+		}
+		r.target = target
+		r.print(p, r.ideal())
+		if ref, ok := holdingIdeal[sc.nodes]; ok && (name == "poll-bound" || name == "behind-proxy") {
+			p.linef("  against the 1-slot holding rollout's ideal (%.1fs): %.2fx", ref.Seconds(), r.makespan.Seconds()/ref.Seconds())
+		}
+		if name == "one-slot" {
+			holdingIdeal[sc.nodes] = r.ideal()
+		}
+		if c.verbose {
+			p.linef("%s", r.report.Summary())
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // benchRollout rolls an update over a fresh simulated fleet behind the reboot-manager
@@ -104,7 +182,8 @@ func benchRollout(ctx context.Context, env *controlplane.Env, label, name string
 			endpoints = append(endpoints, url)
 		}
 	} else {
-		args := []string{"--wait=" + c.wait.String(), "--log-format=text", "--log-level=warn", fmt.Sprintf("--group-slots=default=%d", c.slots)}
+		args := []string{"--wait=" + c.wait.String(), "--stale-claim-age=" + c.staleClaimAge.String(),
+			"--log-format=text", "--log-level=warn", fmt.Sprintf("--group-slots=default=%d", c.slots)}
 		for range c.replicas {
 			logs := &fleetsim.LogBuffer{}
 			s, err := fleetsim.StartServer(c.rebootManagerBin, env.Kubeconfig, logs, args...)
@@ -122,6 +201,7 @@ func benchRollout(ctx context.Context, env *controlplane.Env, label, name string
 	f, err := fleetsim.New(ctx, env.Client, env.Kubelet, fleetsim.Options{
 		Name: name, Namespace: ns, Groups: []fleetsim.Group{{Name: "default", Nodes: c.nodes, Slots: c.slots}},
 		Poll: c.poll, Jitter: c.jitter, Downtime: c.downtime, TerminationGracePeriod: c.drain,
+		StageWithin: c.stage, RestartWhileWaiting: c.restartWhileWaiting,
 		Endpoints: endpoints, Log: log,
 	})
 	if err != nil {
@@ -160,6 +240,7 @@ func benchRollout(ctx context.Context, env *controlplane.Env, label, name string
 		drain += n.Drain()
 		reboot += n.Reboot()
 		res.requests += n.Requests
+		res.restarts += n.Restarts
 	}
 	k := time.Duration(len(rep.Nodes))
 	res.meanHold, res.meanWait, res.meanDrain, res.meanReboot = hold/k, wait/k, drain/k, reboot/k
@@ -176,12 +257,12 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 			server = "in-process server, client-go's default QPS 5 burst 10"
 		}
 	}
-	p.line("%s, --wait=%s (%s):", r.label, c.wait, server)
-	p.line("  makespan %.1fs = %.2fx ideal (%.1fs), %.2fx nominal (%.1fs)",
+	p.linef("%s: %d nodes, %d slot(s), %d replica(s), --wait=%s (%s):", r.label, c.nodes, c.slots, c.replicas, c.wait, server)
+	p.linef("  makespan %.1fs = %.2fx ideal (%.1fs), %.2fx nominal (%.1fs)",
 		r.makespan.Seconds(), r.makespan.Seconds()/ideal.Seconds(), ideal.Seconds(),
 		r.makespan.Seconds()/r.nominal().Seconds(), r.nominal().Seconds())
-	p.line("  per node, mean: wait %.1fs, drain %.1fs (slot taken to told to reboot), reboot+steady-state %.1fs; %d FleetLock requests in all; %d invariant violations",
-		r.meanWait.Seconds(), r.meanDrain.Seconds(), r.meanReboot.Seconds(), r.requests, len(r.report.Violations))
+	p.linef("  per node, mean: wait %.1fs, drain %.1fs (slot taken to told to reboot), reboot+steady-state %.1fs; %d FleetLock requests in all; %d Zincati restarts; %d invariant violations",
+		r.meanWait.Seconds(), r.meanDrain.Seconds(), r.meanReboot.Seconds(), r.requests, r.restarts, len(r.report.Violations))
 	if len(r.idle) > 0 {
 		sorted := slices.Clone(r.idle)
 		slices.Sort(sorted)
@@ -189,8 +270,14 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 		for _, d := range sorted {
 			total += d
 		}
-		p.line("  slot idle between a release and the next grant: total %.1fs over %d handovers; median %s, max %s; in order: %s",
-			total.Seconds(), len(sorted), ms(quantile(sorted, 0.5)), ms(sorted[len(sorted)-1]), secs(r.idle))
+		idle := 0
+		for _, d := range sorted {
+			if d > r.cfg.poll/2 {
+				idle++
+			}
+		}
+		p.linef("  slot idle between a release and the next grant: total %.1fs over %d handovers, %d of them idle over half a poll; median %s, max %s; in order: %s",
+			total.Seconds(), len(sorted), idle, ms(quantile(sorted, 0.5)), ms(sorted[len(sorted)-1]), secs(r.idle))
 	}
 	if r.apiRequests != nil {
 		keys := slices.Sorted(maps.Keys(r.apiRequests))
@@ -198,11 +285,11 @@ func (r rolloutResult) print(p *printer, ideal time.Duration) {
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s %d", k, r.apiRequests[k]))
 		}
-		p.line("  API requests of the server: %s; %.1f patch nodes per node", strings.Join(parts, ", "),
+		p.linef("  API requests of the server: %s; %.1f patch nodes per node", strings.Join(parts, ", "),
 			float64(r.apiRequests["patch nodes"])/float64(c.nodes))
 	}
 	for _, v := range r.report.Violations {
-		p.line("  VIOLATION %s", v)
+		p.linef("  VIOLATION %s", v)
 	}
 }
 
@@ -229,7 +316,7 @@ func startInProcess(ctx context.Context, cfg *rest.Config, c rolloutConfig) (str
 		cancel()
 		wg.Wait()
 	}
-	lk, err := lock.New(client, drainer, lock.Options{Slots: func(string) int { return c.slots }, Wait: c.wait})
+	lk, err := lock.New(client, drainer, lock.Options{Policy: lock.FixedSlots(c.slots), Wait: c.wait, StaleClaimAge: c.staleClaimAge})
 	if err != nil {
 		stop()
 		return "", nil, err

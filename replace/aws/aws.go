@@ -1,5 +1,6 @@
 // Package aws replaces nodes through their AWS Auto Scaling group: it implements
-// replace.Cloud with the AWS SDK for Go v2.
+// replace.Cloud with the AWS SDK for Go v2, whose standard retryer also retries the
+// Auto Scaling API's contention errors on describes (a terminate is called once).
 package aws
 
 import (
@@ -7,16 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
 	"github.com/aws/smithy-go"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/reboot-manager/reboot-manager/replace"
 )
@@ -40,11 +43,14 @@ type Options struct {
 	// AllowGroups returns the groups opted in, tagged or not; called at every
 	// Preflight. Optional.
 	AllowGroups func() []string
-	// Attempts bounds the calls of one operation the API refuses with a contention
-	// error (ResourceContention, ScalingActivityInProgress). Default 5.
+	// Attempts bounds the calls of one describe operation (a terminate is called
+	// once: Replace), through the SDK's standard
+	// retryer, which retries contention errors (ResourceContention,
+	// ScalingActivityInProgress) beside throttling, 5xx and broken connections.
+	// Default 5.
 	Attempts int
-	// Backoff is the first wait after a contention error; it doubles, with jitter.
-	// Default 1s.
+	// Backoff is the first wait before a retry; it doubles, with jitter (up to half
+	// again). Default 1s.
 	Backoff time.Duration
 	// Logger receives retries. Default: discard.
 	Logger *slog.Logger
@@ -52,8 +58,9 @@ type Options struct {
 
 // Cloud is the AWS Auto Scaling replace.Cloud.
 type Cloud struct {
-	api  API
-	opts Options
+	api     API
+	opts    Options
+	retryer aws.Retryer
 }
 
 var _ replace.Cloud = (*Cloud)(nil)
@@ -72,8 +79,31 @@ func New(api API, opts Options) *Cloud {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Cloud{api: api, opts: opts}
+	return &Cloud{api: api, opts: opts, retryer: newRetryer(opts)}
 }
+
+// contentionCodes are the errors that mean "busy, try again" beside those the SDK
+// retries anyway (throttling, 5xx, broken connections).
+var contentionCodes = map[string]struct{}{"ResourceContention": {}, "ScalingActivityInProgress": {}}
+
+// newRetryer returns the SDK's standard retryer, which also retries contention
+// errors: Attempts calls at most, waiting Backoff, then twice as long each time,
+// with jitter; no client-side retry quota (the calls are few).
+func newRetryer(opts Options) aws.Retryer {
+	return retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = opts.Attempts
+		o.Retryables = append(o.Retryables, retry.RetryableErrorCode{Codes: contentionCodes})
+		o.RateLimiter = ratelimit.None
+		o.Backoff = retry.BackoffDelayerFunc(func(attempt int, err error) (time.Duration, error) {
+			d := wait.Jitter(opts.Backoff<<min(attempt-1, 10), 0.5)
+			opts.Logger.Info("Auto Scaling API busy; retrying", "attempt", attempt, "in", d, "err", err)
+			return d, nil
+		})
+	})
+}
+
+// withRetryer makes a call use c's retryer.
+func (c *Cloud) withRetryer(o *autoscaling.Options) { o.Retryer = c.retryer }
 
 // Name implements replace.Cloud.
 func (c *Cloud) Name() string { return "aws" }
@@ -98,11 +128,7 @@ func (c *Cloud) Resolve(ctx context.Context, pid string) (replace.Instance, erro
 		return replace.Instance{}, fmt.Errorf("provider ID %q is not aws:///<zone>/i-<hex>: %w", pid, replace.ErrNotManaged)
 	}
 	in := replace.Instance{ID: m[2], Zone: m[1]}
-	var out *autoscaling.DescribeAutoScalingInstancesOutput
-	err := c.retry(ctx, "DescribeAutoScalingInstances", func() (err error) {
-		out, err = c.api.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{in.ID}})
-		return err
-	})
+	out, err := c.api.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{in.ID}}, c.withRetryer)
 	if err != nil {
 		return in, err
 	}
@@ -152,18 +178,22 @@ func (c *Cloud) optedIn(g *types.AutoScalingGroup) bool {
 	return false
 }
 
-// Replace implements replace.Cloud with TerminateInstanceInAutoScalingGroup, keeping
-// the desired capacity.
+// Replace implements replace.Cloud with one TerminateInstanceInAutoScalingGroup call,
+// keeping the desired capacity. It is not retried here: a retry seconds later would
+// act on the caller's read of the node from before the first attempt. An error the
+// retryer would retry wraps replace.ErrTryAgain.
 func (c *Cloud) Replace(ctx context.Context, in replace.Instance) error {
-	err := c.retry(ctx, "TerminateInstanceInAutoScalingGroup", func() error {
-		_, err := c.api.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
-			InstanceId:                     aws.String(in.ID),
-			ShouldDecrementDesiredCapacity: aws.Bool(false),
-		})
-		return err
-	})
-	if notFound(err) {
+	_, err := c.api.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+		InstanceId:                     aws.String(in.ID),
+		ShouldDecrementDesiredCapacity: aws.Bool(false),
+	}, func(o *autoscaling.Options) { o.Retryer = retry.AddWithMaxAttempts(c.retryer, 1) })
+	switch {
+	case err == nil:
+		return nil
+	case notFound(err):
 		return nil // already gone: done
+	case c.retryer.IsErrorRetryable(err):
+		return fmt.Errorf("%w: %w", replace.ErrTryAgain, err)
 	}
 	return err
 }
@@ -184,11 +214,7 @@ func (c *Cloud) InService(ctx context.Context, in replace.Instance) ([]string, e
 }
 
 func (c *Cloud) group(ctx context.Context, name string) (*types.AutoScalingGroup, error) {
-	var out *autoscaling.DescribeAutoScalingGroupsOutput
-	err := c.retry(ctx, "DescribeAutoScalingGroups", func() (err error) {
-		out, err = c.api.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{name}})
-		return err
-	})
+	out, err := c.api.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{name}}, c.withRetryer)
 	if err != nil {
 		return nil, err
 	}
@@ -196,37 +222,6 @@ func (c *Cloud) group(ctx context.Context, name string) (*types.AutoScalingGroup
 		return nil, fmt.Errorf("no Auto Scaling group %s", name)
 	}
 	return &out.AutoScalingGroups[0], nil
-}
-
-// retry calls op again after the API's contention errors, with backoff and jitter.
-func (c *Cloud) retry(ctx context.Context, what string, op func() error) error {
-	wait := c.opts.Backoff
-	for attempt := 1; ; attempt++ {
-		err := op()
-		if err == nil || !contention(err) || attempt >= c.opts.Attempts {
-			if err != nil {
-				return fmt.Errorf("%s: %w", what, err)
-			}
-			return nil
-		}
-		d := wait + rand.N(wait/2+1)
-		c.opts.Logger.Info("Auto Scaling API busy; retrying", "call", what, "attempt", attempt, "in", d, "err", err)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		case <-t.C:
-		}
-		wait *= 2
-	}
-}
-
-// contention reports the errors that mean "busy, try again".
-func contention(err error) bool {
-	var rc *types.ResourceContentionFault
-	var sa *types.ScalingActivityInProgressFault
-	return errors.As(err, &rc) || errors.As(err, &sa)
 }
 
 // notFound reports the error TerminateInstanceInAutoScalingGroup answers for an

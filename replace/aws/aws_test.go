@@ -76,10 +76,16 @@ func TestResolve(t *testing.T) {
 	assert.ErrorIs(t, err, replace.ErrNotManaged)
 	assert.Len(t, fake.Calls(), calls, "another cloud's node costs no AWS call")
 
+	fake.FailNext("DescribeAutoScalingInstances", "AccessDenied", "not allowed", http.StatusForbidden)
+	_, err = c.Resolve(ctx, pid)
+	require.ErrorContains(t, err, "not allowed")
+	assert.NotErrorIs(t, err, replace.ErrNotManaged, "an API failure is not 'never touch'")
+
+	calls = fake.Count("DescribeAutoScalingInstances")
 	fake.FailNext("DescribeAutoScalingInstances", "InternalFailure", "boom", http.StatusInternalServerError)
 	_, err = c.Resolve(ctx, pid)
-	require.Error(t, err)
-	assert.NotErrorIs(t, err, replace.ErrNotManaged, "an API failure is not 'never touch'")
+	require.NoError(t, err, "the SDK's retryer retries a 5xx")
+	assert.Equal(t, calls+2, fake.Count("DescribeAutoScalingInstances"))
 }
 
 func TestPreflight(t *testing.T) {
@@ -110,9 +116,17 @@ func TestReplace(t *testing.T) {
 	c, fake := newCloud(t, rmaws.Options{Attempts: 3})
 	workers := replace.Instance{ID: "i-0123456789abcdef0", Group: "workers"}
 
+	// One call, never retried here: the caller reads the node again before a retry.
 	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ResourceContention", "busy", http.StatusInternalServerError)
-	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ScalingActivityInProgress", "scaling", http.StatusBadRequest)
-	require.NoError(t, c.Replace(ctx, workers), "contention is retried")
+	err := c.Replace(ctx, workers)
+	require.ErrorIs(t, err, replace.ErrTryAgain, "contention: ask again later")
+	assert.ErrorContains(t, err, "ResourceContention")
+	fake.FailNext("TerminateInstanceInAutoScalingGroup", "Throttling", "Rate exceeded", http.StatusBadRequest)
+	require.ErrorIs(t, c.Replace(ctx, workers), replace.ErrTryAgain, "throttling: ask again later")
+	assert.Equal(t, 2, fake.Count("TerminateInstanceInAutoScalingGroup"))
+	assert.Equal(t, "InService", fake.InstanceState(workers.ID))
+
+	require.NoError(t, c.Replace(ctx, workers))
 	assert.Equal(t, 3, fake.Count("TerminateInstanceInAutoScalingGroup"))
 	assert.Equal(t, "Terminating", fake.InstanceState(workers.ID))
 
@@ -121,11 +135,10 @@ func TestReplace(t *testing.T) {
 	assert.Equal(t, []string{"i-0fedcba9876543210"}, ids)
 
 	other := replace.Instance{ID: "i-0fedcba9876543210", Group: "workers"}
-	for range 3 {
-		fake.FailNext("TerminateInstanceInAutoScalingGroup", "ResourceContention", "busy", http.StatusInternalServerError)
-	}
+	fake.FailNext("TerminateInstanceInAutoScalingGroup", "ValidationError", "instance is protected", http.StatusBadRequest)
 	err = c.Replace(ctx, other)
-	assert.ErrorContains(t, err, "ResourceContention", "gives up after Attempts")
+	assert.ErrorContains(t, err, "instance is protected")
+	assert.NotErrorIs(t, err, replace.ErrTryAgain, "a refusal is final")
 	assert.Equal(t, "InService", fake.InstanceState(other.ID))
 
 	require.NoError(t, c.Replace(ctx, replace.Instance{ID: "i-0aaaaaaaaaaaaaaaa", Group: "workers"}), "an instance no group manages is done")

@@ -227,7 +227,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, procs ...*process) error 
 	return cp.poll(ctx, 90*time.Second, "kube-apiserver /readyz", func(ctx context.Context) (bool, error) {
 		for _, p := range procs {
 			if done, err := p.exited(); done {
-				return false, fmt.Errorf("%s exited (%v); last log lines:\n%s", p.name, err, p.tail(30))
+				return false, fmt.Errorf("%s exited (%w); last log lines:\n%s", p.name, err, p.tail(30))
 			}
 		}
 		var code int

@@ -74,7 +74,7 @@ func Shared(t testing.TB) *Env {
 	t.Helper()
 	shared.once.Do(func() {
 		start := time.Now()
-		shared.env, shared.err = StartEnv(context.Background())
+		shared.env, shared.err = StartEnv(context.Background()) // the control plane outlives the test that starts it
 		if shared.err == nil {
 			fmt.Fprintf(os.Stderr, "controlplane: started in %s (%s)\n", time.Since(start).Round(time.Millisecond), shared.env.Dir)
 		}
@@ -99,7 +99,7 @@ func RunTests(m *testing.M) int {
 // (its default ServiceAccount exists), and deletes it when the test ends.
 func (e *Env) Namespace(t testing.TB) string {
 	t.Helper()
-	ctx := context.Background()
+	ctx := t.Context()
 	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if len(name) > 40 {
 		name = name[:40]
@@ -111,7 +111,7 @@ func (e *Env) Namespace(t testing.TB) string {
 		t.Fatalf("create namespace: %v", err)
 	}
 	t.Cleanup(func() {
-		_ = e.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
+		_ = e.Client.CoreV1().Namespaces().Delete(context.WithoutCancel(t.Context()), ns.Name, metav1.DeleteOptions{})
 	})
 	err = e.poll(ctx, time.Minute, "the default ServiceAccount of "+ns.Name, func(ctx context.Context) (bool, error) {
 		_, err := e.Client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
@@ -127,7 +127,7 @@ func (e *Env) Namespace(t testing.TB) string {
 // from the TokenRequest API, and the path of a kubeconfig file for it.
 func (e *Env) ServiceAccountClient(t testing.TB, namespace, name string) (kubernetes.Interface, string) {
 	t.Helper()
-	tr, err := e.Client.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), name,
+	tr, err := e.Client.CoreV1().ServiceAccounts(namespace).CreateToken(t.Context(), name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}},
 		metav1.CreateOptions{})
 	if err != nil {
@@ -160,7 +160,7 @@ func (e *Env) AwaitNodeEvent(t testing.TB, node, reason, text string) {
 	var seen []string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		list, err := e.Client.EventsV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
+		list, err := e.Client.EventsV1().Events(metav1.NamespaceDefault).List(t.Context(), metav1.ListOptions{})
 		if err != nil {
 			t.Fatalf("list events: %v", err)
 		}

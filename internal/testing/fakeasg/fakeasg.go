@@ -40,9 +40,13 @@ type Fake struct {
 	calls  []string  // actions, in order
 	fail   []failure // queued failures
 	// OnTerminate, if set, runs (without the lock held) after an instance is set
-	// Terminating: a test launches the replacement there.
+	// Terminating (not again for an instance already Terminating): a test launches
+	// the replacement there.
 	OnTerminate func(group, instance string)
-	server      *httptest.Server
+	// OnCall, if set, runs (without the lock held) when a call arrives, before it is
+	// answered: a test changes the world there while the caller waits.
+	OnCall func(action string)
+	server *httptest.Server
 }
 
 type failure struct {
@@ -62,6 +66,13 @@ func (f *Fake) URL() string { return f.server.URL }
 
 // Close stops the server.
 func (f *Fake) Close() { f.server.Close() }
+
+// SetOnCall sets OnCall while the fake serves.
+func (f *Fake) SetOnCall(hook func(action string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.OnCall = hook
+}
 
 // AddGroup adds a group.
 func (f *Fake) AddGroup(g *Group) {
@@ -145,6 +156,12 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	if r.PostForm.Get("Version") != "2011-01-01" {
 		writeError(w, http.StatusBadRequest, "InvalidAction", "unknown Version "+r.PostForm.Get("Version"))
 		return
+	}
+	f.mu.Lock()
+	onCall := f.OnCall
+	f.mu.Unlock()
+	if onCall != nil {
+		onCall(action)
 	}
 	var onTerminate func()
 	f.mu.Lock()
@@ -296,8 +313,9 @@ func (f *Fake) terminate(id, decrement string) (reply any, code, message string,
 	if decrement != "false" && decrement != "true" {
 		return nil, "ValidationError", "ShouldDecrementDesiredCapacity is required", nil
 	}
+	again := in.State == "Terminating" // terminating it again: no new launch
 	in.State = "Terminating"
-	if decrement == "true" {
+	if decrement == "true" && !again {
 		g.Desired--
 	}
 	type activity struct {
@@ -315,7 +333,7 @@ func (f *Fake) terminate(id, decrement string) (reply any, code, message string,
 		Activity activity         `xml:"TerminateInstanceInAutoScalingGroupResult>Activity"`
 		Metadata responseMetadata `xml:"ResponseMetadata"`
 	}
-	if hook := f.OnTerminate; hook != nil {
+	if hook := f.OnTerminate; hook != nil && !again {
 		group := g.Name
 		after = func() { hook(group, id) }
 	}

@@ -16,7 +16,7 @@ func BuildServer(dir string, tags ...string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("cannot locate the repository")
 	}
-	repo := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	repo := filepath.Join(filepath.Dir(file), "..", "..", "..") // internal/testing/fleetsim
 	out := filepath.Join(dir, "reboot-manager")
 	if len(tags) > 0 {
 		out += "-" + strings.Join(tags, "-")
@@ -25,7 +25,7 @@ func BuildServer(dir string, tags ...string) (string, error) {
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/reboot-manager: %v\n%s", err, b)
+		return "", fmt.Errorf("go build ./cmd/reboot-manager: %w\n%s", err, b)
 	}
 	return out, nil
 }

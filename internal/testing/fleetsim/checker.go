@@ -32,11 +32,13 @@ func (v Violation) String() string { return v.Time.Format("15:04:05.000") + " " 
 // violations.
 type checker struct {
 	f      *Fleet
+	ctx    context.Context // ends with the checker
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
 	mu         sync.Mutex
 	holding    map[string]string // node → group, for nodes holding the lock
+	grants     map[string]grant  // node → the grant it holds, from the watch
 	bootIDs    map[string]string
 	bootIDSeen map[string]int // boot ID changes per node
 	violations []Violation
@@ -46,8 +48,8 @@ type checker struct {
 func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	c := &checker{
-		f: f, cancel: cancel,
-		holding: map[string]string{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
+		f: f, ctx: ctx, cancel: cancel,
+		holding: map[string]string{}, grants: map[string]grant{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
 		mostHeld: map[string]int{},
 	}
 	selector := labelFleet + "=" + f.opts.Name
@@ -131,7 +133,7 @@ func (c *checker) stop() {
 	c.done.Wait()
 }
 
-func (c *checker) violate(format string, args ...any) {
+func (c *checker) violatef(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.violations = append(c.violations, Violation{Time: time.Now(), What: fmt.Sprintf(format, args...)})
@@ -149,15 +151,19 @@ func (c *checker) nodeEvent(ev watch.Event) {
 	holds := ev.Type != watch.Deleted && n.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting)
 	group := n.Annotations[lock.AnnotationGroup]
 	if holds && c.holding[n.Name] == "" {
-		if sn := c.f.node(n.Name); sn != nil {
-			sn.mark(&sn.locked)
-			c.f.emit(sn, PhaseDraining, "holds a slot; draining")
-		}
+		c.holdBegins(n)
+	}
+	if !holds && c.holding[n.Name] != "" && ev.Type != watch.Deleted {
+		c.holdEnds(n)
 	}
 	if holds {
 		c.holding[n.Name] = group
 	} else {
 		delete(c.holding, n.Name)
+		delete(c.grants, n.Name)
+	}
+	if ev.Type == watch.Deleted {
+		delete(c.bootIDs, n.Name) // a Node created again under the name has its own
 	}
 	count := 0
 	for _, g := range c.holding {
@@ -169,7 +175,7 @@ func (c *checker) nodeEvent(ev watch.Event) {
 	if slots := c.f.slots(group); holds && count > slots {
 		c.violations = append(c.violations, Violation{time.Now(), fmt.Sprintf("group %s: %d nodes hold the lock, %d slots", group, count, slots)})
 	}
-	if id := n.Status.NodeInfo.BootID; id != "" {
+	if id := n.Status.NodeInfo.BootID; id != "" && ev.Type != watch.Deleted {
 		if old, seen := c.bootIDs[n.Name]; seen && old != id {
 			c.bootIDSeen[n.Name]++
 		}
@@ -184,7 +190,7 @@ func (c *checker) budgetEvent(ev watch.Event) {
 		return
 	}
 	if pdb.Status.CurrentHealthy < pdb.Status.DesiredHealthy {
-		c.violate("PodDisruptionBudget %s: %d healthy pods, %d required", pdb.Name, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy)
+		c.violatef("PodDisruptionBudget %s: %d healthy pods, %d required", pdb.Name, pdb.Status.CurrentHealthy, pdb.Status.DesiredHealthy)
 	}
 }
 
@@ -193,18 +199,25 @@ func (c *checker) budgetEvent(ev watch.Event) {
 func (c *checker) granted(ctx context.Context, n *simNode) {
 	node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 	if err != nil {
-		c.violate("%s: cannot check the grant: %v", n.name, err)
+		c.violatef("%s: cannot check the grant: %v", n.name, err)
 		return
 	}
 	if node.Annotations[lock.AnnotationStatus] != string(lock.StateRebooting) {
-		c.violate("%s: told to reboot without holding the lock", n.name)
+		c.violatef("%s: told to reboot without holding the lock", n.name)
+	}
+	c.mu.Lock()
+	g, known := c.grants[n.name]
+	c.mu.Unlock()
+	if known && (g.uid != node.UID || g.since != node.Annotations[lock.AnnotationSince]) {
+		c.violatef("%s: told to reboot for another grant: holds uid %s since %s, the grant seen was uid %s since %s",
+			n.name, node.UID, node.Annotations[lock.AnnotationSince], g.uid, g.since)
 	}
 	if !node.Spec.Unschedulable {
-		c.violate("%s: told to reboot while schedulable", n.name)
+		c.violatef("%s: told to reboot while schedulable", n.name)
 	}
 	pods, err := c.f.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name})
 	if err != nil {
-		c.violate("%s: cannot check the grant: %v", n.name, err)
+		c.violatef("%s: cannot check the grant: %v", n.name, err)
 		return
 	}
 	var left []string
@@ -215,7 +228,7 @@ func (c *checker) granted(ctx context.Context, n *simNode) {
 	}
 	if len(left) > 0 {
 		sort.Strings(left)
-		c.violate("%s: told to reboot with pods left to evict: %v", n.name, left)
+		c.violatef("%s: told to reboot with pods left to evict: %v", n.name, left)
 	}
 }
 
@@ -245,27 +258,31 @@ func (c *checker) final(ctx context.Context) {
 		seen := c.bootIDSeen[n.name]
 		c.mu.Unlock()
 		node, err := c.f.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if n.reRegister != "" {
+			c.finalReRegistered(ctx, n, reboots)
+			continue
+		}
 		if n.fails {
 			if reboots != 1 || !apierrors.IsNotFound(err) {
-				c.violate("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
+				c.violatef("%s: never came back; told to reboot %d times, want once, and its Node deleted (get: %v)", n.name, reboots, err)
 			}
 			continue
 		}
 		if reboots != 1 || seen != 1 {
-			c.violate("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
+			c.violatef("%s: rebooted %d times (boot ID changed %d times), want exactly once", n.name, reboots, seen)
 		}
 		if err != nil {
-			c.violate("%s: %v", n.name, err)
+			c.violatef("%s: %v", n.name, err)
 			continue
 		}
 		if n.cordoned && !node.Spec.Unschedulable {
-			c.violate("%s: cordoned by the operator before the rollout, uncordoned after it", n.name)
+			c.violatef("%s: cordoned by the operator before the rollout, uncordoned after it", n.name)
 		}
 		if !n.cordoned && node.Spec.Unschedulable {
-			c.violate("%s: left cordoned after the rollout", n.name)
+			c.violatef("%s: left cordoned after the rollout", n.name)
 		}
 		if s := node.Annotations[lock.AnnotationStatus]; s != "" && s != string(lock.StateReady) {
-			c.violate("%s: lock state %s after the rollout", n.name, s)
+			c.violatef("%s: lock state %s after the rollout", n.name, s)
 		}
 	}
 }

@@ -66,6 +66,18 @@ type Options struct {
 	// they stay NotReady, their Zincati silent, until something deletes their Node (a
 	// replacement), which ends their part of the rollout.
 	NeverReturns func(node string) bool
+	// Unkind are the modes in which the fleet behaves as real clusters do and kind
+	// simulators do not (unkind.go).
+	Unkind Unkind
+	// StageWithin spreads the moment each node stages its update (and starts asking
+	// to reboot) at random over this long, as Zincati's update checks do (every 300 s
+	// in a real fleet). Default 0: every node stages at once.
+	StageWithin time.Duration
+	// RestartWhileWaiting, if above 0, restarts each node's Zincati once while it waits
+	// for a slot: its first pre-reboot request still open after a random time in
+	// (0, RestartWhileWaiting] is dropped, the node sends steady-state (as Zincati does
+	// at every start) and asks to reboot again. Default 0: no restarts.
+	RestartWhileWaiting time.Duration
 	// OnEvent, if set, receives every step of every node, for live progress.
 	OnEvent func(Event)
 	// Log, if set, receives the simulator's own messages.
@@ -106,13 +118,20 @@ type Fleet struct {
 type simNode struct {
 	name, group string
 	zincatiID   string
-	cordoned    bool // by the operator, before the rollout
-	fails       bool // never comes back from its reboot
+	machineID   string
+	labels      map[string]string
+	providerID  string
+	cordoned    bool   // by the operator, before the rollout
+	fails       bool   // never comes back from its reboot
+	recreate    bool   // its Node is deleted and created again while it drains
+	reRegister  string // the name it comes back under, if another
+	recreated   atomic.Bool
 
 	mu                                     sync.Mutex
 	asked, locked, allowed, back, released time.Time
 	requests                               int
 	reboots                                int
+	restarts                               int // Zincati restarts while waiting
 }
 
 // New creates the fleet's nodes and workloads and waits until the workloads are ready.
@@ -153,18 +172,20 @@ func New(ctx context.Context, client kubernetes.Interface, kubelet *simkubelet.K
 				name:      fmt.Sprintf("%s-%s-%02d", opts.Name, g.Name, i),
 				group:     g.Name,
 				zincatiID: id,
+				machineID: machineID,
+				labels:    map[string]string{labelFleet: opts.Name, labelGroup: g.Name},
 				cordoned:  i >= g.Nodes-opts.PreCordoned,
 			}
 			n.fails = opts.NeverReturns != nil && opts.NeverReturns(n.name)
-			var providerID string
+			opts.Unkind.mark(n)
 			if opts.ProviderID != nil {
-				providerID = opts.ProviderID(n.name)
+				n.providerID = opts.ProviderID(n.name)
 			}
 			_, err = kubelet.AddNode(ctx, n.name, simkubelet.NodeOptions{
 				MachineID:     machineID,
 				Unschedulable: n.cordoned,
-				Labels:        map[string]string{labelFleet: opts.Name, labelGroup: g.Name},
-				ProviderID:    providerID,
+				Labels:        n.labels,
+				ProviderID:    n.providerID,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("create node %s: %w", n.name, err)
@@ -197,7 +218,7 @@ func (f *Fleet) createWorkload(ctx context.Context, g Group) error {
 			Replicas: &replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Finalizers: f.opts.Unkind.finalizers()},
 				Spec: corev1.PodSpec{
 					NodeSelector: map[string]string{labelFleet: f.opts.Name, labelGroup: g.Name},
 					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
@@ -283,6 +304,8 @@ func (f *Fleet) Roll(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	stopUnkind := f.startUnkind(ctx)
+	defer stopUnkind()
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(f.nodes))
@@ -309,10 +332,26 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	if err := f.untilOK(ctx, n, params, false); err != nil {
 		return err
 	}
+	if f.opts.StageWithin > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rand.N(f.opts.StageWithin)):
+		}
+	}
 	n.mark(&n.asked)
 	f.emit(n, PhaseWaiting, "update staged; asking to reboot")
-	if err := f.untilOK(ctx, n, params, true); err != nil {
-		return err
+	granted := false
+	if f.opts.RestartWhileWaiting > 0 {
+		var err error
+		if granted, err = f.restartWhileWaiting(ctx, n, params); err != nil {
+			return err
+		}
+	}
+	if !granted {
+		if err := f.untilOK(ctx, n, params, true); err != nil {
+			return err
+		}
 	}
 	n.mark(&n.allowed)
 	chk.granted(ctx, n)
@@ -323,17 +362,34 @@ func (f *Fleet) zincati(ctx context.Context, n *simNode, chk *checker) error {
 	if n.fails {
 		return f.neverReturn(ctx, n)
 	}
-	if err := f.kubelet.Reboot(ctx, n.name, f.opts.Downtime); err != nil {
-		return fmt.Errorf("reboot: %w", err)
-	}
-	n.mark(&n.back)
-	f.emit(n, PhaseBack, "Ready with a new boot ID")
-	if err := f.untilOK(ctx, n, params, false); err != nil {
+	if err := f.reboot(ctx, n, params); err != nil {
 		return err
 	}
 	n.mark(&n.released)
 	f.emit(n, PhaseDone, "slot released")
 	return nil
+}
+
+// restartWhileWaiting asks to reboot until a 2xx or until a random moment in
+// (0, RestartWhileWaiting], whichever comes first. At that moment the open request is
+// dropped, as a Zincati restart drops it, and the node sends steady-state, as Zincati
+// does at every start. A 2xx before it means the node was never kept waiting: the
+// rollout goes on to its reboot.
+func (f *Fleet) restartWhileWaiting(ctx context.Context, n *simNode, params fleetlock.ClientParams) (granted bool, err error) {
+	rctx, cancel := context.WithTimeout(ctx, 1+rand.N(f.opts.RestartWhileWaiting))
+	defer cancel()
+	granted = f.untilOK(rctx, n, params, true) == nil
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if granted {
+		return true, nil
+	}
+	n.mu.Lock()
+	n.restarts++
+	n.mu.Unlock()
+	f.emit(n, PhaseWaiting, "Zincati restarted: request dropped")
+	return false, f.untilOK(ctx, n, params, false)
 }
 
 // neverReturn takes the node down for good and waits until its Node is deleted.
@@ -418,10 +474,15 @@ func (f *Fleet) ZincatiID(node string) string {
 	return ""
 }
 
-// Delete removes the fleet's nodes (its workloads go with their namespace).
+// Delete removes the fleet's nodes (its workloads go with their namespace, once the
+// finalizers of PodFinalizers are gone).
 func (f *Fleet) Delete(ctx context.Context) {
+	f.dropFinalizers(ctx, 0)
 	for _, n := range f.nodes {
 		_ = f.client.CoreV1().Nodes().Delete(ctx, n.name, metav1.DeleteOptions{})
+		if n.reRegister != "" {
+			_ = f.client.CoreV1().Nodes().Delete(ctx, n.reRegister, metav1.DeleteOptions{})
+		}
 	}
 }
 

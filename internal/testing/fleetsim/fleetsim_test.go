@@ -47,7 +47,7 @@ func serverBinary(t *testing.T, tags []string) string {
 		return bin
 	}
 	if builds.dir == "" {
-		dir, err := os.MkdirTemp("", "reboot-manager-fleetsim-")
+		dir, err := os.MkdirTemp("", "reboot-manager-fleetsim-") //nolint:usetesting // shared by every test of the binary
 		require.NoError(t, err)
 		builds.dir, builds.bins = dir, map[string]string{}
 	}
@@ -160,6 +160,37 @@ func TestRollout(t *testing.T) {
 	}
 }
 
+// A rollout through a fleet as unkind as a cluster (issue 14): reboots never marked
+// NotReady, kubelets that post seconds after Zincati's steady-state, kubelet clocks
+// 90s behind in whole seconds, a Node deleted and created again under its name while
+// it drains, a machine that comes back under a new Node name, pods that tolerate the
+// cordon bound to every draining node, and pods whose finalizer keeps them
+// Terminating. At every 2xx, from a fresh read: this grant, cordoned, no pod that must
+// leave; no release before a new boot ID; every node rebooted once.
+func TestRolloutUnkind(t *testing.T) {
+	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
+	h := newHarness(t, groups, 2, nil)
+	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "unkind", Groups: groups, PreCordoned: 1,
+		Unkind: fleetsim.Unkind{
+			QuietReboots:  true,
+			LateKubelet:   3 * time.Second,
+			ClockSkew:     -90 * time.Second,
+			Recreate:      func(node string) bool { return node == "unkind-a-01" },
+			ReRegister:    func(node string) bool { return node == "unkind-b-02" },
+			TolerantPods:  true,
+			PodFinalizers: 500 * time.Millisecond,
+		}}))
+	assert.Empty(t, rep.Violations)
+	assert.Equal(t, 1, rep.MostHeld["a"])
+	assert.LessOrEqual(t, rep.MostHeld["b"], 2)
+	for _, n := range rep.Nodes {
+		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
+	}
+}
+
 // A server that tells nodes to reboot before their pods are gone (a test-only build)
 // is caught: the checks can fail.
 func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
@@ -209,14 +240,17 @@ groups:
 	}
 	m, err := h.servers[0].Metrics()
 	require.NoError(t, err)
-	assert.Regexp(t, `rebootmanager_refusals_total\{reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
+	assert.Regexp(t, `rebootmanager_refusals_total\{group="[^"]+",reason="RebootWindowClosed"\} [1-9]`, m, "refused while closed")
 }
 
 // A node that never comes back from its reboot is replaced through its (fake) Auto
 // Scaling group: the group launches a new instance, whose node joins; the old Node is
 // deleted, its slot frees, and the rollout of the other nodes completes behind it.
+// Two replicas serve and replace (the shipped manifest runs two): one termination.
 func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
-	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
+	// replaceAfter 3s is under policy.MinReplaceAfter: a test build accepts it.
+	unsafeReplace := []string{"rebootmanager_unsafe_replace"}
+	serverBinary(t, unsafeReplace) // before the test's clock starts: a cold build takes minutes
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	env := controlplane.Shared(t)
@@ -255,7 +289,7 @@ groups:
 replacement: {interval: 1s, timeout: 1m}
 `), 0o600))
 	groups := []fleetsim.Group{{Name: "w", Nodes: 4, Slots: 1}}
-	h := newHarness(t, groups, 1, nil, "--config="+config, "--cloud=aws")
+	h := newHarness(t, groups, 2, unsafeReplace, "--config="+config, "--cloud=aws")
 	dead := "lost-w-01"
 	rep := roll(t, ctx, h.fleet(t, ctx, fleetsim.Options{Name: "lost", Groups: groups,
 		ProviderID: providerID, NeverReturns: func(node string) bool { return node == dead }}))
@@ -266,8 +300,19 @@ replacement: {interval: 1s, timeout: 1m}
 	for _, n := range rep.Nodes {
 		assert.False(t, n.Released.IsZero(), "%s finished", n.Name)
 	}
-	m, err := h.servers[0].Metrics()
-	require.NoError(t, err)
-	assert.Contains(t, m, `rebootmanager_replacements_total{result="replaced"} 1`)
-	assert.Contains(t, m, `rebootmanager_replacements_total{result="started"} 1`)
+	// Two replicas: one may start the replacement and the other see it through.
+	started, replaced := 0, 0
+	for _, srv := range h.servers {
+		m, err := srv.Metrics()
+		require.NoError(t, err)
+		assert.NotRegexp(t, `rebootmanager_replacements_total\{result="(started|replaced)"\} [^01]`, m)
+		if strings.Contains(m, `rebootmanager_replacements_total{result="started"} 1`+"\n") {
+			started++
+		}
+		if strings.Contains(m, `rebootmanager_replacements_total{result="replaced"} 1`+"\n") {
+			replaced++
+		}
+	}
+	assert.Equal(t, 1, started, "replacements started, both replicas together")
+	assert.Equal(t, 1, replaced, "replacements seen through, both replicas together")
 }

@@ -18,6 +18,8 @@ type NodeReport struct {
 	Asked, Locked, Allowed, Back, Released time.Time
 	// Requests is how many FleetLock requests its Zincati sent.
 	Requests int
+	// Restarts is how often its Zincati restarted while waiting (Options.RestartWhileWaiting).
+	Restarts int
 }
 
 // Wait is the time from the first pre-reboot to taking a slot.
@@ -51,7 +53,7 @@ func (f *Fleet) report(start, end time.Time, chk *checker) *Report {
 		n.mu.Lock()
 		r.Nodes = append(r.Nodes, NodeReport{
 			Name: n.name, Group: n.group, Asked: n.asked, Locked: n.locked, Allowed: n.allowed,
-			Back: n.back, Released: n.released, Requests: n.requests,
+			Back: n.back, Released: n.released, Requests: n.requests, Restarts: n.restarts,
 		})
 		n.mu.Unlock()
 	}

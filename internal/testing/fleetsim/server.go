@@ -59,7 +59,7 @@ func StartServer(bin, kubeconfig string, logs *LogBuffer, args ...string) (*Serv
 	for time.Now().Before(deadline) {
 		select {
 		case <-s.done:
-			return nil, fmt.Errorf("reboot-manager exited: %v\n%s", waitErr, logs.String())
+			return nil, fmt.Errorf("reboot-manager exited: %w\n%s", waitErr, logs.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if resp, err := http.Get(s.Admin + "/readyz"); err == nil {

@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +27,10 @@ type Options struct {
 	TerminationDelay time.Duration
 	// Workers is how many pods are handled at once. Default 8.
 	Workers int
+	// LeasePeriod is how often each node's kubelet renews its Lease in
+	// kube-node-lease, except while the node is down. A real kubelet renews every 10
+	// s; the default, 2s, keeps tests short. NodeOptions.LeasePeriod overrides it.
+	LeasePeriod time.Duration
 }
 
 // Kubelet simulates the kubelets of a cluster's nodes.
@@ -34,8 +40,12 @@ type Kubelet struct {
 	queue  workqueue.TypedRateLimitingInterface[string]
 	pods   cache.Indexer
 
-	mu   sync.Mutex
-	down map[string]bool // nodes that are rebooting: their pods are not started
+	skew atomic.Int64 // nanoseconds the kubelets' clock is off
+
+	mu     sync.Mutex
+	down   map[string]bool      // nodes that are rebooting: their pods are not started
+	leased map[string]types.UID // nodes whose Lease the kubelet renews: the Node object
+	ctx    context.Context      // Start's: it bounds the Lease renewals
 }
 
 // Start runs the simulated kubelet until ctx ends. It returns once its pod cache has
@@ -47,11 +57,16 @@ func Start(ctx context.Context, client kubernetes.Interface, opts Options) (*Kub
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
+	if opts.LeasePeriod <= 0 {
+		opts.LeasePeriod = 2 * time.Second
+	}
 	k := &Kubelet{
 		client: client,
 		opts:   opts,
 		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		down:   map[string]bool{},
+		leased: map[string]types.UID{},
+		ctx:    ctx,
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Pods().Informer()
@@ -182,9 +197,12 @@ type NodeOptions struct {
 	Unschedulable bool
 	// ProviderID is spec.providerID, such as aws:///eu-west-1a/i-0123456789abcdef0.
 	ProviderID string
+	// LeasePeriod overrides Options.LeasePeriod for this node.
+	LeasePeriod time.Duration
 }
 
-// AddNode creates a Ready node named name.
+// AddNode creates a Ready node named name, whose kubelet renews its Lease in
+// kube-node-lease every LeasePeriod while the node is up, until the Node is deleted.
 func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*corev1.Node, error) {
 	if opts.MachineID == "" {
 		opts.MachineID = RandomID()
@@ -197,10 +215,15 @@ func (k *Kubelet) AddNode(ctx context.Context, name string, opts NodeOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue)
+	created.Status = nodeStatus(opts.MachineID, RandomID(), corev1.ConditionTrue, k.now())
 	if _, err := k.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return nil, err
 	}
+	period := opts.LeasePeriod
+	if period <= 0 {
+		period = k.opts.LeasePeriod
+	}
+	k.startLease(ctx, created, period)
 	return k.setNotReadyTaint(ctx, name, false)
 }
 
@@ -263,6 +286,46 @@ func (k *Kubelet) Reboot(ctx context.Context, name string, downFor time.Duration
 	return nil
 }
 
+// SetClockSkew sets how far the kubelets' clock is off (negative: behind). Condition
+// and Lease times are written on that clock, in whole seconds, as a kubelet does.
+func (k *Kubelet) SetClockSkew(d time.Duration) { k.skew.Store(int64(d)) }
+
+// now is the time on the kubelets' clock, in whole seconds.
+func (k *Kubelet) now() metav1.Time {
+	return metav1.NewTime(time.Now().Add(time.Duration(k.skew.Load())).Truncate(time.Second))
+}
+
+// Freeze stops node's kubelet without a word, as a machine that reboots with no
+// graceful node shutdown: the Node keeps its last status (Ready, with the old boot
+// ID), its Lease is no longer renewed, and its pods are not started. Boot ends it.
+func (k *Kubelet) Freeze(name string) { k.setDown(name, true) }
+
+// Boot brings node's kubelet back after Freeze or Fail, as after a reboot: it posts
+// Ready with a new boot ID, renews its Lease, and starts what is pending.
+func (k *Kubelet) Boot(ctx context.Context, name string) error {
+	if err := k.setNodeStatus(ctx, name, corev1.ConditionTrue, RandomID()); err != nil {
+		return err
+	}
+	if _, err := k.setNotReadyTaint(ctx, name, false); err != nil {
+		return err
+	}
+	k.setDown(name, false)
+	k.renewLease(ctx, name)
+	k.requeue(name)
+	return nil
+}
+
+// requeue makes the kubelet look again at the pods bound to node.
+func (k *Kubelet) requeue(name string) {
+	for _, obj := range k.pods.List() {
+		if pod := obj.(*corev1.Pod); pod.Spec.NodeName == name {
+			if key, err := cache.MetaNamespaceKeyFunc(pod); err == nil {
+				k.queue.Add(key)
+			}
+		}
+	}
+}
+
 // Fail takes node down for good, as a machine that does not boot again: NotReady, its
 // pods no longer started or stopped.
 func (k *Kubelet) Fail(ctx context.Context, name string) error {
@@ -288,7 +351,7 @@ func (k *Kubelet) setNodeStatus(ctx context.Context, name string, ready corev1.C
 		if bootID == "" {
 			bootID = node.Status.NodeInfo.BootID
 		}
-		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready)
+		node.Status = nodeStatus(node.Status.NodeInfo.MachineID, bootID, ready, k.now())
 		_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		if !apierrors.IsConflict(err) && !retry(ctx, err) {
 			return err
@@ -310,8 +373,7 @@ func retry(ctx context.Context, err error) bool {
 	}
 }
 
-func nodeStatus(machineID, bootID string, ready corev1.ConditionStatus) corev1.NodeStatus {
-	now := metav1.Now()
+func nodeStatus(machineID, bootID string, ready corev1.ConditionStatus, now metav1.Time) corev1.NodeStatus {
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("32"),
 		corev1.ResourceMemory: resource.MustParse("128Gi"),

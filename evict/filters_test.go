@@ -13,7 +13,7 @@ func owner(apiVersion, kind string, controller bool) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: "owner", UID: types.UID("u-" + kind), Controller: &controller}
 }
 
-func TestClassify(t *testing.T) {
+func TestFilters(t *testing.T) {
 	now := metav1.Now()
 	tests := []struct {
 		name      string
@@ -82,8 +82,30 @@ func TestClassify(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			assert.Equal(t, tt.class, classify(&tt.pod), "class")
-			assert.Equal(t, tt.unmanaged, unmanaged(&tt.pod), "unmanaged")
-			assert.Equal(t, tt.localData, hasLocalData(&tt.pod), "localData")
+			assert.Equal(t, tt.unmanaged, unreplicatedFilter(&tt.pod), "unmanaged")
+			assert.Equal(t, tt.localData, localStorageFilter(&tt.pod), "localData")
 		})
+	}
+}
+
+func TestToleratesCordon(t *testing.T) {
+	pod := func(tols ...corev1.Toleration) *corev1.Pod {
+		return &corev1.Pod{Spec: corev1.PodSpec{Tolerations: tols}}
+	}
+	exists := corev1.TolerationOpExists
+	for _, tt := range []struct {
+		name string
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"none", pod(), false},
+		{"everything", pod(corev1.Toleration{Operator: exists}), true},
+		{"unschedulable", pod(corev1.Toleration{Key: corev1.TaintNodeUnschedulable, Operator: exists, Effect: corev1.TaintEffectNoSchedule}), true},
+		{"unschedulable, any effect", pod(corev1.Toleration{Key: corev1.TaintNodeUnschedulable, Operator: exists}), true},
+		{"not-ready only", pod(corev1.Toleration{Key: corev1.TaintNodeNotReady, Operator: exists}), false},
+		{"everything, NoExecute only", pod(corev1.Toleration{Operator: exists, Effect: corev1.TaintEffectNoExecute}), false},
+		{"nil", nil, false},
+	} {
+		assert.Equal(t, tt.want, toleratesCordon(tt.pod), tt.name)
 	}
 }

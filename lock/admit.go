@@ -1,0 +1,76 @@
+package lock
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Candidate is what Policy.Admit decides on.
+type Candidate struct {
+	// Node is the node asking, as the cache shows it.
+	Node *corev1.Node
+	// Group is the FleetLock group it asks in.
+	Group string
+	// Members are the other nodes whose last claim or hold was in Group, from the cache.
+	Members []*corev1.Node
+	// LastRelease is when a node of the group (Node included) last released a slot;
+	// zero if none is known.
+	LastRelease time.Time
+}
+
+// Refusal is the policy's "not now". It matches its fleetlock sentinel with errors.Is,
+// so the reply's kind names the reason.
+type Refusal struct {
+	// Reason is a CamelCase word for Events and the refusals metric, such as
+	// RebootWindowClosed: RefusalReason(Err) unless set.
+	Reason string
+	// Err is the fleetlock sentinel, such as fleetlock.ErrWindowClosed.
+	Err error
+	// Msg says why, for Zincati's log and the Event.
+	Msg string
+	// Cause identifies the refusal's cause, stable while it lasts and different when
+	// it changes, such as "RebootBlockedByAlert: NodeDown" (Msg may carry changing
+	// details, such as an age). Events on refusals are keyed by it. Empty: Reason.
+	Cause string
+	// Warning posts the Event as a Warning rather than Normal.
+	Warning bool
+}
+
+func (r *Refusal) Error() string { return r.Msg }
+
+// Is makes errors.Is(r, r.Err) true.
+func (r *Refusal) Is(target error) bool { return target == r.Err }
+
+// byMember indexes the node cache by the group of a node's last claim or hold,
+// whatever its state.
+const byMember = "member"
+
+func memberGroup(obj any) ([]string, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		if g := n.Annotations[AnnotationGroup]; g != "" {
+			return []string{g}, nil
+		}
+	}
+	return nil, nil
+}
+
+// admit asks the policy whether the request's node may take a slot now.
+func (a *acquisition) admit(n *corev1.Node) error {
+	c := Candidate{Node: n, Group: a.group}
+	if st := lockOf(n); st.Group == a.group {
+		c.LastRelease = st.Released
+	}
+	objs, _ := a.lock.nodes.GetIndexer().ByIndex(byMember, a.group)
+	for _, o := range objs {
+		m := o.(*corev1.Node)
+		if m.Name == n.Name {
+			continue
+		}
+		c.Members = append(c.Members, m)
+		if rel := lockOf(m).Released; rel.After(c.LastRelease) {
+			c.LastRelease = rel
+		}
+	}
+	return a.lock.opts.Policy.Admit(c)
+}
