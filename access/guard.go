@@ -232,11 +232,15 @@ func (g *Guard) admit(ctx context.Context, endpoint string, p fleetlock.ClientPa
 	}
 	// Only a hold: a claim lives while a request works on it, and the node's own
 	// request in another group replaces it (a stale one included).
-	if held := node.Annotations[lock.AnnotationGroup]; node.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting) && held != p.Group {
-		return false, g.refuse(ctx, endpoint, p, peer, ReasonOtherGroup,
-			fmt.Sprintf("the node holds a slot of group %q, not %q: a request in another group neither releases nor re-grants it "+
-				"(if the node's group changed while it held, an operator releases it: reboot-manager release)", held, p.Group),
-			"node", node.Name, "heldGroup", held)
+	// The group annotation is looked up only for a hold: most requests are for nodes
+	// that hold nothing.
+	if node.Annotations[lock.AnnotationStatus] == string(lock.StateRebooting) {
+		if held := node.Annotations[lock.AnnotationGroup]; held != p.Group {
+			return false, g.refuse(ctx, endpoint, p, peer, ReasonOtherGroup,
+				fmt.Sprintf("the node holds a slot of group %q, not %q: a request in another group neither releases nor re-grants it "+
+					"(if the node's group changed while it held, an operator releases it: reboot-manager release)", held, p.Group),
+				"node", node.Name, "heldGroup", held)
+		}
 	}
 	if g.opts.Nodes == nil {
 		return false, nil

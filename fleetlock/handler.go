@@ -10,6 +10,8 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -138,11 +140,18 @@ type handler struct {
 	retryAfter string
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
+	// counters and observers are requests' and duration's children, by endpoint
+	// (endpoints' index) and kind (kinds' index), made at their first use.
+	counters  [len(endpoints)][]atomic.Pointer[prometheus.Counter]
+	observers [len(endpoints)]atomic.Pointer[prometheus.Observer]
 }
 
-// endpointFunc handles one request and returns the node's params (when known),
-// the success kind, and the error, if any.
-type endpointFunc func(r *http.Request) (ClientParams, Kind, error)
+// endpoints are the endpoint label values, in the order of handler.counters.
+var endpoints = [...]string{endpointPreReboot, endpointSteadyState, endpointOther}
+
+// endpointFunc handles one request, whose context is ctx, and returns the node's
+// params (when known), the success kind, and the error, if any.
+type endpointFunc func(ctx context.Context, r *http.Request) (ClientParams, Kind, error)
 
 // NewHandler returns the FleetLock v1 HTTP handler: POST
 // <PathPrefix>/v1/pre-reboot and POST <PathPrefix>/v1/steady-state, backed by l.
@@ -170,17 +179,42 @@ func NewHandler(l Locker, opts Options) http.Handler {
 		h.registerMetrics(opts.Registerer)
 	}
 	prefix := strings.TrimSuffix("/"+strings.TrimPrefix(opts.PathPrefix, "/"), "/")
-	r := chi.NewRouter()
-	r.Post(prefix+"/v1/pre-reboot", h.wrap(endpointPreReboot, h.preReboot))
-	r.Post(prefix+"/v1/steady-state", h.wrap(endpointSteadyState, h.steadyState))
-	r.NotFound(h.wrap(endpointOther, fail(errNotFound)))
-	r.MethodNotAllowed(h.wrap(endpointOther, fail(errMethodNotAllowed)))
-	return r
+	rt := &router{mux: chi.NewRouter(),
+		preRebootPath: prefix + "/v1/pre-reboot", preReboot: h.wrap(0, h.preReboot),
+		steadyStatePath: prefix + "/v1/steady-state", steadyState: h.wrap(1, h.steadyState)}
+	rt.mux.Post(rt.preRebootPath, rt.preReboot)
+	rt.mux.Post(rt.steadyStatePath, rt.steadyState)
+	rt.mux.NotFound(h.wrap(2, fail(errNotFound)))
+	rt.mux.MethodNotAllowed(h.wrap(2, fail(errMethodNotAllowed)))
+	return rt
+}
+
+// router is the chi router of the routes, with a shortcut for the requests it
+// routes most: a POST to one of the two paths, spelled without escapes, not
+// routed by an enclosing chi router. chi would route those to the same handlers.
+type router struct {
+	mux                            *chi.Mux
+	preRebootPath, steadyStatePath string
+	preReboot, steadyState         http.HandlerFunc
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.RawPath == "" && chi.RouteContext(r.Context()) == nil {
+		switch r.URL.Path {
+		case rt.steadyStatePath:
+			rt.steadyState(w, r)
+			return
+		case rt.preRebootPath:
+			rt.preReboot(w, r)
+			return
+		}
+	}
+	rt.mux.ServeHTTP(w, r)
 }
 
 // fail returns an endpointFunc that always fails with err.
 func fail(err error) endpointFunc {
-	return func(*http.Request) (ClientParams, Kind, error) { return ClientParams{}, "", err }
+	return func(context.Context, *http.Request) (ClientParams, Kind, error) { return ClientParams{}, "", err }
 }
 
 // params checks the header and decodes the body of a FleetLock request.
@@ -188,29 +222,35 @@ func (h *handler) params(r *http.Request) (ClientParams, error) {
 	if err := checkHeader(r.Header); err != nil {
 		return ClientParams{}, err
 	}
-	b, err := readBody(r.Body, h.maxBody)
+	buf := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(buf)
+	b, err := readBody(r.Body, h.maxBody, *buf)
 	if err != nil {
 		return ClientParams{}, err
 	}
-	return decodeRequest(b)
+	*buf = b[:0]            // keep a grown array
+	return decodeRequest(b) // copies what it keeps
 }
 
-func (h *handler) preReboot(r *http.Request) (ClientParams, Kind, error) {
+// bodyBuffers hold request bodies while they are decoded.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func (h *handler) preReboot(ctx context.Context, r *http.Request) (ClientParams, Kind, error) {
 	p, err := h.params(r)
 	if err == nil {
-		_, err = h.share.do(r.Context(), endpointPreReboot, p, connOf(r), func(ctx context.Context) (bool, error) {
+		_, err = h.share.do(ctx, endpointPreReboot, p, connOf(r), func(ctx context.Context) (bool, error) {
 			return false, h.locker.PreReboot(ctx, p)
 		})
 	}
 	return p, KindLockGranted, err
 }
 
-func (h *handler) steadyState(r *http.Request) (ClientParams, Kind, error) {
+func (h *handler) steadyState(ctx context.Context, r *http.Request) (ClientParams, Kind, error) {
 	p, err := h.params(r)
 	if err != nil {
 		return p, "", err
 	}
-	released, err := h.share.do(r.Context(), endpointSteadyState, p, connOf(r), func(ctx context.Context) (bool, error) {
+	released, err := h.share.do(ctx, endpointSteadyState, p, connOf(r), func(ctx context.Context) (bool, error) {
 		return h.locker.SteadyState(ctx, p)
 	})
 	if released {
@@ -229,20 +269,40 @@ func connOf(r *http.Request) string {
 }
 
 // wrap turns fn into an http.HandlerFunc that writes the Reply, logs and
-// records metrics.
-func (h *handler) wrap(endpoint string, fn endpointFunc) http.HandlerFunc {
+// records metrics; e is the endpoint's index in endpoints.
+func (h *handler) wrap(e int, fn endpointFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		r = r.WithContext(ContextWithPeer(r.Context(), peerOf(r)))
-		p, success, err := fn(r)
-		status, rep := outcome(success, err)
-		h.write(w, status, rep)
-		h.logRequest(r.Context(), endpoint, p, rep, err)
+		ctx := ContextWithPeer(r.Context(), peerOf(r))
+		p, success, err := fn(ctx, r)
+		row, rep := outcomeRow(success, err)
+		h.write(w, kinds[row].status, rep)
+		h.logRequest(ctx, endpoints[e], p, rep, err)
 		if h.requests != nil {
-			h.requests.WithLabelValues(endpoint, string(rep.Kind)).Inc()
-			h.duration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+			h.counter(e, row).Inc()
+			h.observer(e).Observe(time.Since(start).Seconds())
 		}
 	}
+}
+
+// counter returns the requests counter of endpoint e and kind row.
+func (h *handler) counter(e, row int) prometheus.Counter {
+	if c := h.counters[e][row].Load(); c != nil {
+		return *c
+	}
+	c := h.requests.WithLabelValues(endpoints[e], string(kinds[row].kind))
+	h.counters[e][row].Store(&c)
+	return c
+}
+
+// observer returns the duration histogram of endpoint e.
+func (h *handler) observer(e int) prometheus.Observer {
+	if o := h.observers[e].Load(); o != nil {
+		return *o
+	}
+	o := h.duration.WithLabelValues(endpoints[e])
+	h.observers[e].Store(&o)
+	return o
 }
 
 // recovered calls the Locker through fn, turning a panic into an error.
@@ -258,8 +318,10 @@ func recovered(fn func() error) (err error) {
 // write sends rep as JSON with status and the kind's extra headers.
 func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
 	hd := w.Header()
-	hd.Set("Content-Type", "application/json")
-	hd.Set("Cache-Control", "no-store")
+	// Assigned rather than Set: the keys are canonical and the values shared
+	// (net/http only reads them).
+	hd["Content-Type"] = contentTypeJSON
+	hd["Cache-Control"] = cacheControlNoStore
 	switch rep.Kind {
 	case KindMethodNotAllowed:
 		hd.Set("Allow", http.MethodPost)
@@ -269,8 +331,19 @@ func (h *handler) write(w http.ResponseWriter, status int, rep Reply) {
 		hd.Set("WWW-Authenticate", authChallenge)
 	}
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(rep) // the client is gone if this fails
+	// The client is gone if writing fails.
+	if b := encodedReply(rep); b != nil {
+		_, _ = w.Write(b)
+		return
+	}
+	_ = json.NewEncoder(w).Encode(rep)
 }
+
+// Header values of every reply.
+var (
+	contentTypeJSON     = []string{"application/json"}
+	cacheControlNoStore = []string{"no-store"}
+)
 
 // logRequest logs one request: internal_error at error level,
 // api_unavailable at warn, the rest at debug.
@@ -281,6 +354,9 @@ func (h *handler) logRequest(ctx context.Context, endpoint string, p ClientParam
 		level = slog.LevelError
 	case KindAPIUnavailable:
 		level = slog.LevelWarn
+	}
+	if !h.log.Enabled(ctx, level) {
+		return // before building the attributes, which allocate
 	}
 	attrs := []slog.Attr{slog.String("endpoint", endpoint), slog.String("zincatiID", p.ID),
 		slog.String("group", p.Group), slog.String("kind", string(rep.Kind))}
@@ -297,6 +373,9 @@ func (h *handler) logRequest(ctx context.Context, endpoint string, p ClientParam
 var DurationBuckets = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1500, 1800}
 
 func (h *handler) registerMetrics(reg prometheus.Registerer) {
+	for e := range h.counters {
+		h.counters[e] = make([]atomic.Pointer[prometheus.Counter], len(kinds))
+	}
 	h.requests = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rebootmanager_fleetlock_requests_total",
 		Help: "FleetLock requests by endpoint and reply kind.",

@@ -1,7 +1,9 @@
 package fleetlock
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 )
@@ -204,18 +206,52 @@ var kinds = []kindSpec{
 // The value is the error's message, except for internal_error whose details
 // are only logged.
 func outcome(success Kind, err error) (int, Reply) {
-	for _, s := range kinds {
+	row, rep := outcomeRow(success, err)
+	return kinds[row].status, rep
+}
+
+// outcomeRow is outcome, with the index of the kind's row in kinds.
+func outcomeRow(success Kind, err error) (int, Reply) {
+	for i, s := range kinds {
 		switch {
 		case err == nil && s.kind == success:
-			return s.status, Reply{s.kind, s.value}
+			return i, Reply{s.kind, s.value}
 		case err != nil && s.err != nil && errors.Is(err, s.err):
-			return s.status, Reply{s.kind, message(err, s.err)}
+			return i, Reply{s.kind, message(err, s.err)}
 		}
 	}
 	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return outcome("", &detail{ErrUnavailable, err.Error()})
+		return outcomeRow("", &detail{ErrUnavailable, err.Error()})
 	}
-	return http.StatusInternalServerError, Reply{KindInternalError, errInternal.Error()}
+	return len(kinds) - 1, Reply{KindInternalError, errInternal.Error()}
+}
+
+// encodedReplies are the JSON encodings (with the encoder's newline) of the
+// success kinds' replies, which carry the kind's default value, by kinds' index.
+var encodedReplies = func() [][]byte {
+	out := make([][]byte, len(kinds))
+	for i, s := range kinds {
+		if s.value == "" {
+			continue
+		}
+		var b bytes.Buffer
+		if err := json.NewEncoder(&b).Encode(Reply{s.kind, s.value}); err != nil {
+			panic(err)
+		}
+		out[i] = b.Bytes()
+	}
+	return out
+}()
+
+// encodedReply returns rep's JSON encoding if it is a success kind's default
+// reply, else nil.
+func encodedReply(rep Reply) []byte {
+	for i, s := range kinds {
+		if s.value != "" && s.kind == rep.Kind && s.value == rep.Value {
+			return encodedReplies[i]
+		}
+	}
+	return nil
 }
 
 // message is err's text, or the sentinel's when err's is empty.

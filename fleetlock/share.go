@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Defaults of the bounds on held requests.
@@ -26,12 +28,24 @@ type shareKey struct {
 
 // sharedCall is one Locker call and the requests waiting for its answer.
 type sharedCall struct {
+	key      shareKey
+	ctx      context.Context // the call's
+	fn       func(context.Context) (bool, error)
 	done     chan struct{} // closed when released and err are set
 	released bool
 	err      error
 	waiters  int                // requests still waiting, under sharer.mu
 	cancel   context.CancelFunc // ends the call's context: every waiter left
 }
+
+// Idle workers: a goroutine that made a call waits this long for the next one before
+// it ends, and at most maxIdleWorkers wait. A call made on a fresh goroutine grows its
+// stack (the Locker's frames do not fit in a new goroutine's) on every request;
+// a worker grows it once.
+const (
+	workerIdle     = 10 * time.Second
+	maxIdleWorkers = 64
+)
 
 // sharer runs one Locker call at a time per shareKey and gives its answer to every
 // request that asked while it ran; it bounds the requests held per node ID and per
@@ -43,11 +57,15 @@ type sharer struct {
 	calls   map[shareKey]*sharedCall
 	perNode map[string]int // requests held, by client ID
 	perConn map[string]int // HTTP/2 requests held, by connection (remote address)
+
+	ready chan *sharedCall // to an idle worker
+	idle  atomic.Int32     // workers waiting on ready
 }
 
 func newSharer(perNode, perConn int) *sharer {
 	return &sharer{maxPerNode: perNode, maxPerConn: perConn,
-		calls: map[shareKey]*sharedCall{}, perNode: map[string]int{}, perConn: map[string]int{}}
+		calls: map[shareKey]*sharedCall{}, perNode: map[string]int{}, perConn: map[string]int{},
+		ready: make(chan *sharedCall)}
 }
 
 // do answers the request with fn's answer, calling fn only if no identical request
@@ -79,9 +97,9 @@ func (s *sharer) do(ctx context.Context, endpoint string, p ClientParams, conn s
 	c := s.calls[key]
 	if c == nil {
 		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		c = &sharedCall{done: make(chan struct{}), cancel: cancel}
+		c = &sharedCall{key: key, ctx: cctx, fn: fn, done: make(chan struct{}), cancel: cancel}
 		s.calls[key] = c
-		go s.run(cctx, key, c, fn)
+		s.start(c)
 	}
 	c.waiters++
 	s.mu.Unlock()
@@ -109,18 +127,57 @@ func (s *sharer) do(ctx context.Context, endpoint string, p ClientParams, conn s
 	}
 }
 
-// run calls fn and publishes its answer. The call leaves the table before its answer
-// is published, so that a request arriving afterwards starts a fresh call.
-func (s *sharer) run(ctx context.Context, key shareKey, c *sharedCall, fn func(context.Context) (bool, error)) {
+// start runs c on an idle worker, or on a new one if none waits.
+func (s *sharer) start(c *sharedCall) {
+	select {
+	case s.ready <- c:
+	default:
+		go s.work(c)
+	}
+}
+
+// work runs c, then the calls it is given until it has waited workerIdle for one,
+// or finds maxIdleWorkers waiting already.
+func (s *sharer) work(c *sharedCall) {
+	// The timer is reset when it fires, not for every call: resetting costs more
+	// than reading the clock.
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		s.run(c)
+		last := time.Now()
+		if s.idle.Add(1) > maxIdleWorkers {
+			s.idle.Add(-1)
+			return
+		}
+	wait:
+		select {
+		case c = <-s.ready:
+			s.idle.Add(-1)
+		case <-t.C:
+			if d := time.Since(last); d < workerIdle {
+				t.Reset(workerIdle - d)
+				goto wait
+			}
+			s.idle.Add(-1)
+			return
+		}
+	}
+}
+
+// run calls c's fn and publishes its answer. The call leaves the table before its
+// answer is published, so that a request arriving afterwards starts a fresh call.
+func (s *sharer) run(c *sharedCall) {
 	var released bool
 	err := recovered(func() (err error) {
-		released, err = fn(ctx)
+		released, err = c.fn(c.ctx)
 		return err
 	})
 	s.mu.Lock()
-	delete(s.calls, key)
+	delete(s.calls, c.key)
 	s.mu.Unlock()
 	c.released, c.err = released, err
+	c.fn, c.ctx = nil, nil
 	close(c.done)
 	c.cancel()
 }

@@ -51,9 +51,11 @@ type config struct {
 	timeScale float64
 	scenarios []string
 	verbose   bool
+
+	idle idleConfig
 }
 
-var benchmarks = []string{"memory", "noop", "contention", "holds", "rollout"}
+var benchmarks = []string{"memory", "noop", "idle", "contention", "holds", "rollout"}
 
 func main() {
 	var c config
@@ -87,6 +89,7 @@ func main() {
 	fs.BoolVar(&c.rollout.inProcess, "in-process", false, "rollout: serve from this process (lock, drainer, handler as cmd/reboot-manager wires them) instead of the binary; counts API requests")
 	fs.IntVar(&c.rollout.qps, "qps", 50, "rollout -in-process: the client's QPS limit, as cmd/reboot-manager sets it (0: client-go's default, 5)")
 	fs.IntVar(&c.rollout.burst, "burst", 100, "rollout -in-process: the client's burst, as cmd/reboot-manager sets it (0: client-go's default, 10)")
+	c.idle.flags(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	_ = fs.Parse(os.Args[1:])
 	if *cpuProfile != "" {
@@ -172,7 +175,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	p.linef("control plane started in %s", time.Since(start).Round(time.Millisecond))
 	var sum summary
 
-	if c.runs("memory") || c.runs("noop") {
+	if c.runs("memory") || c.runs("noop") || c.runs("idle") {
 		var emptyRSS serverMemory
 		if c.runs("memory") {
 			if emptyRSS, err = measureServer(c.rollout.rebootManagerBin, env.Kubeconfig); err != nil {
@@ -211,6 +214,14 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			}
 			n.print(p)
 			sum.noop = &n
+		}
+		if c.runs("idle") {
+			r, err := benchIdle(ctx, env, c.rollout.rebootManagerBin, s, c.idle)
+			if err != nil {
+				return err
+			}
+			r.print(p)
+			sum.idle = &r
 		}
 		if err := deleteNodes(ctx, env.Client, s.set); err != nil {
 			return err
@@ -265,6 +276,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 type summary struct {
 	memory     *memoryResult
 	noop       *noopResult
+	idle       *idleResult
 	contention *contentionResult
 	rollouts   []rolloutResult
 }
@@ -292,6 +304,9 @@ func (s summary) print(p *printer) {
 			p99 := quantile(r.paced, 0.99)
 			p.linef("no-op check-in p99 < 5ms, %5.0f/s      %s: %s", r.rate, us(p99), verdict(p99 < 5*time.Millisecond))
 		}
+	}
+	if r := s.idle; r != nil {
+		p.linef("idle check-ins >= 85%% of a no-op server  %.1f%%: %s", 100*r.ratio(), verdict(r.ratio() >= 0.85))
 	}
 	if r := s.memory; r != nil {
 		p.linef("node cache < 80 MiB at %d nodes      %.1f MiB: %s", r.nodes, mib(r.stripped), verdict(mib(r.stripped) < 80))
