@@ -26,13 +26,7 @@ type CredentialsFile struct {
 // LoadCredentialsFile reads and parses the credentials file at path. An invalid file
 // is an error naming the file and the line.
 func LoadCredentialsFile(path string, opts ReloadOptions) (*CredentialsFile, error) {
-	r, err := reload.New("credentials file", []string{path}, func(data [][]byte) (*Credentials, error) {
-		c, err := ParseCredentials(data[0])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		return c, nil
-	}, opts)
+	r, err := reload.NewFile("credentials file", path, ParseCredentials, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -28,6 +28,17 @@ func (dr *drain) watchPods() (func(), bool) {
 	}); err != nil {
 		dr.log.Error("cannot watch the node's pods", "err", err)
 	}
+	stop, ok := startAndSync(ctx, cancel, factory, inf)
+	if ok {
+		dr.pods = inf.GetStore()
+	}
+	return stop, ok
+}
+
+// startAndSync starts factory and waits until inf has listed what it watches. It
+// returns a function that stops the watch (cancel, then the factory's shutdown), or
+// false, the watch stopped, if ctx ended first.
+func startAndSync(ctx context.Context, cancel context.CancelFunc, factory informers.SharedInformerFactory, inf cache.SharedIndexInformer) (func(), bool) {
 	factory.Start(ctx.Done())
 	stop := func() {
 		cancel()
@@ -37,7 +48,6 @@ func (dr *drain) watchPods() (func(), bool) {
 		stop()
 		return nil, false
 	}
-	dr.pods = inf.GetStore()
 	return stop, true
 }
 
@@ -68,13 +78,8 @@ func (dr *drain) watchNode() (func(), bool) {
 	}); err != nil {
 		dr.log.Error("cannot watch the node", "err", err)
 	}
-	factory.Start(ctx.Done())
-	stop := func() {
-		cancel()
-		factory.Shutdown()
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		stop()
+	stop, ok := startAndSync(ctx, cancel, factory, inf)
+	if !ok {
 		return nil, false
 	}
 	if _, exists, _ := inf.GetStore().GetByKey(dr.node); !exists {

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/reboot-manager/reboot-manager/internal/reload"
@@ -20,13 +19,7 @@ type File struct {
 // naming the file and the field. opts.RequireStable is always set.
 func LoadFile(path string, opts reload.Options) (*File, error) {
 	opts.RequireStable = true
-	r, err := reload.New("policy file", []string{path}, func(data [][]byte) (*Config, error) {
-		c, err := ParseFile(data[0])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		return c, nil
-	}, opts)
+	r, err := reload.NewFile("policy file", path, ParseFile, opts)
 	if err != nil {
 		return nil, err
 	}

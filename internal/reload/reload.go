@@ -91,6 +91,18 @@ type State struct {
 	Failures uint64
 }
 
+// NewFile is New for one file whose contents parse reads; a parse error names the
+// file.
+func NewFile[T any](what, path string, parse func([]byte) (T, error), opts Options) (*Files[T], error) {
+	return New(what, []string{path}, func(data [][]byte) (T, error) {
+		v, err := parse(data[0])
+		if err != nil {
+			return v, fmt.Errorf("%s: %w", path, err)
+		}
+		return v, nil
+	}, opts)
+}
+
 // New reads and parses the files; an error stops there. what names the value in logs.
 func New[T any](what string, paths []string, parse func([][]byte) (T, error), opts Options) (*Files[T], error) {
 	opts.Defaults()
