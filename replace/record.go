@@ -130,19 +130,19 @@ func listRecords(ctx context.Context, client kubernetes.Interface, namespace str
 // Record is a replacement record as `reboot-manager status` shows it.
 type Record struct {
 	// Node is the Node's name.
-	Node string
+	Node string `json:"node"`
 	// State is Granted, Replacing, Replaced or Failed.
-	State string
+	State string `json:"state"`
 	// Instance is the node's cloud instance and its instance group (such as an Auto
 	// Scaling group); Group is empty while unknown.
-	Instance Instance
+	Instance Instance `json:"instance"`
 	// Group is the FleetLock group of the grant.
-	Group string
+	Group string `json:"group"`
 	// Since is when the record entered its state (the 2xx for Granted, the claim for
 	// the others), on the clock of the replica that wrote it.
-	Since time.Time
+	Since time.Time `json:"since"`
 	// Why says what the state means for this record: for Failed, the error.
-	Why string
+	Why string `json:"why"`
 }
 
 // ListRecords returns the replacement records kept in namespace, oldest 2xx first.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
+	"github.com/reboot-manager/reboot-manager/replace"
 )
 
 // The commands for humans, beside the server: `status` and `release`.
@@ -82,10 +84,14 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 		pol.CheckBlockers(ctx)
 		blockers = pol.Blockers()
 	}
+	records, err := replace.ListRecords(ctx, client, *namespace)
+	if err != nil {
+		note = strings.TrimSpace(note + " replacement records not readable: " + err.Error())
+	}
 	s := buildStatus(statusInput{
 		now: time.Now(), source: "cluster", nodes: nodes, config: cfg, paused: paused,
 		drain: func(node string) string { return podsLeft(ctx, client, node) }, blockers: blockers,
-		note: note, configState: policyState,
+		replacements: records, note: note, configState: policyState,
 	})
 	if *output == "json" {
 		return s.writeJSON(stdout)

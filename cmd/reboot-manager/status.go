@@ -14,6 +14,7 @@ import (
 
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
+	"github.com/reboot-manager/reboot-manager/replace"
 )
 
 // status is what `reboot-manager status` prints and GET /status serves: the lock, the
@@ -33,6 +34,9 @@ type status struct {
 	Holders  []holderStatus        `json:"holders"`
 	Held     []heldNode            `json:"heldNodes,omitempty"`
 	Blockers []policy.BlockerState `json:"blockers,omitempty"`
+	// Replacements are the records of replacing nodes that failed to return (with
+	// --cloud): state, instance, group, since when and why.
+	Replacements []replace.Record `json:"replacements,omitempty"`
 	// Note says what this view could not know.
 	Note string `json:"note,omitempty"`
 }
@@ -77,7 +81,9 @@ type statusInput struct {
 	paused   func() (string, bool)
 	drain    func(node string) string
 	blockers []policy.BlockerState
-	note     string
+	// replacements are the replacement records; nil when there are none or unknown.
+	replacements []replace.Record
+	note         string
 	// configState is the policy's source and its error; zero: from flags.
 	configState policy.ConfigState
 }
@@ -85,7 +91,7 @@ type statusInput struct {
 // buildStatus computes the status from its input.
 func buildStatus(in statusInput) status {
 	s := status{Time: in.now.UTC(), Source: in.source, Blockers: in.blockers, Note: in.note,
-		Holders: []holderStatus{}}
+		Holders: []holderStatus{}, Replacements: in.replacements}
 	if in.configState.Source != "" {
 		s.Policy = &in.configState
 	}
@@ -194,6 +200,13 @@ func (s status) writeText(w io.Writer) error {
 		fmt.Fprintln(tw, "\nBLOCKER\tSTATE\tDETAIL")
 		for _, b := range s.Blockers {
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Name, b.State, cmp.Or(b.Detail, "-"))
+		}
+	}
+	if len(s.Replacements) > 0 {
+		fmt.Fprintln(tw, "\nREPLACEMENT\tSTATE\tINSTANCE\tINSTANCE GROUP\tGROUP\tAGE\tWHY")
+		for _, r := range s.Replacements {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.State, cmp.Or(r.Instance.ID, "-"),
+				cmp.Or(r.Instance.Group, "-"), cmp.Or(r.Group, "-"), s.Time.Sub(r.Since).Round(time.Second), cmp.Or(r.Why, "-"))
 		}
 	}
 	if s.Note != "" {

@@ -23,6 +23,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/policy"
+	"github.com/reboot-manager/reboot-manager/replace"
 )
 
 // `status` reads the lock, the policy and the pause from the cluster; `release` frees
@@ -298,4 +299,21 @@ func TestServerKeepsPolicyWhenFileEmptied(t *testing.T) {
 	m := metrics(t, srv)
 	assert.Contains(t, m, "rebootmanager_config_last_reload_successful 0")
 	assert.Contains(t, m, "rebootmanager_config_reload_failures_total 1")
+}
+
+// Issue 16: status lists the replacement records (state, instance, group, age, why).
+func TestStatusListsReplacements(t *testing.T) {
+	now := time.Date(2026, 11, 30, 11, 0, 0, 0, time.UTC)
+	s := buildStatus(statusInput{now: now, source: "cluster",
+		paused: func() (string, bool) { return "", false },
+		replacements: []replace.Record{{Node: "w3", State: replace.StateReplacing,
+			Instance: replace.Instance{ID: "i-0123456789abcdef0", Group: "workers-asg"}, Group: "workers",
+			Since: now.Add(-90 * time.Second), Why: "silent 10m0s after its reboot"}}})
+	var out bytes.Buffer
+	require.NoError(t, s.writeText(&out))
+	assert.Regexp(t, `w3\s+Replacing\s+i-0123456789abcdef0\s+workers-asg\s+workers\s+1m30s\s+silent 10m0s after its reboot`, out.String())
+	out.Reset()
+	require.NoError(t, s.writeJSON(&out))
+	assert.Contains(t, out.String(), `"node": "w3",`)
+	assert.Contains(t, out.String(), `"state": "Replacing",`)
 }
