@@ -146,6 +146,12 @@ func (c config) validate(slotFlags bool, args []string) error {
 		return fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
 	case c.staleClaimAge <= 0:
 		return fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
+	case c.drain.Parallelism <= 0:
+		return fmt.Errorf("--eviction-parallelism must be above 0, got %d", c.drain.Parallelism)
+	case c.drain.EvictionsPerSecond <= 0:
+		return fmt.Errorf("--evictions-per-second must be above 0, got %v", c.drain.EvictionsPerSecond)
+	case c.drain.Timeout <= 0:
+		return fmt.Errorf("--drain-timeout must be above 0, got %s", c.drain.Timeout)
 	case c.logFormat != "json" && c.logFormat != "text":
 		return fmt.Errorf("--log-format must be json or text, got %q", c.logFormat)
 	case (c.tlsCertFile == "") != (c.tlsKeyFile == ""):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"testing"
 	"time"
@@ -28,4 +29,14 @@ func TestParseConfigNotify(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "slack://token@channel", c.notify.url)
 	assert.Equal(t, 5*time.Minute, c.notify.drainBlockedAfter)
+}
+
+// --help never prints the notification URL, whose default comes from $NOTIFY_URL (a
+// Secret in the chart) and carries a token.
+func TestHelpHidesNotifyURL(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"--help"}, env(map[string]string{"NOTIFY_URL": "slack://secrettoken@chan"}), &out)
+	require.Error(t, err)
+	assert.Contains(t, out.String(), "-notify-url")
+	assert.NotContains(t, out.String(), "secrettoken")
 }
