@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
@@ -390,11 +391,16 @@ blockers:
 	err = awaitErr(a, fleetlock.ErrPodsBlocking)
 	assert.Contains(t, err.Error(), r.ns+"/backup")
 
-	p, err := pods.Get(ctx, "backup", metav1.GetOptions{})
-	require.NoError(t, err)
-	p.Status.Phase = corev1.PodSucceeded
-	_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
-	require.NoError(t, err)
+	// The simulated kubelet writes the pod's status too: retry on its conflicts.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := pods.Get(ctx, "backup", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		p.Status.Phase = corev1.PodSucceeded
+		_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err
+	}))
 	_ = awaitErr(a, nil)
 }
 
