@@ -150,6 +150,7 @@ func (a *acquisition) promote(ctx context.Context) (*corev1.Node, error) {
 		bootID:        c.Status.NodeInfo.BootID,
 		wasUnsched:    new(wasUnsched),
 		unschedulable: new(true),
+		setAutoscaler: autoscalerKeysToSet(c),
 	})
 	if apierrors.IsConflict(err) {
 		a.claim = nil

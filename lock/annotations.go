@@ -2,7 +2,9 @@ package lock
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +33,10 @@ const (
 	// AnnotationReleased is when the node last released a slot (RFC 3339); with
 	// AnnotationGroup, which a release leaves in place, it tells a group's last reboot.
 	AnnotationReleased = "rebootmanager/released"
+	// AnnotationAutoscalerKeys lists, comma-separated, the autoscaler annotations
+	// (AutoscalerAnnotations) that the promotion set because the node had none of its
+	// own; the release removes exactly those, so an operator's own value stays.
+	AnnotationAutoscalerKeys = "rebootmanager/autoscaler-annotations"
 	// AnnotationHold, set by an operator (any value, best a reason), refuses the node's
 	// pre-reboot with node_held; a current holder keeps its slot, and its release
 	// leaves it cordoned.
@@ -73,6 +79,36 @@ func lockOf(n *corev1.Node) nodeLock {
 	return l
 }
 
+// AutoscalerAnnotations are set to "true" on a node while it holds a slot, so that
+// cluster-autoscaler and Karpenter do not remove a drained, rebooting node (it looks
+// empty) instead of the one that took its pods (kured#707).
+var AutoscalerAnnotations = []string{
+	"cluster-autoscaler.kubernetes.io/scale-down-disabled",
+	"karpenter.sh/do-not-disrupt",
+}
+
+// autoscalerKeysToSet returns the autoscaler annotations node has no value of.
+func autoscalerKeysToSet(node *corev1.Node) []string {
+	var keys []string
+	for _, k := range AutoscalerAnnotations {
+		if _, ok := node.Annotations[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// autoscalerKeysSet returns the autoscaler annotations the promotion of node set.
+func autoscalerKeysSet(node *corev1.Node) []string {
+	var keys []string
+	for k := range strings.SplitSeq(node.Annotations[AnnotationAutoscalerKeys], ",") {
+		if slices.Contains(AutoscalerAnnotations, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // holding reports whether the node counts against its group's slots.
 func (l nodeLock) holding() bool { return l.State == StateRebooting }
 
@@ -88,6 +124,9 @@ type write struct {
 	wasUnsched      *bool
 	unschedulable   *bool
 	released        bool // a release: record since as the release time
+	// setAutoscaler are autoscaler annotations to set to "true" (a promotion), and
+	// dropAutoscaler those to remove (a release); both update AnnotationAutoscalerKeys.
+	setAutoscaler, dropAutoscaler []string
 }
 
 func (w write) patch() []byte {
@@ -121,6 +160,18 @@ func (w write) patch() []byte {
 	}
 	if w.released {
 		annotations[AnnotationReleased] = since
+	}
+	for _, k := range w.setAutoscaler {
+		annotations[k] = "true"
+	}
+	if len(w.setAutoscaler) > 0 {
+		annotations[AnnotationAutoscalerKeys] = strings.Join(w.setAutoscaler, ",")
+	}
+	for _, k := range w.dropAutoscaler {
+		annotations[k] = nil
+	}
+	if w.released {
+		annotations[AnnotationAutoscalerKeys] = nil
 	}
 	p := map[string]any{
 		"metadata": map[string]any{

@@ -63,7 +63,8 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 			return ErrNotHolder
 		}
 		g = grantOf(n)
-		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true}
+		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true,
+			dropAutoscaler: autoscalerKeysSet(n)}
 		if _, held := n.Annotations[AnnotationHold]; !st.WasUnschedulable && !held {
 			w.unschedulable = new(false)
 		}
