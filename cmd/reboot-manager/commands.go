@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
 	"github.com/reboot-manager/reboot-manager/evict"
@@ -26,11 +28,33 @@ import (
 
 // The commands for humans, beside the server: `status` and `release`.
 
-// commandClient builds a clientset from --kubeconfig (else KUBECONFIG, else in-cluster).
-func commandClient(kubeconfig string) (kubernetes.Interface, error) {
-	cfg, err := kubeConfig(kubeconfig)
+// kubeFlags are the commands' kubeconfig flags, loaded as kubectl loads them:
+// --kubeconfig, else the files $KUBECONFIG lists, else ~/.kube/config, else the
+// in-cluster configuration; --context picks a context other than the current one.
+type kubeFlags struct {
+	kubeconfig, context *string
+	getenv              func(string) string
+}
+
+func addKubeFlags(fs *flag.FlagSet, getenv func(string) string) kubeFlags {
+	return kubeFlags{
+		getenv:     getenv,
+		kubeconfig: fs.String("kubeconfig", "", "kubeconfig file (default: the files $KUBECONFIG lists, else ~/.kube/config, else in-cluster)"),
+		context:    fs.String("context", "", "the kubeconfig context to use (default: its current context)"),
+	}
+}
+
+// commandClient builds a clientset from the kubeconfig flags.
+func commandClient(k kubeFlags) (kubernetes.Interface, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if list := k.getenv(clientcmd.RecommendedConfigPathEnvVar); list != "" {
+		rules.Precedence = filepath.SplitList(list)
+	}
+	rules.ExplicitPath = *k.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: *k.context}).ClientConfig()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("load the kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "reboot-manager-cli/" + version
 	return kubernetes.NewForConfig(cfg)
@@ -42,8 +66,9 @@ func commandClient(kubeconfig string) (kubernetes.Interface, error) {
 func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reboot-manager status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	kubeconfig := fs.String("kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else in-cluster)")
+	kube := addKubeFlags(fs, getenv)
 	namespace := fs.String("namespace", cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager"), "reboot-manager's namespace")
+	fs.StringVar(namespace, "n", *namespace, "short for --namespace")
 	configMap := fs.String("config-map", "reboot-manager-config", "the ConfigMap holding the policy file under config.yaml")
 	configFile := fs.String("config", "", "read the policy from this file instead of the ConfigMap")
 	pauseName := fs.String("pause-configmap", policy.DefaultPauseConfigMap, "the pause ConfigMap")
@@ -57,7 +82,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	if *output != "text" && *output != "json" {
 		return fmt.Errorf("-o must be text or json, got %q", *output)
 	}
-	client, err := commandClient(*kubeconfig)
+	client, err := commandClient(kube)
 	if err != nil {
 		return err
 	}
@@ -167,10 +192,10 @@ func releaseCommand(ctx context.Context, args []string, getenv func(string) stri
 	fs := flag.NewFlagSet("reboot-manager release", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: reboot-manager release [--kubeconfig FILE] NODE")
+		fmt.Fprintln(stderr, "usage: reboot-manager release [--kubeconfig FILE] [--context NAME] NODE")
 		fs.PrintDefaults()
 	}
-	kubeconfig := fs.String("kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else in-cluster)")
+	kube := addKubeFlags(fs, getenv)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -179,7 +204,7 @@ func releaseCommand(ctx context.Context, args []string, getenv func(string) stri
 		return errors.New("release takes one node name")
 	}
 	node := fs.Arg(0)
-	client, err := commandClient(*kubeconfig)
+	client, err := commandClient(kube)
 	if err != nil {
 		return err
 	}

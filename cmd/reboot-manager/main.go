@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/reboot-manager/reboot-manager/access"
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
@@ -174,6 +176,12 @@ func (c config) slotsConfig() *policy.Config {
 	return p
 }
 
+// routeKlog sends client-go's log lines (klog) through log's handler, tagged
+// component=client-go, so that the process writes one stream in one format.
+func routeKlog(log *slog.Logger) {
+	klog.SetSlogLogger(log.With("component", "client-go"))
+}
+
 func (c config) logger(w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.logLevel}
 	if c.logFormat == "text" {
@@ -212,6 +220,7 @@ func main() {
 		return
 	}
 	log := c.logger(os.Stderr)
+	routeKlog(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, c, log); err != nil {

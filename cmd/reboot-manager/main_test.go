@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/klog/v2"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -156,4 +159,21 @@ func TestPolicyFile(t *testing.T) {
 	assert.Equal(t, 3, *get().Group("workers").Slots, "an invalid change keeps the policy in force")
 	assert.Contains(t, logs.String(), "slots: want int")
 	assert.Contains(t, state().Error, "slots: want int", "the error in force is shown")
+}
+
+// client-go's klog lines go through the server's own slog handler, as JSON lines
+// like the rest, tagged component=client-go.
+func TestOneLogStream(t *testing.T) {
+	var out bytes.Buffer
+	c, err := parseConfig(nil, env(nil), io.Discard)
+	require.NoError(t, err)
+	routeKlog(c.logger(&out))
+	t.Cleanup(func() { klog.ClearLogger() })
+	klog.ErrorS(errors.New("connection refused"), "failed to list *v1.Node")
+	klog.Flush()
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal(bytes.TrimSpace(out.Bytes()), &rec), "not one JSON line: %q", out.String())
+	assert.Equal(t, "client-go", rec["component"])
+	assert.Equal(t, "failed to list *v1.Node", rec["msg"])
+	assert.Equal(t, "ERROR", rec["level"])
 }

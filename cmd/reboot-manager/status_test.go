@@ -18,6 +18,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
@@ -316,4 +318,40 @@ func TestStatusListsReplacements(t *testing.T) {
 	require.NoError(t, s.writeJSON(&out))
 	assert.Contains(t, out.String(), `"node": "w3",`)
 	assert.Contains(t, out.String(), `"state": "Replacing",`)
+}
+
+// The commands load kubeconfig as kubectl does: a $KUBECONFIG list (the later file
+// adds contexts), --context to pick one, and a clear error for an unknown context.
+func TestCommandKubeconfigAsKubectl(t *testing.T) {
+	env := controlplane.Shared(t)
+	dir := t.TempDir()
+	raw, err := os.ReadFile(env.Kubeconfig)
+	require.NoError(t, err)
+	cfg, err := clientcmd.Load(raw)
+	require.NoError(t, err)
+	// A first file whose current context points nowhere, a second with the real one
+	// under another name.
+	broken := clientcmdapi.NewConfig()
+	broken.Clusters["nowhere"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
+	broken.Contexts["nowhere"] = &clientcmdapi.Context{Cluster: "nowhere"}
+	broken.CurrentContext = "nowhere"
+	first := filepath.Join(dir, "first")
+	require.NoError(t, clientcmd.WriteToFile(*broken, first))
+	current := cfg.Contexts[cfg.CurrentContext]
+	require.NotNil(t, current)
+	cfg.Contexts = map[string]*clientcmdapi.Context{"test": current}
+	cfg.CurrentContext = "test"
+	second := filepath.Join(dir, "second")
+	require.NoError(t, clientcmd.WriteToFile(*cfg, second))
+	getenv := func(k string) string {
+		if k == "KUBECONFIG" {
+			return first + string(filepath.ListSeparator) + second
+		}
+		return ""
+	}
+	var out, errOut bytes.Buffer
+	require.NoError(t, statusCommand(t.Context(), []string{"--context=test", "-n", "default"}, getenv, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "GROUP")
+	err = statusCommand(t.Context(), []string{"--context=missing"}, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, `context "missing" does not exist`)
 }
