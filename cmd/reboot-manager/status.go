@@ -203,7 +203,7 @@ func (s status) writeText(w io.Writer) error {
 		}
 	}
 	if len(s.Replacements) > 0 {
-		fmt.Fprintln(tw, "\nREPLACEMENT\tSTATE\tINSTANCE\tINSTANCE GROUP\tGROUP\tAGE\tWHY")
+		fmt.Fprintln(tw, "\nREPLACEMENT\tSTATE\tINSTANCE\tASG\tGROUP\tAGE\tWHY")
 		for _, r := range s.Replacements {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.State, cmp.Or(r.Instance.ID, "-"),
 				cmp.Or(r.Instance.Group, "-"), cmp.Or(r.Group, "-"), s.Time.Sub(r.Since).Round(time.Second), cmp.Or(r.Why, "-"))
