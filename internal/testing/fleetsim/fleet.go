@@ -131,7 +131,8 @@ type simNode struct {
 	asked, locked, allowed, back, released time.Time
 	requests                               int
 	reboots                                int
-	restarts                               int // Zincati restarts while waiting
+	restarts                               int         // Zincati restarts while waiting
+	restarted                              atomic.Bool // its Zincati sent steady-state without a reboot
 }
 
 // New creates the fleet's nodes and workloads and waits until the workloads are ready.
@@ -389,6 +390,7 @@ func (f *Fleet) restartWhileWaiting(ctx context.Context, n *simNode, params flee
 	n.restarts++
 	n.mu.Unlock()
 	f.emit(n, PhaseWaiting, "Zincati restarted: request dropped")
+	n.restarted.Store(true) // a hold it had is released without a reboot, rightly
 	return false, f.untilOK(ctx, n, params, false)
 }
 

@@ -49,6 +49,12 @@ func (c *checker) holdEnds(n *corev1.Node) {
 	if sn != nil && sn.reRegister != "" {
 		return // its machine came back under another name: its old Node never will
 	}
+	if sn != nil && sn.restarted.Load() {
+		// Its Zincati restarted (RestartWhileWaiting) and sent steady-state without
+		// rebooting: the lock releases such a hold once the kubelet shows the machine
+		// alive with the old boot ID (RebootNotObserved). The release is right.
+		return
+	}
 	if n.Status.NodeInfo.BootID == g.bootID {
 		c.violations = append(c.violations, Violation{time.Now(),
 			n.Name + ": slot released before a new boot ID (still " + g.bootID + ")"})
