@@ -1,0 +1,58 @@
+package lock
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
+)
+
+// A release decided on evidence about one grant never releases another: the stale
+// holder loop sees, in a cache that lags, grant 1 of n1 back from its reboot; in the
+// API server n1 was meanwhile released and granted again (grant 2, told to reboot,
+// its boot ID unchanged since). The release's write, conditioned on the cached
+// object, gets 409 Conflict; its retry must not release grant 2, whose reboot nobody
+// has seen.
+func TestReleaseRetryKeepsOtherGrant(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	name := "regrant-" + c.id
+	_, id := c.addNode(name, "")
+	l, _ := c.lock(Options{Wait: 30 * time.Second, Policy: testPolicy{}})
+	awaitCachedName(t, l, name)
+	p := fleetlock.ClientParams{ID: id, Group: "default"}
+	require.NoError(t, l.PreReboot(ctx, p)) // grant 1, told to reboot
+	require.NoError(t, c.env.Kubelet.Boot(ctx, name))
+	var stale *corev1.Node
+	require.Eventually(t, func() bool {
+		obj, ok, _ := l.nodes.GetIndexer().GetByKey(name)
+		if ok {
+			stale = obj.(*corev1.Node).DeepCopy()
+		}
+		return ok && back(stale, grantOf(stale))
+	}, time.Minute, 10*time.Millisecond, "the cache shows grant 1 back")
+
+	_, _, err := ReleaseNode(ctx, c.env.Client, name, l.opts.Clock) // the operator
+	require.NoError(t, err)
+	awaitState(t, l, name, StateReady)
+	require.NoError(t, l.PreReboot(ctx, p)) // grant 2, told to reboot
+	g2 := grantOf(c.holding(name))
+	require.NotEqual(t, grantOf(stale).Promoted, g2.Promoted)
+
+	// The cache lags: it still shows grant 1, back.
+	require.NoError(t, l.nodes.GetIndexer().Update(stale))
+	l.releaseStale(ctx, time.Nanosecond)
+	time.Sleep(time.Millisecond)
+	l.releaseStale(ctx, time.Nanosecond)
+
+	n, err := c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, StateRebooting, lockOf(n).State, "grant 2 keeps its slot: its node has not rebooted")
+	assert.Equal(t, g2.Promoted, lockOf(n).Since)
+	assert.True(t, n.Spec.Unschedulable, "grant 2's node stays cordoned")
+}
