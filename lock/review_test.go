@@ -56,3 +56,35 @@ func TestReleaseRetryKeepsOtherGrant(t *testing.T) {
 	assert.Equal(t, g2.Promoted, lockOf(n).Since)
 	assert.True(t, n.Spec.Unschedulable, "grant 2's node stays cordoned")
 }
+
+// A replica whose cache lags still shows a released node holding: resuming its drain
+// from that snapshot evicts the pods of a node that holds no slot and is no longer
+// cordoned. Resume acts only on a holder a fresh read confirms.
+func TestResumeSkipsReleasedHolderInStaleCache(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	name := "resume-stale-" + c.id
+	_, id := c.addNode(name, "")
+	l, d := c.lock(Options{Wait: 30 * time.Second, Policy: testPolicy{}})
+	awaitCachedName(t, l, name)
+	require.NoError(t, l.PreReboot(ctx, fleetlock.ClientParams{ID: id, Group: "default"}))
+	awaitState(t, l, name, StateRebooting)
+	obj, _, _ := l.nodes.GetIndexer().GetByKey(name)
+	stale := obj.(*corev1.Node).DeepCopy()
+
+	_, _, err := ReleaseNode(ctx, c.env.Client, name, l.opts.Clock) // the operator
+	require.NoError(t, err)
+	awaitState(t, l, name, StateReady)
+	_, ok := d.Progress(name)
+	require.False(t, ok, "the release stopped the drain")
+	c.pod("serving", name)
+	c.waitRunning(name, "serving")
+
+	require.NoError(t, l.nodes.GetIndexer().Update(stale)) // the cache lags
+	l.resumeDrains(ctx)
+	p, ok := d.Progress(name)
+	assert.False(t, ok, "no drain of a released node: %+v", p)
+	n, err := c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, n.Spec.Unschedulable)
+}
