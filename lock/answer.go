@@ -35,6 +35,19 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 		} else {
 			n = c
 		}
+		if !n.Spec.Unschedulable {
+			// Uncordoned by someone else (or the cache lags our cordon): a drain
+			// would evict the pods the scheduler now places on the node.
+			fresh, err := a.stillHolding(ctx, g)
+			if err != nil {
+				return err
+			}
+			if !fresh.Spec.Unschedulable {
+				l.drainer.Forget(a.name)
+				return a.uncordoned(fresh, g)
+			}
+			n = fresh
+		}
 		p := l.drainer.Start(n)
 		switch {
 		case p.Drained:
@@ -134,10 +147,7 @@ func (a *acquisition) allow(ctx context.Context, g Grant) ([]types.NamespacedNam
 		return nil, err
 	}
 	if !n.Spec.Unschedulable {
-		by := uncordonedBy(n, g)
-		a.log.Warn("holder uncordoned by someone else: not told to reboot", "by", by)
-		return nil, &Refusal{Reason: ReasonNodeUncordoned, Err: fleetlock.ErrNodeUncordoned, Warning: true,
-			Msg: fmt.Sprintf("node %s holds a reboot slot but was uncordoned by %s: not rebooting it; cordon it again to go on, or release it (reboot-manager release %s)", n.Name, by, n.Name)}
+		return nil, a.uncordoned(n, g)
 	}
 	left, err := a.lock.drainer.Remaining(ctx, n)
 	if err != nil {
@@ -151,6 +161,15 @@ func (a *acquisition) allow(ctx context.Context, g Grant) ([]types.NamespacedNam
 	}
 	a.log.Info("reboot allowed: node drained")
 	return nil, nil
+}
+
+// uncordoned is the refusal of holder n, which someone else uncordoned: it is neither
+// drained nor told to reboot, and not cordoned again over their decision.
+func (a *acquisition) uncordoned(n *corev1.Node, g Grant) error {
+	by := uncordonedBy(n, g)
+	a.log.Warn("holder uncordoned by someone else: not drained, not told to reboot", "by", by)
+	return &Refusal{Reason: ReasonNodeUncordoned, Err: fleetlock.ErrNodeUncordoned, Warning: true,
+		Msg: fmt.Sprintf("node %s holds a reboot slot but was uncordoned by %s: not rebooting it; cordon it again to go on, or release it (reboot-manager release %s)", n.Name, by, n.Name)}
 }
 
 // uncordonedBy names, from the Node's managed fields, who changed its spec since the

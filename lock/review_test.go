@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
@@ -87,4 +89,41 @@ func TestResumeSkipsReleasedHolderInStaleCache(t *testing.T) {
 	n, err := c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.False(t, n.Spec.Unschedulable)
+}
+
+// Someone else uncordons a holder while its drain is blocked by a budget: the node
+// serves again by their decision. The drain stops (it would otherwise go on evicting
+// the pods that the scheduler now places on the node, and evict the blocked one as
+// soon as its budget allows), and the request answers node_uncordoned at once, not
+// drain_blocked after its wait.
+func TestUncordonedMidDrain(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	name := "uncordon-mid-" + c.id
+	_, id := c.addNode(name, "")
+	c.pod("stuck", name)
+	c.budget("stuck", "stuck", 0)
+	c.waitRunning(name, "stuck")
+	l, d := c.lock(Options{Wait: 3 * time.Second, Policy: testPolicy{}})
+	awaitCachedName(t, l, name)
+	p := fleetlock.ClientParams{ID: id, Group: "default"}
+	require.ErrorIs(t, l.PreReboot(ctx, p), fleetlock.ErrDrainBlocked)
+
+	_, err := c.env.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType,
+		[]byte(`{"spec":{"unschedulable":false}}`), metav1.PatchOptions{FieldManager: "other-controller"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		c, ok := l.cachedNode(name)
+		return ok && !c.Spec.Unschedulable
+	}, time.Minute, 10*time.Millisecond)
+
+	err = l.PreReboot(ctx, p)
+	t.Logf("answer: %v", err)
+	require.ErrorIs(t, err, fleetlock.ErrNodeUncordoned)
+	_, ok := d.Progress(name)
+	assert.False(t, ok, "the drain of the uncordoned node stopped")
+	n, err := c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.False(t, n.Spec.Unschedulable, "not cordoned again over their decision")
+	assert.Equal(t, StateRebooting, lockOf(n).State, "the slot stays held")
 }
