@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -126,4 +127,40 @@ func TestUncordonedMidDrain(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, n.Spec.Unschedulable, "not cordoned again over their decision")
 	assert.Equal(t, StateRebooting, lockOf(n).State, "the slot stays held")
+}
+
+// "Back" is a boot ID other than the one at the 2xx, not at the grant: a holder that
+// rebooted on its own while its drain was blocked (a crash, a power cycle) has a new
+// boot ID before its 2xx. Told to reboot, it goes down without being marked NotReady
+// (its Node keeps Ready and that boot ID); its Zincati's steady-state must be held,
+// not release the slot while the machine is still coming up.
+func TestBackMeansAfterThe2xx(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	name := "reboot-mid-drain-" + c.id
+	_, id := c.addNode(name, "")
+	c.pod("stuck", name)
+	c.budget("stuck", "stuck", 0)
+	c.waitRunning(name, "stuck")
+	l, _ := c.lock(Options{Wait: 4 * time.Second, Policy: testPolicy{}})
+	awaitCachedName(t, l, name)
+	p := fleetlock.ClientParams{ID: id, Group: "default"}
+	require.ErrorIs(t, l.PreReboot(ctx, p), fleetlock.ErrDrainBlocked)
+	granted := grantOf(c.holding(name))
+
+	require.NoError(t, c.env.Kubelet.Boot(ctx, name)) // an unplanned reboot mid-drain
+	require.NoError(t, c.env.Client.PolicyV1().PodDisruptionBudgets(c.ns).Delete(ctx, "stuck", metav1.DeleteOptions{}))
+	c.waitFor("the 2xx", func(ctx context.Context) (bool, error) { return l.PreReboot(ctx, p) == nil, nil })
+	n := c.holding(name)
+	require.NotEqual(t, granted.BootID, n.Status.NodeInfo.BootID)
+
+	c.env.Kubelet.Freeze(name) // rebooting: Ready and the boot ID of the 2xx stay
+	released, err := l.SteadyState(ctx, p)
+	t.Logf("steady-state: released=%v err=%v", released, err)
+	assert.False(t, released, "released before the node came back from the reboot it was told to do")
+	assert.ErrorIs(t, err, fleetlock.ErrNodeNotReady)
+	n, err = c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, StateRebooting, lockOf(n).State, "the slot stays held")
+	require.NoError(t, c.env.Kubelet.Boot(ctx, name))
 }
