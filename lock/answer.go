@@ -35,6 +35,19 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 		} else {
 			n = c
 		}
+		if !n.Spec.Unschedulable {
+			// Uncordoned by someone else (or the cache lags our cordon): a drain
+			// would evict the pods the scheduler now places on the node.
+			fresh, err := a.stillHolding(ctx, g)
+			if err != nil {
+				return err
+			}
+			if !fresh.Spec.Unschedulable {
+				l.drainer.Forget(a.name)
+				return a.uncordoned(fresh, g)
+			}
+			n = fresh
+		}
 		p := l.drainer.Start(n)
 		switch {
 		case p.Drained:
@@ -126,18 +139,31 @@ func (a *acquisition) stillHolding(ctx context.Context, g Grant) (*corev1.Node, 
 // (same Node object, same promotion), is still cordoned (if someone else uncordoned it,
 // it is refused, and not cordoned again over their decision), and no pod that must
 // leave is bound to it (a fresh LIST; if there are any, they are returned and their
-// drain restarted). Then the ToldToReboot hook runs. With the API server unreachable,
-// nothing is allowed.
+// drain restarted). A node that rebooted since its grant gets the boot ID of now
+// recorded (a conditioned write), so that "back" means back from the reboot of this
+// 2xx. Then the ToldToReboot hook runs. With the API server unreachable, nothing is
+// allowed.
 func (a *acquisition) allow(ctx context.Context, g Grant) ([]types.NamespacedName, error) {
+	for conflicts := 0; ; conflicts++ {
+		left, err := a.allowOnce(ctx, g)
+		if !apierrors.IsConflict(err) {
+			return left, err
+		}
+		if conflicts >= maxConflicts {
+			return nil, apiError("record the boot ID before the reboot", err)
+		}
+	}
+}
+
+// allowOnce is one attempt of allow: a 409 Conflict of its boot ID write means the
+// node changed since it was read, and it must be checked again.
+func (a *acquisition) allowOnce(ctx context.Context, g Grant) ([]types.NamespacedName, error) {
 	n, err := a.stillHolding(ctx, g)
 	if err != nil {
 		return nil, err
 	}
 	if !n.Spec.Unschedulable {
-		by := uncordonedBy(n, g)
-		a.log.Warn("holder uncordoned by someone else: not told to reboot", "by", by)
-		return nil, &Refusal{Reason: ReasonNodeUncordoned, Err: fleetlock.ErrNodeUncordoned, Warning: true,
-			Msg: fmt.Sprintf("node %s holds a reboot slot but was uncordoned by %s: not rebooting it; cordon it again to go on, or release it (reboot-manager release %s)", n.Name, by, n.Name)}
+		return nil, a.uncordoned(n, g)
 	}
 	left, err := a.lock.drainer.Remaining(ctx, n)
 	if err != nil {
@@ -146,11 +172,34 @@ func (a *acquisition) allow(ctx context.Context, g Grant) ([]types.NamespacedNam
 	if len(left) > 0 {
 		return left, nil
 	}
+	if boot := n.Status.NodeInfo.BootID; boot != "" && boot != g.BootID {
+		// It rebooted since its grant (a crash mid-drain): "back" is a boot ID other
+		// than this one, the boot ID at the 2xx, so record it first, conditioned on
+		// the node as just checked (a 409 makes the request check again).
+		if n, err = a.lock.patch(ctx, n.Name, write{resourceVersion: n.ResourceVersion, state: StateRebooting,
+			group: g.Group, since: g.Promoted, bootID: boot}); err != nil {
+			if apierrors.IsConflict(err) {
+				return nil, err
+			}
+			return nil, apiError("record the boot ID before the reboot", err)
+		}
+		a.log.Info("node rebooted since its grant: boot ID recorded anew", "bootID", boot, "grantBootID", g.BootID)
+		g.BootID = boot
+	}
 	if err := a.lock.opts.Hooks.ToldToReboot(ctx, n, g, a.lock.opts.Clock.Now()); err != nil {
 		return nil, apiError("before reboot", err)
 	}
 	a.log.Info("reboot allowed: node drained")
 	return nil, nil
+}
+
+// uncordoned is the refusal of holder n, which someone else uncordoned: it is neither
+// drained nor told to reboot, and not cordoned again over their decision.
+func (a *acquisition) uncordoned(n *corev1.Node, g Grant) error {
+	by := uncordonedBy(n, g)
+	a.log.Warn("holder uncordoned by someone else: not drained, not told to reboot", "by", by)
+	return &Refusal{Reason: ReasonNodeUncordoned, Err: fleetlock.ErrNodeUncordoned, Warning: true,
+		Msg: fmt.Sprintf("node %s holds a reboot slot but was uncordoned by %s: not rebooting it; cordon it again to go on, or release it (reboot-manager release %s)", n.Name, by, n.Name)}
 }
 
 // uncordonedBy names, from the Node's managed fields, who changed its spec since the

@@ -75,8 +75,9 @@ type Grant struct {
 	// Promoted is when the slot was taken (the rebootmanager/since annotation written
 	// with the promotion), on the promoting replica's clock.
 	Promoted time.Time
-	// BootID is the node's boot ID as recorded at the promotion
-	// (status.nodeInfo.bootID); empty if the kubelet reported none.
+	// BootID is the node's boot ID as recorded at the promotion, or recorded anew
+	// just before the 2xx if the node rebooted since (status.nodeInfo.bootID); empty
+	// if the kubelet reported none.
 	BootID string
 }
 

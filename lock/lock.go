@@ -119,8 +119,11 @@ func (l *Lock) nodeUpdated(oldObj, newObj any) {
 	if was.holding() && !is.holding() {
 		l.drainer.Forget(n.Name) // released, by us or by someone else
 	}
-	if was != is || NodeReady(o) != NodeReady(n) || o.Status.NodeInfo.BootID != n.Status.NodeInfo.BootID {
-		l.changed.fire() // a lock changed, or a node went (Not)Ready or rebooted: awaitBack
+	if was != is || NodeReady(o) != NodeReady(n) || o.Status.NodeInfo.BootID != n.Status.NodeInfo.BootID ||
+		is.holding() && o.Spec.Unschedulable != n.Spec.Unschedulable {
+		// a lock changed, a node went (Not)Ready or rebooted (awaitBack), or a holder
+		// was uncordoned (awaitDrain)
+		l.changed.fire()
 	}
 }
 

@@ -43,12 +43,16 @@ func ReleaseNode(ctx context.Context, client kubernetes.Interface, node string, 
 	if err != nil {
 		return nil, Grant{}, err
 	}
-	return clearHold(ctx, client, n, clk)
+	return clearHold(ctx, client, n, clk, false)
 }
 
-// clearHold clears n's lock, re-reading after conflicts; see ReleaseNode.
-func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock) (*corev1.Node, Grant, error) {
+// clearHold clears n's lock, re-reading after conflicts; see ReleaseNode. With bound,
+// only the grant n shows is released: a re-read after a 409 Conflict that shows
+// another grant (another Node object of the name, or a later promotion) returns
+// ErrNotHolder, since the evidence that decided the release was about n's grant.
+func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock, bound bool) (*corev1.Node, Grant, error) {
 	var g Grant
+	want := grantOf(n)
 	fresh := true
 	err := retry.RetryOnConflict(conflictBackoff, func() error {
 		if !fresh {
@@ -63,6 +67,9 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 			return ErrNotHolder
 		}
 		g = grantOf(n)
+		if bound && !sameGrant(g, want) {
+			return ErrNotHolder // the grant the release was decided on has ended
+		}
 		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true,
 			dropAutoscaler: autoscalerKeysSet(n)}
 		if _, held := n.Annotations[AnnotationHold]; !st.WasUnschedulable && !held {
@@ -81,6 +88,11 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 	return n, g, nil
 }
 
+// sameGrant reports whether a and b are one grant: one Node object, one promotion.
+func sameGrant(a, b Grant) bool {
+	return a.Node == b.Node && a.UID == b.UID && a.Group == b.Group && a.Promoted.Equal(b.Promoted) && a.BootID == b.BootID
+}
+
 // Release releases the lock node holds and uncordons it if we cordoned it; it returns
 // ErrNotHolder if the node holds none. It is the operator's manual release.
 func (l *Lock) Release(ctx context.Context, node string) error {
@@ -92,10 +104,12 @@ func (l *Lock) Release(ctx context.Context, node string) error {
 }
 
 // release clears node's lock in one conditioned write, which also uncordons the node
-// if we cordoned it: there is never a moment with one done and not the other.
+// if we cordoned it: there is never a moment with one done and not the other. Every
+// release but the operator's is bound to the grant n shows (see clearHold): it
+// returns ErrNotHolder if that grant ended, even if the node holds another.
 func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger, why releaseCause) error {
 	before := lockOf(n)
-	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock)
+	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock, why != releaseManual)
 	if err != nil {
 		return err
 	}

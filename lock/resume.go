@@ -19,16 +19,42 @@ import (
 // ResumeInterval is how often a replica looks for holders whose drain it should run.
 const ResumeInterval = 10 * time.Second
 
-// resumeDrains starts or resumes the drain of every holder that has not rebooted.
-func (l *Lock) resumeDrains() {
+// resumeDrains starts or resumes the drain of every holder that has not rebooted. The
+// cache only proposes candidates: a cache that lags may still show a node holding that
+// was released (and uncordoned) meanwhile, so each is read from the API server first,
+// and its drain started only if it still holds the same grant and has not rebooted. A
+// release that lands between that read and the start is caught by the cache check
+// after it (or by the release's own Forget, which comes after the cache shows it). A
+// holder someone else uncordoned is not drained (its request refuses it): a drain of it
+// under way here stops.
+func (l *Lock) resumeDrains(ctx context.Context) {
 	for _, obj := range l.nodes.GetIndexer().List() {
-		n := obj.(*corev1.Node)
-		st := lockOf(n)
-		rebooted := st.BootID != "" && n.Status.NodeInfo.BootID != st.BootID
-		if st.State != StateRebooting || rebooted {
-			continue
+		if n := obj.(*corev1.Node); heldNotRebooted(n) {
+			l.resumeDrain(ctx, grantOf(n))
 		}
-		l.drainer.Start(n)
+	}
+}
+
+// heldNotRebooted reports whether n holds a slot and has not rebooted since its grant.
+func heldNotRebooted(n *corev1.Node) bool {
+	st := lockOf(n)
+	rebooted := st.BootID != "" && n.Status.NodeInfo.BootID != st.BootID
+	return st.State == StateRebooting && !rebooted
+}
+
+// resumeDrain starts the drain of grant g's node if a fresh read confirms it.
+func (l *Lock) resumeDrain(ctx context.Context, g Grant) {
+	n, err := l.get(ctx, g.Node)
+	if err != nil || !heldNotRebooted(n) || !sameGrant(grantOf(n), g) {
+		return
+	}
+	if !n.Spec.Unschedulable {
+		l.drainer.Forget(g.Node)
+		return
+	}
+	l.drainer.Start(n)
+	if c, ok := l.cachedNode(g.Node); !ok || !heldNotRebooted(c) || !sameGrant(grantOf(c), g) {
+		l.drainer.Forget(g.Node) // released (or replaced) since the read
 	}
 }
 
@@ -39,7 +65,7 @@ func (l *Lock) resumeLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if l.apiDown() == nil {
-			l.resumeDrains()
+			l.resumeDrains(ctx)
 		}
 		select {
 		case <-ctx.Done():
