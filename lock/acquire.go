@@ -42,8 +42,19 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
 		}
 		a.contend(false)
 	}()
+	cached := true          // n is the cache's; every node read or written below is fresh
 	for conflicts := 0; ; { // conflicts in a row
 		if lockOf(n).State == StateRebooting {
+			if cached { // the cache may not show a release yet: read the node
+				fresh, err := a.lock.client.CoreV1().Nodes().Get(ctx, a.name, metav1.GetOptions{})
+				switch {
+				case err == nil:
+					n, cached = fresh, false
+					continue
+				case !apierrors.IsNotFound(err):
+					return apiError("get node", err)
+				} // gone: awaitDrain says so (node_gone)
+			}
 			a.contend(false)
 			return a.awaitDrain(ctx, n)
 		}
