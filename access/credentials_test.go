@@ -122,7 +122,7 @@ func TestParseCredentialsErrors(t *testing.T) {
 func TestVerifierCacheKey(t *testing.T) {
 	v := newVerifier(time.Minute, time.Now, DefaultMaxQueuedChecks)
 	h := []byte(hash(t, "pw"))
-	ok, err := v.verify(context.Background(), "alice", "pw", h)
+	ok, err := v.verify(t.Context(), "alice", "pw", h)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Len(t, v.ok, 1)
@@ -134,7 +134,7 @@ func TestVerifierCacheKey(t *testing.T) {
 	assert.NotEqual(t, v.cacheKey("alice", "pw", h), v.cacheKey("alic", "epw", h), "fields are length-prefixed")
 	assert.NotEqual(t, v.cacheKey("alice", "pw", h), newVerifier(time.Minute, time.Now, DefaultMaxQueuedChecks).cacheKey("alice", "pw", h), "a key per process")
 
-	ok, err = v.verify(context.Background(), "alice", "wrong", h)
+	ok, err = v.verify(t.Context(), "alice", "wrong", h)
 	require.NoError(t, err)
 	assert.False(t, ok)
 	assert.Len(t, v.ok, 1, "failures are not cached")
@@ -147,12 +147,12 @@ func TestVerifierBoundsConcurrency(t *testing.T) {
 	for range cap(v.sem) {
 		v.sem <- struct{}{}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_, err := v.verify(ctx, "alice", "pw", []byte(hash(t, "pw")))
 	assert.True(t, errors.Is(err, context.DeadlineExceeded), "%v", err)
 	<-v.sem
-	ok, err := v.verify(context.Background(), "alice", "pw", []byte(hash(t, "pw")))
+	ok, err := v.verify(t.Context(), "alice", "pw", []byte(hash(t, "pw")))
 	require.NoError(t, err)
 	assert.True(t, ok)
 }
@@ -183,7 +183,7 @@ func TestVerifierJoinsComparisonUnderWay(t *testing.T) {
 		return bcrypt.CompareHashAndPassword(hash, password)
 	}
 	h := []byte(hash(t, "pw"))
-	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leaderCtx, cancelLeader := context.WithCancel(t.Context())
 	leader := make(chan error, 1)
 	go func() {
 		_, err := v.verify(leaderCtx, "fleet", "pw", h)
@@ -193,14 +193,14 @@ func TestVerifierJoinsComparisonUnderWay(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
-			ok, err := v.verify(context.Background(), "fleet", "pw", h)
+			ok, err := v.verify(t.Context(), "fleet", "pw", h)
 			assert.NoError(t, err)
 			assert.True(t, ok)
 		})
 	}
 	time.Sleep(20 * time.Millisecond)
 	assert.Equal(t, 1, len(v.queue), "the waiting requests take no place in the queue")
-	_, err := v.verify(context.Background(), "other", "pw", h)
+	_, err := v.verify(t.Context(), "other", "pw", h)
 	assert.ErrorIs(t, err, fleetlock.ErrTooManyRequests, "the queue is full for other checks")
 
 	cancelLeader() // the comparing request ends; bcrypt itself cannot be stopped

@@ -456,8 +456,8 @@ func TestGuardWithoutPeer(t *testing.T) {
 	for _, opts := range []Options{{Credentials: cf}, {Nodes: nodes}} {
 		lk := &stubLock{nodes: nodes}
 		g := NewGuard(lk, opts)
-		assert.Error(t, g.PreReboot(context.Background(), p))
-		_, err := g.SteadyState(context.Background(), p)
+		assert.Error(t, g.PreReboot(t.Context(), p))
+		_, err := g.SteadyState(t.Context(), p)
 		assert.Error(t, err)
 		assert.Zero(t, lk.calls())
 	}
@@ -468,8 +468,8 @@ func TestGuardOff(t *testing.T) {
 	lk := &stubLock{nodes: stubNodes{idA: node("node-a")}, releasedOnSteady: true, preErr: fleetlock.ErrLockHeld}
 	g := NewGuard(lk, Options{})
 	p := fleetlock.ClientParams{ID: idA, Group: "g"}
-	assert.ErrorIs(t, g.PreReboot(context.Background(), p), fleetlock.ErrLockHeld)
-	released, err := g.SteadyState(context.Background(), p)
+	assert.ErrorIs(t, g.PreReboot(t.Context(), p), fleetlock.ErrLockHeld)
+	released, err := g.SteadyState(t.Context(), p)
 	assert.NoError(t, err)
 	assert.True(t, released)
 	assert.Equal(t, p, lk.lastPre)
@@ -486,7 +486,7 @@ func TestGuardCanceledWhileWaiting(t *testing.T) {
 	for range cap(g.verify.sem) {
 		g.verify.sem <- struct{}{}
 	}
-	ctx, cancel := context.WithCancel(fleetlock.ContextWithPeer(context.Background(),
+	ctx, cancel := context.WithCancel(fleetlock.ContextWithPeer(t.Context(),
 		fleetlock.Peer{RemoteAddr: "10.0.0.5:1", HasBasicAuth: true, Username: "a", Password: "a"}))
 	cancel()
 	err := g.PreReboot(ctx, fleetlock.ClientParams{ID: idA, Group: "workers"})

@@ -29,15 +29,15 @@ func TestDrainOfADeadKubeletsNode(t *testing.T) {
 	// The simulated kubelet of a failed node still finishes deletions; a finalizer
 	// keeps the pod object, as a real dead kubelet would.
 	const finalizer = "evict.test/dead-kubelet"
-	_, err := c.client.CoreV1().Pods(c.ns).Patch(context.Background(), pod.Name, types.MergePatchType,
+	_, err := c.client.CoreV1().Pods(c.ns).Patch(t.Context(), pod.Name, types.MergePatchType,
 		[]byte(`{"metadata":{"finalizers":["`+finalizer+`"]}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.Background(), pod.Name, types.MergePatchType,
+		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.WithoutCancel(t.Context()), pod.Name, types.MergePatchType,
 			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
 	c.cordon(node, true)
-	require.NoError(t, c.env.Kubelet.Fail(context.Background(), node))
+	require.NoError(t, c.env.Kubelet.Fail(t.Context(), node))
 	// The simulated kubelet posts Ready False as it fails; once a real kubelet's
 	// heartbeats stop, the node lifecycle controller marks the node Ready Unknown.
 	c.setReady(node, corev1.ConditionUnknown, "NodeStatusUnknown")
@@ -49,14 +49,14 @@ func TestDrainOfADeadKubeletsNode(t *testing.T) {
 	})
 	p := awaitDone(t, d, node, c.start(d, node), time.Minute)
 	require.True(t, p.Drained, "progress: %s", p)
-	left, err := c.client.CoreV1().Pods(c.ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	left, err := c.client.CoreV1().Pods(c.ns).Get(t.Context(), pod.Name, metav1.GetOptions{})
 	require.NoError(t, err, "the pod object stays: nobody finishes its deletion")
 	require.NotNil(t, left.DeletionTimestamp)
 	assert.GreaterOrEqual(t, time.Since(left.DeletionTimestamp.Time), 2*time.Second, "counted gone only past its grace period plus the timeout")
 	assert.Zero(t, counter.Count("delete pods"), "nothing deleted: the eviction was accepted")
-	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
-	rest, err := d.Remaining(context.Background(), n)
+	rest, err := d.Remaining(t.Context(), n)
 	require.NoError(t, err)
 	assert.Empty(t, rest, "what the drain counts gone, Remaining does too")
 	assert.True(t, d.Start(n).Drained, "not reopened")

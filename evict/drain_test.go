@@ -32,7 +32,7 @@ import (
 // Job pod, reports "drained" only once the evicted pods are gone, and deletes nothing.
 func TestDrainEvictsExactlyThePodsThatMustLeave(t *testing.T) {
 	c := newCluster(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	a := c.addNode("a", true)
 	b := c.addNode("b", false)
 	cn := c.addNode("c", false)
@@ -282,7 +282,7 @@ func TestDrainWaitsWhileBudgetRefuses(t *testing.T) {
 		}
 	}
 
-	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(t.Context(), "db", types.MergePatchType,
 		[]byte(`{"spec":{"minAvailable":1}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	p = awaitDone(t, d, node, p, time.Minute)
@@ -414,7 +414,7 @@ func TestReleaseGivesUpAndForgetStops(t *testing.T) {
 // Options.Self is evicted only once every other pod on the node is gone.
 func TestSelfIsEvictedLast(t *testing.T) {
 	c := newCluster(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	node := c.addNode("s", true)
 	spare := c.addNode("t", false)
 	c.deployment("app", 3, nil)
@@ -484,7 +484,7 @@ func TestSelfIsEvictedLast(t *testing.T) {
 // TestDrainEvictsPodsThatArriveDuringIt.)
 func TestDrainWaitsForPodObjects(t *testing.T) {
 	c := newCluster(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	node := c.addNode("r", true)
 	spare := c.addNode("q", true)
 	const finalizer = "evict.test/hold"
@@ -506,7 +506,7 @@ func TestDrainWaitsForPodObjects(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		for _, name := range []string{"held", "db-0"} {
-			_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.Background(), name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+			_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.WithoutCancel(t.Context()), name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 		}
 	})
 	create("held")
@@ -580,7 +580,7 @@ func TestStartBeforeRunAndAfterStop(t *testing.T) {
 	}
 	assert.Len(t, d.Drains(), 1)
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	ran := make(chan struct{})
 	go func() {
 		defer close(ran)
@@ -646,7 +646,7 @@ func TestReleasedDrainDoesNotChurn(t *testing.T) {
 	require.True(t, p.Failed, "progress: %s", p)
 	d.Forget(node) // the lock releases the node
 
-	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
 	before := counter.Count("create pods/eviction")
 	for range 3 { // Zincati asks again, and again
@@ -658,7 +658,7 @@ func TestReleasedDrainDoesNotChurn(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	assert.Equal(t, before, counter.Count("create pods/eviction"), "no eviction while nothing changed")
-	g, gaveUp, err := d.GaveUp(context.Background(), n)
+	g, gaveUp, err := d.GaveUp(t.Context(), n)
 	require.NoError(t, err)
 	assert.True(t, gaveUp)
 	assert.True(t, g.GaveUpBefore)
@@ -668,7 +668,7 @@ func TestReleasedDrainDoesNotChurn(t *testing.T) {
 	assert.Equal(t, budget, b.Object)
 
 	// The budget is relaxed: something changed, the node drains again.
-	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(t.Context(), "db", types.MergePatchType,
 		[]byte(`{"spec":{"minAvailable":0}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	c.waitFor(30*time.Second, "the change seen", func(ctx context.Context) (bool, error) {

@@ -21,7 +21,7 @@ import (
 // at once: the newcomer's budget was never asked.
 func TestForceEvictsANewcomerBeforeDeletingIt(t *testing.T) {
 	c := newCluster(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	node := c.addNode("force", true)
 	// An earlier process evicted "held"; its finalizer keeps it terminating, and
 	// the drain waiting, past Timeout.
@@ -30,7 +30,7 @@ func TestForceEvictsANewcomerBeforeDeletingIt(t *testing.T) {
 		[]byte(`{"metadata":{"finalizers":["evict.test/hold"]}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	release := func() {
-		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.Background(), held.Name, types.MergePatchType,
+		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.WithoutCancel(t.Context()), held.Name, types.MergePatchType,
 			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	}
 	t.Cleanup(release)

@@ -95,7 +95,7 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 	assert.Positive(t, metrics[`rebootmanager_drain_blocked_since_timestamp_seconds{node="`+node+`",reason="PodsReturning"}`])
 
 	// Once the workload goes elsewhere, the drain ends.
-	require.NoError(t, c.client.AppsV1().Deployments(c.ns).Delete(context.Background(), "web", metav1.DeleteOptions{}))
+	require.NoError(t, c.client.AppsV1().Deployments(c.ns).Delete(t.Context(), "web", metav1.DeleteOptions{}))
 	p = awaitDone(t, d, node, p, time.Minute)
 	require.True(t, p.Drained, "progress: %s", p)
 	assert.Empty(t, c.nodePods(node))
@@ -114,7 +114,7 @@ func TestDrainEvictsPodsThatArriveDuringIt(t *testing.T) {
 	})
 	late := c.bareOn(node, "late", tolerateAll)
 	c.waitRunning(node, "late", 1)
-	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+	_, err := c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(t.Context(), "db", types.MergePatchType,
 		[]byte(`{"spec":{"minAvailable":0}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	p = awaitDone(t, d, node, p, time.Minute)
@@ -132,14 +132,14 @@ func TestRemainingReopensADrainedDrain(t *testing.T) {
 	d := c.drainer(c.client, evict.Options{BackoffBase: 100 * time.Millisecond})
 	p := awaitDone(t, d, node, c.start(d, node), 30*time.Second)
 	require.True(t, p.Drained, "an empty node: %s", p)
-	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
-	left, err := d.Remaining(context.Background(), n)
+	left, err := d.Remaining(t.Context(), n)
 	require.NoError(t, err)
 	assert.Empty(t, left)
 
 	late := c.bareOn(node, "late", tolerateAll)
-	left, err = d.Remaining(context.Background(), n)
+	left, err = d.Remaining(t.Context(), n)
 	require.NoError(t, err)
 	assert.Equal(t, []types.NamespacedName{{Namespace: c.ns, Name: "late"}}, left)
 	again := d.Start(n)
@@ -148,7 +148,7 @@ func TestRemainingReopensADrainedDrain(t *testing.T) {
 	again = awaitDone(t, d, node, again, 30*time.Second)
 	require.True(t, again.Drained, "progress: %s", again)
 	assert.NotContains(t, uids(c.nodePods(node)), late.UID)
-	left, err = d.Remaining(context.Background(), n)
+	left, err = d.Remaining(t.Context(), n)
 	require.NoError(t, err)
 	assert.Empty(t, left)
 }
@@ -161,7 +161,7 @@ func TestDrainStopsWhenItsNodeIsDeleted(t *testing.T) {
 	node, pods, budget := blockedWorkload(c, 1)
 	cfg, counter := c.env.CountingConfig()
 	d := c.drainer(kubernetes.NewForConfigOrDie(cfg), evict.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 300 * time.Millisecond})
-	old, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	old, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
 	p := d.Start(old)
 	assert.Equal(t, old.UID, p.NodeUID)
@@ -170,7 +170,7 @@ func TestDrainStopsWhenItsNodeIsDeleted(t *testing.T) {
 		return slices.Contains(p.BlockedBy, budget), nil
 	})
 
-	require.NoError(t, c.client.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}))
+	require.NoError(t, c.client.CoreV1().Nodes().Delete(t.Context(), node, metav1.DeleteOptions{}))
 	p = awaitDone(t, d, node, p, 30*time.Second)
 	assert.Equal(t, evict.PhaseNodeGone, p.Phase, "progress: %s", p)
 	assert.Equal(t, old.UID, p.NodeUID)
@@ -178,7 +178,7 @@ func TestDrainStopsWhenItsNodeIsDeleted(t *testing.T) {
 	assert.False(t, p.Failed)
 	stopped := counter.Count("create pods/eviction")
 	// Let the budget allow the eviction: a drain still running would evict now.
-	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(context.Background(), "db", types.MergePatchType,
+	_, err = c.client.PolicyV1().PodDisruptionBudgets(c.ns).Patch(t.Context(), "db", types.MergePatchType,
 		[]byte(`{"spec":{"minAvailable":0}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	time.Sleep(2 * time.Second)
@@ -192,7 +192,7 @@ func TestDrainStopsWhenItsNodeIsDeleted(t *testing.T) {
 	fresh := c.addNode("x", true)
 	require.Equal(t, node, fresh)
 	c.cordon(node, true)
-	n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	n, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	require.NoError(t, err)
 	require.NotEqual(t, old.UID, n.UID)
 	p = d.Start(n)

@@ -49,15 +49,15 @@ func TestTerminatingPodOfALiveNotReadyKubeletIsWaitedFor(t *testing.T) {
 	c.bareOn(node, "app", nil)
 	pod := c.waitRunning(node, "app", 1)[0]
 	const finalizer = "evict.test/slow-kubelet"
-	_, err := c.client.CoreV1().Pods(c.ns).Patch(context.Background(), pod.Name, types.MergePatchType,
+	_, err := c.client.CoreV1().Pods(c.ns).Patch(t.Context(), pod.Name, types.MergePatchType,
 		[]byte(`{"metadata":{"finalizers":["`+finalizer+`"]}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.Background(), pod.Name, types.MergePatchType,
+		_, _ = c.client.CoreV1().Pods(c.ns).Patch(context.WithoutCancel(t.Context()), pod.Name, types.MergePatchType,
 			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
 	c.cordon(node, true)
-	require.NoError(t, c.client.CoreV1().Pods(c.ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{}))
+	require.NoError(t, c.client.CoreV1().Pods(c.ns).Delete(t.Context(), pod.Name, metav1.DeleteOptions{}))
 	c.setReady(node, corev1.ConditionFalse, "KubeletNotReady")
 
 	d := evict.New(c.client, evict.Options{
@@ -65,9 +65,9 @@ func TestTerminatingPodOfALiveNotReadyKubeletIsWaitedFor(t *testing.T) {
 		Clock:                    clocktesting.NewFakeClock(time.Now().Add(time.Hour)),
 	})
 	remaining := func() []types.NamespacedName {
-		n, err := c.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+		n, err := c.client.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 		require.NoError(t, err)
-		left, err := d.Remaining(context.Background(), n)
+		left, err := d.Remaining(t.Context(), n)
 		require.NoError(t, err)
 		return left
 	}

@@ -23,12 +23,14 @@ import (
 // and the UID precondition turns an eviction of a same-named pod into a 409.
 func TestRealRefusalsNameTheBudget(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	node := "evict-refusal-" + simkubelet.RandomID()[:8]
 	_, err := env.Kubelet.AddNode(ctx, node, simkubelet.NodeOptions{})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), node, metav1.DeleteOptions{})
+	})
 
 	newPod := func(name string, labels map[string]string) *corev1.Pod {
 		pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{

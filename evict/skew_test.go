@@ -23,12 +23,14 @@ import (
 // period plus the timeout from when the drain saw it terminating.
 func TestSkipWaitIsMeasuredOnTheDrainsClock(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	name := "evict-skew-" + simkubelet.RandomID()[:8]
 	node, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{Unschedulable: true})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	grace := int64(30)
 	pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "app", Finalizers: []string{"evict.test/keep"}},
@@ -37,7 +39,7 @@ func TestSkipWaitIsMeasuredOnTheDrainsClock(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = env.Client.CoreV1().Pods(ns).Patch(context.Background(), pod.Name, "application/merge-patch+json",
+		_, _ = env.Client.CoreV1().Pods(ns).Patch(context.WithoutCancel(t.Context()), pod.Name, "application/merge-patch+json",
 			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
 	silent := node.DeepCopy() // the node lifecycle controller's verdict

@@ -81,7 +81,7 @@ func TestDrainWaitsForVolumesToDetach(t *testing.T) {
 	c.waitEvents(node, evict.ReasonDrainBlocked)
 
 	// The attach-detach controller detaches and deletes it: drained.
-	require.NoError(t, c.client.StorageV1().VolumeAttachments().Delete(context.Background(), va, metav1.DeleteOptions{}))
+	require.NoError(t, c.client.StorageV1().VolumeAttachments().Delete(t.Context(), va, metav1.DeleteOptions{}))
 	p = awaitDone(t, d, node, p, 30*time.Second)
 	require.True(t, p.Drained, "progress: %s", p)
 	assert.Empty(t, p.VolumesAttached)
@@ -98,21 +98,21 @@ func TestVolumesPastTimeoutUnderRelease(t *testing.T) {
 	c.attachVolume(node, "va-"+c.id)
 	c.attachVolume(other, "va-other-"+c.id)
 	c.attachVolume(node, "va-off-"+c.id)
-	va, err := c.client.StorageV1().VolumeAttachments().Get(context.Background(), "va-off-"+c.id, metav1.GetOptions{})
+	va, err := c.client.StorageV1().VolumeAttachments().Get(t.Context(), "va-off-"+c.id, metav1.GetOptions{})
 	require.NoError(t, err)
 	va.Status.Attached = false
-	_, err = c.client.StorageV1().VolumeAttachments().UpdateStatus(context.Background(), va, metav1.UpdateOptions{})
+	_, err = c.client.StorageV1().VolumeAttachments().UpdateStatus(t.Context(), va, metav1.UpdateOptions{})
 	require.NoError(t, err)
 	detaching := "va-detaching-" + c.id
 	c.attachVolume(node, detaching)
-	_, err = c.client.StorageV1().VolumeAttachments().Patch(context.Background(), detaching, types.MergePatchType,
+	_, err = c.client.StorageV1().VolumeAttachments().Patch(t.Context(), detaching, types.MergePatchType,
 		[]byte(`{"metadata":{"finalizers":["external-attacher/csi-example-com"]}}`), metav1.PatchOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = c.client.StorageV1().VolumeAttachments().Patch(context.Background(), detaching, types.MergePatchType,
+		_, _ = c.client.StorageV1().VolumeAttachments().Patch(context.WithoutCancel(t.Context()), detaching, types.MergePatchType,
 			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 	})
-	require.NoError(t, c.client.StorageV1().VolumeAttachments().Delete(context.Background(), detaching, metav1.DeleteOptions{}))
+	require.NoError(t, c.client.StorageV1().VolumeAttachments().Delete(t.Context(), detaching, metav1.DeleteOptions{}))
 
 	d := c.drainer(c.client, evict.Options{FailurePolicy: evict.Release, BackoffBase: 100 * time.Millisecond, VolumeDetachTimeout: time.Second})
 	p := awaitDone(t, d, node, c.start(d, node), 30*time.Second)

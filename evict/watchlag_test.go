@@ -21,12 +21,14 @@ import (
 // "0 pods left" and no Block, whatever the failure policy.
 func TestNewcomerNotYetWatchedIsEvicted(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	name := "evict-lag-" + simkubelet.RandomID()[:8]
 	node, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{Unschedulable: true})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "newcomer"},
 		Spec:       corev1.PodSpec{NodeName: name, Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},

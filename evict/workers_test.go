@@ -23,12 +23,14 @@ import (
 // (on shutdown) and a resumed drain (waiting for its predecessor) hung for ever.
 func TestDrainEndsWithMoreResultsThanItsChannelHolds(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	name := "evict-workers-" + simkubelet.RandomID()[:8]
 	node, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{Unschedulable: true})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	store := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	for _, p := range []string{"a", "b"} {
 		pod, err := env.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{

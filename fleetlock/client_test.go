@@ -58,7 +58,7 @@ func captureOne(t *testing.T) (addr string, raw <-chan string) {
 func TestClientWire(t *testing.T) {
 	addr, raw := captureOne(t)
 	c := &Client{BaseURL: "http://" + addr + "/base/"}
-	resp, err := c.PreReboot(context.Background(), ClientParams{ID: testID, Group: "default"})
+	resp, err := c.PreReboot(t.Context(), ClientParams{ID: testID, Group: "default"})
 	require.NoError(t, err)
 	assert.Equal(t, Response{200, Reply{KindLockGranted, "ok"}}, resp)
 	want := "POST /base/v1/pre-reboot HTTP/1.1\r\n" +
@@ -75,7 +75,7 @@ func TestClientWire(t *testing.T) {
 func TestClientWireBasicAuth(t *testing.T) {
 	addr, raw := captureOne(t)
 	c := &Client{BaseURL: "http://zincati:p%40ss@" + addr + "/"}
-	_, err := c.PreReboot(context.Background(), ClientParams{ID: testID, Group: "default"})
+	_, err := c.PreReboot(t.Context(), ClientParams{ID: testID, Group: "default"})
 	require.NoError(t, err)
 	want := "POST /v1/pre-reboot HTTP/1.1\r\n" +
 		"Host: " + addr + "\r\n" +
@@ -98,7 +98,7 @@ func TestClientHeaders(t *testing.T) {
 		_, _ = io.WriteString(w, `{"kind":"lock_held","value":"node b"}`)
 	}))
 	defer srv.Close()
-	resp, err := (&Client{BaseURL: srv.URL}).SteadyState(context.Background(), ClientParams{ID: "a<&>b", Group: "g"})
+	resp, err := (&Client{BaseURL: srv.URL}).SteadyState(t.Context(), ClientParams{ID: "a<&>b", Group: "g"})
 	require.NoError(t, err)
 	assert.Equal(t, Response{409, Reply{KindLockHeld, "node b"}}, resp)
 	assert.False(t, resp.OK())
@@ -160,7 +160,7 @@ func TestClientBasicAuth(t *testing.T) {
 		{"http://@" + host + "/", seen{"", "", false, 0, "/v1/pre-reboot"}},
 		{"http://" + host + "/", seen{"", "", false, 0, "/v1/pre-reboot"}},
 	} {
-		resp, err := (&Client{BaseURL: tt.base}).PreReboot(context.Background(), ClientParams{"a", "g"})
+		resp, err := (&Client{BaseURL: tt.base}).PreReboot(t.Context(), ClientParams{"a", "g"})
 		require.NoError(t, err, tt.base)
 		assert.True(t, resp.OK(), tt.base)
 		assert.Equal(t, tt.want, <-got, tt.base)
@@ -170,7 +170,7 @@ func TestClientBasicAuth(t *testing.T) {
 	var peer Peer
 	h := httptest.NewServer(NewHandler(peerLocker{&peer}, Options{}))
 	defer h.Close()
-	resp, err := (&Client{BaseURL: "http://zincati:s3cret@" + strings.TrimPrefix(h.URL, "http://") + "/"}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	resp, err := (&Client{BaseURL: "http://zincati:s3cret@" + strings.TrimPrefix(h.URL, "http://") + "/"}).PreReboot(t.Context(), ClientParams{"a", "g"})
 	require.NoError(t, err)
 	assert.True(t, resp.OK())
 	assert.True(t, peer.HasBasicAuth)
@@ -178,7 +178,7 @@ func TestClientBasicAuth(t *testing.T) {
 	assert.Equal(t, "s3cret", peer.Password)
 
 	// A connection error names the URL without the password.
-	_, err = (&Client{BaseURL: "http://zincati:s3cret@127.0.0.1:1/"}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	_, err = (&Client{BaseURL: "http://zincati:s3cret@127.0.0.1:1/"}).PreReboot(t.Context(), ClientParams{"a", "g"})
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "s3cret")
 	assert.Contains(t, err.Error(), "127.0.0.1:1")
@@ -214,7 +214,7 @@ func TestClientResponses(t *testing.T) {
 			w.WriteHeader(tt.status)
 			_, _ = io.WriteString(w, tt.body)
 		}))
-		resp, err := (&Client{BaseURL: srv.URL, HTTPClient: srv.Client()}).PreReboot(context.Background(), ClientParams{"a", "g"})
+		resp, err := (&Client{BaseURL: srv.URL, HTTPClient: srv.Client()}).PreReboot(t.Context(), ClientParams{"a", "g"})
 		srv.Close()
 		require.NoError(t, err)
 		assert.Equal(t, Response{tt.status, tt.want}, resp)
@@ -223,13 +223,13 @@ func TestClientResponses(t *testing.T) {
 }
 
 func TestClientErrors(t *testing.T) {
-	_, err := (&Client{BaseURL: "not a url"}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	_, err := (&Client{BaseURL: "not a url"}).PreReboot(t.Context(), ClientParams{"a", "g"})
 	assert.ErrorContains(t, err, "base URL")
 	srv := httptest.NewServer(http.NotFoundHandler())
 	srv.Close()
-	_, err = (&Client{BaseURL: srv.URL}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	_, err = (&Client{BaseURL: srv.URL}).PreReboot(t.Context(), ClientParams{"a", "g"})
 	assert.ErrorContains(t, err, "POST "+srv.URL+"/v1/pre-reboot")
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	_, err = (&Client{BaseURL: "http://127.0.0.1:1/"}).SteadyState(ctx, ClientParams{"a", "g"})
 	assert.ErrorIs(t, err, context.Canceled)
@@ -241,7 +241,7 @@ func TestClientAgainstHandler(t *testing.T) {
 	srv := httptest.NewServer(NewHandler(l, Options{PathPrefix: "/fleetlock"}))
 	defer srv.Close()
 	p := ClientParams{ID: testID, Group: "default"}
-	ctx := context.Background()
+	ctx := t.Context()
 
 	resp, err := (&Client{BaseURL: srv.URL + "/fleetlock/"}).PreReboot(ctx, p)
 	require.NoError(t, err)

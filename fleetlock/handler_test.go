@@ -269,7 +269,7 @@ func (ctxLocker) SteadyState(ctx context.Context, _ ClientParams) (bool, error) 
 }
 
 func TestHandlerContextErrors(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Millisecond)
 	defer cancel()
 	r := httptest.NewRequestWithContext(ctx, "POST", "/v1/pre-reboot", strings.NewReader(validBody))
 	r.Header = validHeader.Clone()
@@ -377,14 +377,14 @@ func TestHandlerPeer(t *testing.T) {
 	}
 	srv := httptest.NewTLSServer(h)
 	defer srv.Close()
-	resp, err := (&Client{BaseURL: srv.URL, HTTPClient: srv.Client()}).PreReboot(context.Background(), ClientParams{"a", "g"})
+	resp, err := (&Client{BaseURL: srv.URL, HTTPClient: srv.Client()}).PreReboot(t.Context(), ClientParams{"a", "g"})
 	require.NoError(t, err)
 	assert.True(t, resp.OK())
 	assert.True(t, peer.TLS)
 
-	_, ok := PeerFrom(context.Background())
+	_, ok := PeerFrom(t.Context())
 	assert.False(t, ok, "no Peer outside the handler")
-	got, ok := PeerFrom(ContextWithPeer(context.Background(), Peer{Username: "u"}))
+	got, ok := PeerFrom(ContextWithPeer(t.Context(), Peer{Username: "u"}))
 	assert.True(t, ok)
 	assert.Equal(t, "u", got.Username)
 }

@@ -74,7 +74,7 @@ func TestShareOneCallPerRequest(t *testing.T) {
 	lk := newGateLocker()
 	lk.err = ErrDrainInProgress
 	h := NewHandler(lk, Options{})
-	ctx := context.Background()
+	ctx := t.Context()
 	var recs []<-chan *httptest.ResponseRecorder
 	for i := range 10 {
 		recs = append(recs, send(h, ctx, "/v1/pre-reboot", validBody, func(r *http.Request) {
@@ -105,10 +105,10 @@ func TestShareOneCallPerRequest(t *testing.T) {
 func TestShareOutlivesOneRequest(t *testing.T) {
 	lk := newGateLocker()
 	h := NewHandler(lk, Options{})
-	ctx1, cancel1 := context.WithCancel(context.Background())
+	ctx1, cancel1 := context.WithCancel(t.Context())
 	first := send(h, ctx1, "/v1/pre-reboot", validBody, nil)
 	require.Eventually(t, func() bool { return lk.running.Load() == 1 }, 5*time.Second, time.Millisecond)
-	second := send(h, context.Background(), "/v1/pre-reboot", validBody, nil)
+	second := send(h, t.Context(), "/v1/pre-reboot", validBody, nil)
 	time.Sleep(20 * time.Millisecond)
 	cancel1()
 	assertReply(t, <-first, 503, KindAPIUnavailable)
@@ -126,7 +126,7 @@ func TestShareOutlivesOneRequest(t *testing.T) {
 	var cancels []context.CancelFunc
 	var recs []<-chan *httptest.ResponseRecorder
 	for range 3 {
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(t.Context())
 		cancels = append(cancels, cancel)
 		recs = append(recs, send(h, ctx, "/v1/steady-state", validBody, nil))
 	}
@@ -149,7 +149,7 @@ func TestShareOutlivesOneRequest(t *testing.T) {
 func TestShareBounds(t *testing.T) {
 	lk := newGateLocker()
 	h := NewHandler(lk, Options{MaxRequestsPerNode: 3, MaxRequestsPerConnection: 2})
-	ctx := context.Background()
+	ctx := t.Context()
 	var held []<-chan *httptest.ResponseRecorder
 	for i := range 3 {
 		held = append(held, send(h, ctx, "/v1/pre-reboot", validBody, func(r *http.Request) {
@@ -190,8 +190,8 @@ func TestSharePanic(t *testing.T) {
 		return nil
 	}}
 	h := NewHandler(lk, Options{})
-	a := send(h, context.Background(), "/v1/pre-reboot", validBody, nil)
-	b := send(h, context.Background(), "/v1/pre-reboot", validBody, nil)
+	a := send(h, t.Context(), "/v1/pre-reboot", validBody, nil)
+	b := send(h, t.Context(), "/v1/pre-reboot", validBody, nil)
 	time.Sleep(20 * time.Millisecond)
 	close(release)
 	assertReply(t, <-a, 500, KindInternalError)

@@ -30,14 +30,16 @@ func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 // as many (the old handler: thousands, and most answered api_unavailable).
 func TestDuplicateRequestsShareWork(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	prefix := fmt.Sprintf("dup%d", time.Now().UnixNano()%1e9)
 	ids := map[string]string{}
 	for _, name := range []string{prefix + "-a", prefix + "-b"} {
 		mid := simkubelet.RandomID()
 		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: mid})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
 		ids[name], err = fleetlock.ZincatiID(mid)
 		require.NoError(t, err)
 	}

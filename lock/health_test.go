@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +29,7 @@ func awaitCachedReady(t *testing.T, l *Lock, node string, ready bool) {
 // Releases count whether the boot ID changed.
 func TestReleaseWaitsUntilReady(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "health", 2, simkubelet.NodeOptions{})
 	l := startLock(t, env.Client, Options{Wait: 2 * time.Second, Policy: testPolicy{}})
 	awaitCached(t, l, f)
@@ -102,7 +101,7 @@ rebootmanager_releases_total{group="default",rebooted="true"} 1
 // after StaleHolderAfter; one that has not rebooted is left alone.
 func TestStaleHolderReleased(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "stale-holder", 2, simkubelet.NodeOptions{})
 	l := startLock(t, env.Client, Options{Wait: time.Second, Policy: testPolicy{slots: 2, staleAfter: 3 * time.Second}})
 	awaitCached(t, l, f)

@@ -43,7 +43,7 @@ func newFleet(t *testing.T, env *controlplane.Env, prefix string, n int, opts si
 		name := fmt.Sprintf("%s-%02d", prefix, i)
 		o := opts
 		o.MachineID = simkubelet.RandomID()
-		_, err := env.Kubelet.AddNode(context.Background(), name, o)
+		_, err := env.Kubelet.AddNode(t.Context(), name, o)
 		require.NoError(t, err)
 		id, err := fleetlock.ZincatiID(o.MachineID)
 		require.NoError(t, err)
@@ -52,7 +52,7 @@ func newFleet(t *testing.T, env *controlplane.Env, prefix string, n int, opts si
 	}
 	t.Cleanup(func() {
 		for _, name := range f.names {
-			_ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{})
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
 		}
 	})
 	return f
@@ -66,7 +66,7 @@ func startLock(t *testing.T, client kubernetes.Interface, opts Options) *Lock {
 	t.Helper()
 	l, err := New(client, &locktest.Drained{}, opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	require.NoError(t, l.Start(ctx))
 	return l
@@ -96,7 +96,7 @@ func awaitNoHolders(t *testing.T, l *Lock, group string) {
 
 func nodeLockState(t *testing.T, client kubernetes.Interface, name string) (nodeLock, bool) {
 	t.Helper()
-	n, err := client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+	n, err := client.CoreV1().Nodes().Get(t.Context(), name, metav1.GetOptions{})
 	require.NoError(t, err)
 	return lockOf(n), n.Spec.Unschedulable
 }
@@ -115,7 +115,7 @@ func watchHolders(t *testing.T, client kubernetes.Interface, f fleet) *holdersWa
 	for _, n := range f.names {
 		ours[n] = true
 	}
-	w, err := client.CoreV1().Nodes().Watch(context.Background(), metav1.ListOptions{})
+	w, err := client.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{})
 	require.NoError(t, err)
 	t.Cleanup(w.Stop)
 	h := &holdersWatcher{holding: map[string]bool{}}

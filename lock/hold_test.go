@@ -19,7 +19,7 @@ func startLockWith(t *testing.T, client kubernetes.Interface, drainer Drainer, o
 	t.Helper()
 	l, err := New(client, drainer, opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	require.NoError(t, l.Start(ctx))
 	return l
@@ -92,7 +92,7 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 // node's steady-state releases it.
 func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "hold-slot", 2, simkubelet.NodeOptions{})
 	l := startLock(t, env.Client, Options{Wait: 30 * time.Second})
 	awaitCached(t, l, f)
@@ -133,7 +133,7 @@ func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
 // the wait) or for a later claimant to withdraw (its claim withdrawn on the way out).
 func TestHeldRequestTimesOutWithoutClaim(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	assertNoClaim := func(t *testing.T, name string) {
 		t.Helper()
 		n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
@@ -193,7 +193,7 @@ func TestHeldRequestTimesOutWithoutClaim(t *testing.T) {
 // withdrawal for every waiter.
 func TestHandoverWakesOnlyTheFirstWaiter(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	const waiters = 8
 	f := newFleet(t, env, "hold-herd", waiters+1, simkubelet.NodeOptions{})
 	cfg, counter := env.CountingConfig()

@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ import (
 // Our cordon is undone on release; an operator's cordon survives a full cycle.
 func TestCordonOnlyWhatWeCordoned(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ours := newFleet(t, env, "cordon-ours", 1, simkubelet.NodeOptions{})
 	operators := newFleet(t, env, "cordon-operator", 1, simkubelet.NodeOptions{Unschedulable: true})
 	l := startLock(t, env.Client, Options{Wait: time.Second})
@@ -53,7 +52,7 @@ func TestCordonOnlyWhatWeCordoned(t *testing.T) {
 // told to reboot); steady-state of a node that holds nothing costs no API request.
 func TestRepeatedCallsAreNoOps(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "noop", 2, simkubelet.NodeOptions{})
 	cfg, counter := env.CountingConfig()
 	l := startLock(t, kubernetes.NewForConfigOrDie(cfg), Options{Wait: time.Second})
@@ -101,7 +100,7 @@ func TestRepeatedCallsAreNoOps(t *testing.T) {
 // and does not block a grant.
 func TestStaleClaimRemoved(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "stale", 2, simkubelet.NodeOptions{})
 	crashed, asker := f.names[0], f.names[1] // the stale claim comes first alphabetically
 	n, err := env.Client.CoreV1().Nodes().Get(ctx, crashed, metav1.GetOptions{})
@@ -123,7 +122,7 @@ func TestStaleClaimRemoved(t *testing.T) {
 // A fresh claim by an earlier name is respected: the later node is refused.
 func TestLiveEarlierClaimBlocks(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "liveclaim", 2, simkubelet.NodeOptions{})
 	claimer, asker := f.names[0], f.names[1]
 	n, err := env.Client.CoreV1().Nodes().Get(ctx, claimer, metav1.GetOptions{})
@@ -146,7 +145,7 @@ func TestLiveEarlierClaimBlocks(t *testing.T) {
 // A holder whose Node is deleted frees its slot.
 func TestDeletedHolderFreesSlot(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "deleted", 2, simkubelet.NodeOptions{})
 	gone, next := f.names[0], f.names[1]
 	l := startLock(t, env.Client, Options{Wait: 200 * time.Millisecond})
@@ -165,7 +164,7 @@ func TestDeletedHolderFreesSlot(t *testing.T) {
 // promotion is conditioned on the claim and fails with a conflict.
 func TestRemovedClaimNeverPromoted(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "removed", 1, simkubelet.NodeOptions{})
 	name := f.names[0]
 	l := startLock(t, env.Client, Options{Wait: time.Second})
@@ -195,7 +194,7 @@ func TestRemovedClaimNeverPromoted(t *testing.T) {
 // IDs that match no node are refused; IDs that match two nodes are never granted.
 func TestUnknownAndAmbiguousIDs(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	machineID := simkubelet.RandomID()
 	f := newFleet(t, env, "twin", 2, simkubelet.NodeOptions{})
 	for _, name := range f.names {
@@ -230,7 +229,7 @@ func TestUnknownAndAmbiguousIDs(t *testing.T) {
 // A node annotated with an explicit Zincati ID (identity.node_uuid) is found by it.
 func TestZincatiIDOverride(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	const override = "5ee7c0de5ee7c0de5ee7c0de5ee7c0de"
 	f := newFleet(t, env, "override", 1, simkubelet.NodeOptions{Annotations: map[string]string{AnnotationZincatiID: override}})
 	l := startLock(t, env.Client, Options{Wait: time.Second})

@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -40,7 +39,7 @@ func TestContention(t *testing.T) {
 			for _, l := range replicas {
 				awaitCached(t, l, f)
 			}
-			ctx := context.Background()
+			ctx := t.Context()
 			totalGranted := 0
 			for round := range rounds {
 				var mu sync.Mutex
@@ -113,7 +112,7 @@ func TestContention(t *testing.T) {
 // wait, and once the later one holds, be refused.
 func TestLaterClaimantCheckingFirst(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "interleave", 2, simkubelet.NodeOptions{})
 	early, late := f.names[0], f.names[1]
 	watcher := watchHolders(t, env.Client, f)

@@ -21,7 +21,7 @@ import (
 // undone; their own annotations and an uncordon survive our later writes.
 func TestOperatorWritesMidDrain(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f := newFleet(t, env, "operator", 2, simkubelet.NodeOptions{})
 	released, annotated := f.names[0], f.names[1]
 	drainer := &locktest.Endless{}
@@ -67,6 +67,6 @@ func TestOperatorWritesMidDrain(t *testing.T) {
 
 func patch(t *testing.T, env *controlplane.Env, node, body string) {
 	t.Helper()
-	_, err := env.Client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(body), metav1.PatchOptions{})
+	_, err := env.Client.CoreV1().Nodes().Patch(t.Context(), node, types.MergePatchType, []byte(body), metav1.PatchOptions{})
 	require.NoError(t, err)
 }

@@ -63,7 +63,7 @@ func (r *receiver) url() string { return "generic+" + r.URL + "/hook" }
 // post posts an Event about node as reboot-manager's recorder would.
 func post(t *testing.T, env *controlplane.Env, instance, node, reason, note string) {
 	t.Helper()
-	_, err := env.Client.EventsV1().Events(metav1.NamespaceDefault).Create(context.Background(), &eventsv1.Event{
+	_, err := env.Client.EventsV1().Events(metav1.NamespaceDefault).Create(t.Context(), &eventsv1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: node + "-"},
 		EventTime:  metav1.NowMicro(), Type: corev1.EventTypeNormal, Reason: reason, Note: note, Action: "Drain",
 		ReportingController: notify.Controller, ReportingInstance: instance,
@@ -76,7 +76,7 @@ func start(t *testing.T, o notify.Options) *notify.Notifier {
 	t.Helper()
 	n, err := notify.New(o)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- n.Start(ctx) }()
 	t.Cleanup(func() {
@@ -110,8 +110,8 @@ func TestEventsNotified(t *testing.T) {
 	post(t, env, me, "node-d", "ReplacementFailed", "TerminateInstanceInAutoScalingGroup: AccessDenied")
 	hooks := n.Hooks(nil)
 	g := lock.Grant{Node: "node-a", Group: "workers", Promoted: time.Now()}
-	require.NoError(t, hooks.ToldToReboot(context.Background(), &corev1.Node{}, g, time.Now()))
-	hooks.Released(context.Background(), g)
+	require.NoError(t, hooks.ToldToReboot(t.Context(), &corev1.Node{}, g, time.Now()))
+	hooks.Released(t.Context(), g)
 
 	want := []string{
 		"Draining node node-a for its reboot: evicting 3 pods",

@@ -84,7 +84,7 @@ func startPolicy(t *testing.T, config string, client kubernetes.Interface) (*pol
 	logs := &syncBuffer{}
 	p := policy.New(policy.Options{Config: func() *policy.Config { return c }, Client: client,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	require.NoError(t, p.Start(ctx))
 	return p, logs
@@ -351,7 +351,7 @@ func TestSlowPodsCheckUnblocks(t *testing.T) {
 func TestPodsCheckForbidden(t *testing.T) {
 	env := controlplane.Shared(t)
 	ns := env.Namespace(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	_, err := env.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "viewer"}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	client, _ := env.ServiceAccountClient(t, ns, "viewer")

@@ -73,7 +73,7 @@ type rigOptions struct {
 func newRig(t *testing.T, o rigOptions) *rig {
 	t.Helper()
 	env := controlplane.Shared(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	r := &rig{t: t, env: env, ns: env.Namespace(t), ids: map[string]string{}}
 	r.setConfig(o.config)
@@ -87,7 +87,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		require.NoError(t, err)
 		r.nodes = append(r.nodes, name)
 		r.ids[name] = id
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
 	}
 	r.policy = policy.New(policy.Options{Config: r.config.Load, Client: env.Client, Namespace: r.ns, Now: o.now})
 	require.NoError(t, r.policy.Start(ctx))
@@ -171,7 +173,7 @@ func (r *rig) assertRefusals(want map[string]int) {
 // node alone. Each refusal reason posts one Event and counts in the metric.
 func TestPauseAndNodeHold(t *testing.T) {
 	r := newRig(t, rigOptions{nodes: 3})
-	ctx := context.Background()
+	ctx := t.Context()
 	a, b, c := r.nodes[0], r.nodes[1], r.nodes[2]
 	require.NoError(t, r.preReboot(a), "granted before the pause")
 
@@ -353,7 +355,7 @@ blockers:
     - {selector: "app=backup"}
     - {selector: "app=fsck", scope: node}
 `})
-	ctx := context.Background()
+	ctx := t.Context()
 	a, b := r.nodes[0], r.nodes[1]
 	pods := r.env.Client.CoreV1().Pods(r.ns)
 	pod := func(name, app, node string) {
@@ -407,7 +409,7 @@ blockers:
 // With notReadyNodes, a group with a member down (not a holder) gets no new grant.
 func TestGroupNotReadyBlocker(t *testing.T) {
 	r := newRig(t, rigOptions{nodes: 2, config: "blockers: {notReadyNodes: true}"})
-	ctx := context.Background()
+	ctx := t.Context()
 	a, b := r.nodes[0], r.nodes[1]
 	// a becomes a member of the group with a first reboot, then goes down unexpectedly.
 	require.NoError(t, r.preReboot(a))

@@ -101,7 +101,7 @@ func TestNotReadyFromAnotherClockNotReplaced(t *testing.T) {
 // into the reboot; the node came back and its instance was gone.
 func TestTruncatedTransitionNotReplaced(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	r.addNode(node, asg)
 	rep := r.replacer("replica")
@@ -139,7 +139,7 @@ func (o *outage) RoundTrip(req *http.Request) (*http.Response, error) {
 // at once; it must wait.
 func TestAPIServerOutageNotReplaced(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	r.addNode(node, asg)
 	down := &outage{}
@@ -189,7 +189,7 @@ func (r *rig) claimAsDeadReplica(node string, instance string) {
 // terminated its instance, which is InService, and deleted its Node.
 func TestClaimedReplacementOfNodeThatCameBack(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -215,7 +215,7 @@ func TestNodeReturnsDuringCloudCalls(t *testing.T) {
 	for _, during := range []int32{1, 2} {
 		t.Run(fmt.Sprintf("call-%d", during), func(t *testing.T) {
 			r := newRig(t, time.Second, "")
-			ctx := context.Background()
+			ctx := t.Context()
 			node := r.prefix + "-a"
 			id := r.addNode(node, asg)
 			require.NoError(t, r.grant(node))
@@ -239,7 +239,7 @@ func TestNodeReturnsDuringCloudCalls(t *testing.T) {
 // instance stayed InService with no Node.
 func TestNewNodeWithTheOldName(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	r.addNode(node, asg)
 	var newUID string
@@ -277,7 +277,7 @@ func TestTwoReplicasMaxInFlight(t *testing.T) {
 	for _, groups := range []int{1, 2} {
 		t.Run(fmt.Sprintf("groups-%d", groups), func(t *testing.T) {
 			r := newRig(t, time.Second, "replacement: {maxInFlight: 1}")
-			ctx := context.Background()
+			ctx := t.Context()
 			a, b := r.prefix+"-a", r.prefix+"-b"
 			r.addNode(a, asg)
 			other := asg
@@ -318,7 +318,7 @@ func TestTwoReplicasMaxInFlight(t *testing.T) {
 // breaker keeps its count (the record was overwritten by the new grant's).
 func TestNewGrantKeepsFailedRecord(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	r.addNode(node, asg)
 	rep := r.replacer("replica")
@@ -357,7 +357,7 @@ func TestReplaceAfterMinimum(t *testing.T) {
 // never justifies a replacement: it is dropped.
 func TestEarlierRecordDropped(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.promote(node))

@@ -1,7 +1,6 @@
 package replace_test
 
 import (
-	"context"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -21,7 +20,7 @@ import (
 // namespace (records, the in-flight Lease, the kubelets' Leases, the Node's delete).
 func TestManifestGrantsReplacement(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	bin, err := controlplane.BinDir()
 	require.NoError(t, err)
 	for _, f := range []string{"deployment.yaml", "replacement.yaml"} {

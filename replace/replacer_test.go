@@ -78,7 +78,7 @@ type rig struct {
 func newRig(t *testing.T, replaceAfter time.Duration, config string) *rig {
 	t.Helper()
 	env := controlplane.Shared(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	r := &rig{t: t, env: env, ns: env.Namespace(t), fake: fakeasg.New(), ids: map[string]string{},
 		prefix: strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "-" + simkubelet.RandomID()[:5]}
@@ -240,7 +240,7 @@ func (r *rig) reconcileUntil(what string, cond func() bool, reps ...*replace.Rep
 // frees. A node that came back is not touched.
 func TestFailedNodeReplaced(t *testing.T) {
 	r := newRig(t, 2*time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	failing, healthy, next := r.prefix+"-a", r.prefix+"-b", r.prefix+"-c"
 	failingID := r.addNode(failing, asg)
 	r.addNode(healthy, asg)
@@ -308,7 +308,7 @@ func results(t *testing.T, result string, reps ...*replace.Replacer) float64 {
 // are never recorded nor touched; nor is a holder that is Ready but silent.
 func TestNotReplaceable(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	gce, loose, silent := r.prefix+"-gce", r.prefix+"-loose", r.prefix+"-silent"
 	r.addNodeWith(gce, "gce://project/europe-west1-b/"+gce)
 	r.addNode(loose, "") // an EC2 instance in no group
@@ -338,7 +338,7 @@ func (r *rig) release(node string) {
 // it clears: a group that has not opted in, a suspended Launch process, a dry run.
 func TestReplacementGuards(t *testing.T) {
 	r := newRig(t, time.Second, "replacement: {dryRun: true}")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	r.fake.AddGroup(&fakeasg.Group{Name: "plain", Desired: 1})
 	id := r.addNode(node, "plain")
@@ -370,7 +370,7 @@ func TestReplacementGuards(t *testing.T) {
 // fails every node, and replacing the fleet would not help.
 func TestCircuitBreaker(t *testing.T) {
 	r := newRig(t, time.Second, "replacement: {maxFailures: 2, maxInFlight: 5}")
-	ctx := context.Background()
+	ctx := t.Context()
 	rep := r.replacer("replica")
 	var nodes []string
 	for i := range 3 {
@@ -408,7 +408,7 @@ func TestCircuitBreaker(t *testing.T) {
 // instance, leaves a record another replica finishes from.
 func TestRestartMidReplacement(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	claimedOnly, terminated := r.prefix+"-a", r.prefix+"-b"
 	idA := r.addNode(claimedOnly, asg)
 	r.addNode(terminated, asg)

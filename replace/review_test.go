@@ -28,7 +28,7 @@ import (
 // the terminate inside the SDK, without a fresh read, terminated it.
 func TestNodeReturnsDuringTerminateRetry(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -54,7 +54,7 @@ func TestNodeReturnsDuringTerminateRetry(t *testing.T) {
 // outage, and terminated the instance.
 func TestOutageBeforeResumedClaim(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -87,7 +87,7 @@ func TestOutageBeforeResumedClaim(t *testing.T) {
 // its instance is up and serves as the new Node. It was terminated.
 func TestInstanceBackUnderAnotherName(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -106,7 +106,7 @@ func TestInstanceBackUnderAnotherName(t *testing.T) {
 // calls, two replacements counted as started.
 func TestTwoReplicasResumeOneClaim(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -153,7 +153,7 @@ func TestTwoReplicasResumeOneClaim(t *testing.T) {
 // failed node's instance. The instance of the record was terminated, not the node's.
 func TestEditedRecordInstanceNotTerminated(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	bastion := randomInstance()
@@ -179,7 +179,7 @@ func TestEditedRecordInstanceNotTerminated(t *testing.T) {
 // given back while the group was still launching.
 func TestLateClaimWaitsForNewNode(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -219,7 +219,7 @@ func TestLateClaimWaitsForNewNode(t *testing.T) {
 // was still launching.
 func TestTimeoutOnThisReplicasClock(t *testing.T) {
 	r := newRig(t, time.Second, "")
-	ctx := context.Background()
+	ctx := t.Context()
 	node := r.prefix + "-a"
 	id := r.addNode(node, asg)
 	require.NoError(t, r.grant(node))
@@ -262,7 +262,7 @@ func TestTimeoutOnThisReplicasClock(t *testing.T) {
 // one's instance was terminated too: the limit lived only in that Lease.
 func TestInFlightLeaseDeleted(t *testing.T) {
 	r := newRig(t, time.Second, "replacement: {maxInFlight: 2}")
-	ctx := context.Background()
+	ctx := t.Context()
 	a, b := r.prefix+"-a", r.prefix+"-b"
 	r.addNode(a, asg)
 	idB := r.addNode(b, asg)

@@ -32,12 +32,14 @@ import (
 // reboot. The credentials file and the certificate are replaced while it runs.
 func TestAccessControl(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	const name = "access-a"
 	machineID := simkubelet.RandomID()
 	_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: machineID})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	id, err := fleetlock.ZincatiID(machineID)
 	require.NoError(t, err)
 
@@ -187,7 +189,7 @@ func TestAccessControl(t *testing.T) {
 // setAddresses replaces the node's status.addresses with InternalIPs.
 func setAddresses(t *testing.T, env *controlplane.Env, name string, ips ...string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := t.Context()
 	n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err)
 	n.Status.Addresses = nil

@@ -71,7 +71,7 @@ func metrics(t *testing.T, s *fleetsim.Server) string {
 // spare: without the one verb the cycle needs to take the lock, nothing is granted.
 func TestDeployedCycle(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	bin, err := controlplane.BinDir()
 	require.NoError(t, err)
 	kubectl := func(args ...string) {
@@ -88,7 +88,7 @@ func TestDeployedCycle(t *testing.T) {
 		Name: "deploy", Namespace: ns, Groups: []fleetsim.Group{{Name: "default", Nodes: 2, Slots: 1}},
 	})
 	require.NoError(t, err)
-	t.Cleanup(func() { f.Delete(context.Background()) })
+	t.Cleanup(func() { f.Delete(context.WithoutCancel(t.Context())) })
 	// The spread is a preference: reboot a node the scheduler gave a web pod.
 	var nodeA string
 	for _, n := range f.Nodes() {
@@ -183,10 +183,10 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 		}
 		used[ev.ObjectRef.APIGroup+" "+r+" "+ev.Verb] = true
 	}
-	role, err := env.Client.RbacV1().ClusterRoles().Get(context.Background(), "reboot-manager", metav1.GetOptions{})
+	role, err := env.Client.RbacV1().ClusterRoles().Get(t.Context(), "reboot-manager", metav1.GetOptions{})
 	require.NoError(t, err)
 	rules := role.Rules
-	nsRole, err := env.Client.RbacV1().Roles("reboot-manager").Get(context.Background(), "reboot-manager", metav1.GetOptions{})
+	nsRole, err := env.Client.RbacV1().Roles("reboot-manager").Get(t.Context(), "reboot-manager", metav1.GetOptions{})
 	require.NoError(t, err)
 	rules = append(rules, nsRole.Rules...)
 	granted := map[string]bool{}
@@ -221,7 +221,7 @@ func assertRoleMatchesUse(t *testing.T, env *controlplane.Env, user string) {
 // webPods counts the pods of the fleet's Deployment on node.
 func webPods(t *testing.T, env *controlplane.Env, ns, node string) int {
 	t.Helper()
-	pods, err := env.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{
+	pods, err := env.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{
 		FieldSelector: "spec.nodeName=" + node, LabelSelector: "app=web-default",
 	})
 	require.NoError(t, err)

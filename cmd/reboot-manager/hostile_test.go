@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -74,7 +73,7 @@ func TestHostileClients(t *testing.T) {
 
 		start := time.Now()
 		c := fleetlock.Client{BaseURL: s.FleetLock}
-		resp, err := c.SteadyState(context.Background(), fleetlock.ClientParams{ID: "0123456789abcdef0123456789abcdef", Group: "default"})
+		resp, err := c.SteadyState(t.Context(), fleetlock.ClientParams{ID: "0123456789abcdef0123456789abcdef", Group: "default"})
 		require.NoError(t, err)
 		assert.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Less(t, time.Since(start), 2*time.Second, "a real request is answered beside 3000 idle connections")

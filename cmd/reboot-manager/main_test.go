@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -135,12 +134,12 @@ func TestPolicyFile(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: -1}}"), 0o600))
 	c, err := parseConfig([]string{"--config=" + path, "--kubeconfig=/nonexistent"}, env(nil), io.Discard)
 	require.NoError(t, err)
-	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
+	err = run(t.Context(), c, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Equal(t, "--config: "+path+": groups.workers.slots: -1 is negative", err.Error())
 
 	require.NoError(t, os.WriteFile(path, []byte("apiVersion: rebootmanager/v1\ndefaults: {replaceAfter: 20m}"), 0o600))
-	err = run(context.Background(), c, slog.New(slog.DiscardHandler))
+	err = run(t.Context(), c, slog.New(slog.DiscardHandler))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "replaceAfter is set, but no --cloud says how to replace nodes")
 

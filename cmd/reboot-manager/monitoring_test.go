@@ -41,13 +41,13 @@ var metricName = regexp.MustCompile(`\brebootmanager_[a-z0-9_]+`)
 // second server with --verify-source-address (access refusals) and a blocker.
 func TestMonitoringQueriesServed(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	f, err := fleetsim.New(ctx, env.Client, env.Kubelet, fleetsim.Options{
 		Name: "mon", Namespace: ns, Groups: []fleetsim.Group{{Name: "default", Nodes: 2, Slots: 1}},
 	})
 	require.NoError(t, err)
-	t.Cleanup(func() { f.Delete(context.Background()) })
+	t.Cleanup(func() { f.Delete(context.WithoutCancel(t.Context())) })
 	var node string
 	for _, n := range f.Nodes() {
 		if webPods(t, env, ns, n) > 0 {

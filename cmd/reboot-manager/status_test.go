@@ -33,7 +33,7 @@ import (
 // server's /status shows the same from its caches.
 func TestStatusAndRelease(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	var nodes []string
 	for i := range 3 {
@@ -41,7 +41,9 @@ func TestStatusAndRelease(t *testing.T) {
 		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: simkubelet.RandomID()})
 		require.NoError(t, err)
 		nodes = append(nodes, name)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
 	}
 	holder, cordonedHolder, held := nodes[0], nodes[1], nodes[2]
 	patch := func(node, p string) {
@@ -171,12 +173,14 @@ blockers:
 // not as active.
 func TestStatusWhenSomethingIsOff(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	name := "status-off-0"
 	_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: simkubelet.RandomID()})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	since := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
 	_, err = env.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"labels":{"rebootmanager/lock":"true"},
 		"annotations":{"rebootmanager/status":"Rebooting","rebootmanager/group":"workers","rebootmanager/since":"`+since+`"}}}`), metav1.PatchOptions{})
@@ -194,14 +198,14 @@ func TestStatusWhenSomethingIsOff(t *testing.T) {
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list"}}}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = env.Client.RbacV1().ClusterRoles().Delete(context.Background(), ns+"-nodes", metav1.DeleteOptions{})
+		_ = env.Client.RbacV1().ClusterRoles().Delete(context.WithoutCancel(t.Context()), ns+"-nodes", metav1.DeleteOptions{})
 	})
 	_, err = env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-nodes"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: ns + "-nodes"},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: "viewer"}}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = env.Client.RbacV1().ClusterRoleBindings().Delete(context.Background(), ns+"-nodes", metav1.DeleteOptions{})
+		_ = env.Client.RbacV1().ClusterRoleBindings().Delete(context.WithoutCancel(t.Context()), ns+"-nodes", metav1.DeleteOptions{})
 	})
 	_, err = env.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "configmaps"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{})

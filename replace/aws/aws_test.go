@@ -1,7 +1,6 @@
 package aws_test
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -63,7 +62,7 @@ func TestInstanceID(t *testing.T) {
 }
 
 func TestResolve(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	c, fake := newCloud(t, rmaws.Options{})
 	in, err := c.Resolve(ctx, pid)
 	require.NoError(t, err)
@@ -89,7 +88,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestPreflight(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	c, fake := newCloud(t, rmaws.Options{})
 	workers := replace.Instance{ID: "i-0123456789abcdef0", Group: "workers"}
 	require.NoError(t, c.Preflight(ctx, workers))
@@ -108,11 +107,11 @@ func TestPreflight(t *testing.T) {
 
 func TestPreflightAllowList(t *testing.T) {
 	c, _ := newCloud(t, rmaws.Options{AllowGroups: func() []string { return []string{"untagged"} }})
-	require.NoError(t, c.Preflight(context.Background(), replace.Instance{ID: "i-00000000000000001", Group: "untagged"}))
+	require.NoError(t, c.Preflight(t.Context(), replace.Instance{ID: "i-00000000000000001", Group: "untagged"}))
 }
 
 func TestReplace(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	c, fake := newCloud(t, rmaws.Options{Attempts: 3})
 	workers := replace.Instance{ID: "i-0123456789abcdef0", Group: "workers"}
 

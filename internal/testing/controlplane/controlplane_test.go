@@ -27,11 +27,11 @@ func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 // accepts exactly one and answers 409 Conflict to the other.
 func TestConcurrentUpdatesConflict(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	node, err := env.Kubelet.AddNode(ctx, "smoke-conflict", simkubelet.NodeOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{})
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), node.Name, metav1.DeleteOptions{})
 	})
 
 	var wg sync.WaitGroup
@@ -66,12 +66,12 @@ func TestConcurrentUpdatesConflict(t *testing.T) {
 // the eviction is accepted and the pod is gone.
 func TestEvictionRespectsPDB(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	ns := env.Namespace(t)
 	node, err := env.Kubelet.AddNode(ctx, "smoke-evict", simkubelet.NodeOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = env.Client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{})
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), node.Name, metav1.DeleteOptions{})
 	})
 
 	labels := map[string]string{"app": "guarded"}
@@ -126,7 +126,7 @@ func TestRBACEnforced(t *testing.T) {
 	env := controlplane.Shared(t)
 	ns := env.Namespace(t)
 	client, kubeconfig := env.ServiceAccountClient(t, ns, "default")
-	_, err := client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	_, err := client.CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "want 403, got %v", err)
 	assert.FileExists(t, kubeconfig)
 }
@@ -134,7 +134,7 @@ func TestRBACEnforced(t *testing.T) {
 // The audit log records requests, so tests can prove what a component never did.
 func TestAuditLogRecordsRequests(t *testing.T) {
 	env := controlplane.Shared(t)
-	_, err := env.Client.CoreV1().Namespaces().Get(context.Background(), "default", metav1.GetOptions{})
+	_, err := env.Client.CoreV1().Namespaces().Get(t.Context(), "default", metav1.GetOptions{})
 	require.NoError(t, err)
 	waitFor(t, "audit log written", func(context.Context) (bool, error) {
 		st, err := os.Stat(env.AuditLog)
@@ -145,7 +145,7 @@ func TestAuditLogRecordsRequests(t *testing.T) {
 // The request counter names requests by verb and resource.
 func TestCountingConfig(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	cfg, counter := env.CountingConfig()
 	client := kubernetes.NewForConfigOrDie(cfg)
 	_, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -160,7 +160,7 @@ func TestCountingConfig(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond wait.ConditionWithContextFunc) {
 	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, cond); err != nil {
+	if err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, time.Minute, true, cond); err != nil {
 		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }

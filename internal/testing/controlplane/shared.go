@@ -74,7 +74,7 @@ func Shared(t testing.TB) *Env {
 	t.Helper()
 	shared.once.Do(func() {
 		start := time.Now()
-		shared.env, shared.err = StartEnv(context.Background()) // the control plane outlives the test that starts it
+		shared.env, shared.err = StartEnv(context.Background()) //nolint:usetesting // the control plane outlives the test that starts it
 		if shared.err == nil {
 			fmt.Fprintf(os.Stderr, "controlplane: started in %s (%s)\n", time.Since(start).Round(time.Millisecond), shared.env.Dir)
 		}

@@ -21,7 +21,7 @@ import (
 // rollout; no slot is over-granted and no node is left cordoned without a lock.
 func TestReplicaKilled(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "k", Nodes: 4, Slots: 1}}
 	h := newHarness(t, groups, 2, nil, "--stale-claim-age=3s")
@@ -60,7 +60,7 @@ func TestReplicaKilled(t *testing.T) {
 // so, and the rollout completes once the API server is back.
 func TestAPIServerOutage(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "o", Nodes: 3, Slots: 1}}
 	h := newHarness(t, groups, 2, nil)

@@ -130,7 +130,7 @@ func (h *harness) fleet(t *testing.T, ctx context.Context, opts fleetsim.Options
 	opts.Log = t.Logf
 	f, err := fleetsim.New(ctx, h.env.Client, h.env.Kubelet, opts)
 	require.NoError(t, err)
-	t.Cleanup(func() { f.Delete(context.Background()) })
+	t.Cleanup(func() { f.Delete(context.WithoutCancel(t.Context())) })
 	return f
 }
 
@@ -146,7 +146,7 @@ func roll(t *testing.T, ctx context.Context, f *fleetsim.Fleet) *fleetsim.Report
 // node per group: every invariant holds and every node rebooted once.
 func TestRollout(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
 	h := newHarness(t, groups, 2, nil)
@@ -169,7 +169,7 @@ func TestRollout(t *testing.T) {
 // leave; no release before a new boot ID; every node rebooted once.
 func TestRolloutUnkind(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "a", Nodes: 4, Slots: 1}, {Name: "b", Nodes: 4, Slots: 2}}
 	h := newHarness(t, groups, 2, nil)
@@ -195,7 +195,7 @@ func TestRolloutUnkind(t *testing.T) {
 // is caught: the checks can fail.
 func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
 	serverBinary(t, []string{"rebootmanager_unsafe_grant"}) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "u", Nodes: 3, Slots: 1}}
 	h := newHarness(t, groups, 1, []string{"rebootmanager_unsafe_grant"})
@@ -212,7 +212,7 @@ func TestRolloutCatchesGrantBeforeDrain(t *testing.T) {
 // completes inside it.
 func TestRolloutWaitsForWindow(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	kolkata, err := time.LoadLocation("Asia/Kolkata")
 	require.NoError(t, err)
@@ -251,7 +251,7 @@ func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
 	// replaceAfter 3s is under policy.MinReplaceAfter: a test build accepts it.
 	unsafeReplace := []string{"rebootmanager_unsafe_replace"}
 	serverBinary(t, unsafeReplace) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	env := controlplane.Shared(t)
 	fake := fakeasg.New()
@@ -269,10 +269,12 @@ func TestRolloutReplacesNodeThatNeverReturns(t *testing.T) {
 		name := fmt.Sprintf("replaced-%d", len(launched))
 		id := fmt.Sprintf("i-%017x", 100+len(launched))
 		fake.AddInstance(group, id, "eu-west-1a")
-		_, err := env.Kubelet.AddNode(context.Background(), name, simkubelet.NodeOptions{ProviderID: "aws:///eu-west-1a/" + id})
+		_, err := env.Kubelet.AddNode(t.Context(), name, simkubelet.NodeOptions{ProviderID: "aws:///eu-west-1a/" + id})
 		assert.NoError(t, err)
 		launched = append(launched, name)
-		t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
 	}
 	// The binary's SDK reaches the fake through its endpoint variable, with static
 	// credentials and no instance metadata.

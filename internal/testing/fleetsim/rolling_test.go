@@ -49,7 +49,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // every invariant held: the drains go on in the new replicas.
 func TestRolloutThroughRollingUpdate(t *testing.T) {
 	serverBinary(t, nil) // before the test's clock starts: a cold build takes minutes
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	groups := []fleetsim.Group{{Name: "r", Nodes: 6, Slots: 1}}
 	h := newHarness(t, groups, 2, nil)

@@ -21,11 +21,13 @@ func TestMain(m *testing.M) { os.Exit(controlplane.RunTests(m)) }
 // the Node; not while the node is down (failed, or rebooting); again once it is back.
 func TestLeaseRenewedWhileUp(t *testing.T) {
 	env := controlplane.Shared(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	name := "lease-" + simkubelet.RandomID()[:8]
 	node, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{LeasePeriod: 50 * time.Millisecond})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = env.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+	})
 	leases := env.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 	renewTime := func() string {
 		l, err := leases.Get(ctx, name, metav1.GetOptions{})
