@@ -245,6 +245,7 @@ func (dr *drain) step() {
 			dr.startForcing()
 		}
 	}
+	dr.retryReturned(now)
 	dr.launch(now)
 	dr.postBlocks(dr.publish().Blocks)
 }
@@ -268,6 +269,9 @@ func (dr *drain) wakeAt() time.Time {
 	}
 	for _, t := range dr.targets {
 		at = earliest(at, dr.skipWaitAt(t))
+		if t.phase == podReturned {
+			at = earliest(at, t.nextTry)
+		}
 	}
 	return at
 }

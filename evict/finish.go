@@ -59,6 +59,7 @@ func (dr *drain) finalCheck() bool {
 			"pods that must leave keep arriving on the cordoned node (%d rounds); this one tolerates the cordon or names the node, and is not evicted again: the node is not rebooted while it runs here",
 			dr.rounds)}}
 		dr.setPodPhase(t, podReturned)
+		t.nextTry = dr.d.opts.Clock.Now().Add(ReturnRetry)
 	}
 	return false
 }
@@ -106,6 +107,22 @@ func (dr *drain) fail() {
 	}
 	dr.eventf(nil, corev1.EventTypeWarning, ReasonDrainFailed, actionDrain,
 		"Drain gave up after %s with %d pods left (%s); the node is not rebooted", dr.d.opts.Timeout, p.PodsLeft, listNames(p.Left))
+}
+
+// ReturnRetry is how long a pod that keeps returning is left alone before it is
+// evicted once more: the cause may pass (a scheduler whose cache missed the cordon,
+// say after an API-server outage), and the drain then ends, with at most one eviction
+// per ReturnRetry of a workload that really tolerates the cordon.
+const ReturnRetry = 30 * time.Second
+
+// retryReturned evicts again, once ReturnRetry has passed, the pods that returned.
+func (dr *drain) retryReturned(now time.Time) {
+	for _, t := range dr.targets {
+		if t.phase == podReturned && !now.Before(t.nextTry) {
+			dr.setPodPhase(t, podToEvict)
+			t.nextTry = time.Time{}
+		}
+	}
 }
 
 // ReturnSettle is how long a node must stay free of pods that must leave before a
