@@ -19,14 +19,14 @@ import (
 // then earns the 2xx (allow). Everything belongs to n's grant: the Node object (its
 // UID) and the promotion; if that Node goes, the wait ends with fleetlock.ErrNodeGone.
 func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
-	l := a.lock
-	g := grantOf(n)
+	l, g := a.lock, grantOf(n)
 	if grantBeforeDrain {
 		l.drainer.Start(n)
 		return nil
 	}
 	var left []types.NamespacedName // must-leave pods the last check before a 2xx found
 	for {
+		wake := l.changed.wait() // before the cache is read, so that no change is missed
 		c, ok := a.cached()
 		if !ok || c.UID != g.UID {
 			if err := a.stillThisNode(ctx, g); err != nil {
@@ -57,7 +57,7 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 			}
 			// Pods arrived since the drain began: Remaining restarted it for them.
 			a.log.Info("pods bound to the drained node: draining again", "pods", len(left))
-			if err := l.sleep(ctx, time.Second, a.expires, nil, l.changed.wait()); err != nil {
+			if err := l.sleep(ctx, time.Second, a.expires, nil, wake); err != nil {
 				return orDrain(err, stillToLeave(p, left))
 			}
 			continue
@@ -72,7 +72,7 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 			continue
 		}
 		// The drain's end and any lock change wake us; the timer is a fallback.
-		if err := l.sleep(ctx, 5*time.Second, a.expires, p.Done, l.changed.wait()); err != nil {
+		if err := l.sleep(ctx, 5*time.Second, a.expires, p.Done, wake); err != nil {
 			return orDrain(err, p)
 		}
 		if c, ok := a.cached(); ok && c.UID == g.UID && lockOf(c).State != StateRebooting {
