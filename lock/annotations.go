@@ -44,6 +44,27 @@ const (
 	// LabelLock is set to "true" on claiming and holding nodes, so that the check can
 	// list exactly them with a label selector.
 	LabelLock = "rebootmanager/lock"
+
+	// AnnotationWaitingSince is when the node's current wait for a slot began: its
+	// first pre-reboot request, since it last held or released, that was not answered
+	// 2xx at once (RFC 3339). Written with LabelWaiting; both are removed by the
+	// promotion, or once the waiter is stale (Waiter.Stale).
+	AnnotationWaitingSince = "rebootmanager/waiting-since"
+	// AnnotationLastRequest is when the waiting node's latest pre-reboot request
+	// arrived, or ended if it has (RFC 3339).
+	AnnotationLastRequest = "rebootmanager/last-request"
+	// AnnotationRequestUntil is the deadline of the waiting node's pre-reboot request
+	// held open now (RFC 3339); removed when that request answers. A replica that stops
+	// mid-request leaves it behind; it is then past within Options.Wait.
+	AnnotationRequestUntil = "rebootmanager/request-until"
+	// AnnotationReservedUntil, on a holder, says that its slot was reserved for it
+	// while it had no request open, and until when (RFC 3339): its drain starts at
+	// once, and if the node's pre-reboot has not arrived by then, the slot is given
+	// back and the node uncordoned (if we cordoned it). Its first pre-reboot removes it.
+	AnnotationReservedUntil = "rebootmanager/reserved-until"
+	// LabelWaiting is set to "true" on nodes that wait for a slot, so that a fresh
+	// read can list exactly them with a label selector.
+	LabelWaiting = "rebootmanager/waiting"
 )
 
 // State is a node's lock state.
