@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,8 +34,10 @@ type holdsResult struct {
 	cpu time.Duration
 	// latency is the mean time from a holder's release to its group's next grant.
 	latency time.Duration
-	// apiRequests are the Lock's API requests per handover.
+	// apiRequests are the Lock's API requests per handover; byKind splits them by
+	// verb and resource ("patch nodes": the node writes).
 	apiRequests float64
+	byKind      map[string]float64
 }
 
 // benchHolds holds waiters pre-reboot requests open at once, spread over groups of
@@ -131,8 +135,12 @@ func benchHolds(ctx context.Context, env *controlplane.Env, waiters, groups, han
 	res.cpu = (cpuTime() - cpu0) / time.Duration(handovers)
 	res.latency = latency / time.Duration(handovers)
 	total := 0
+	res.byKind = map[string]float64{}
 	for k, v := range counter.Snapshot() {
-		total += v - before[k]
+		if d := v - before[k]; d > 0 {
+			total += d
+			res.byKind[k] = float64(d) / float64(handovers)
+		}
 	}
 	res.apiRequests = float64(total) / float64(handovers)
 	return res, nil
@@ -208,6 +216,14 @@ func printHolds(p *printer, rs []holdsResult) {
 	p.linef("%8s %10s %16s %16s %18s", "waiters", "RSS MiB", "CPU/handover", "release->grant", "API req/handover")
 	for _, r := range rs {
 		p.linef("%8d %10.1f %16s %16s %18.1f", r.waiters, mib(r.rss), r.cpu.Round(10*time.Microsecond), ms(r.latency), r.apiRequests)
+	}
+	for _, r := range rs {
+		kinds := slices.Sorted(maps.Keys(r.byKind))
+		parts := make([]string, len(kinds))
+		for i, k := range kinds {
+			parts[i] = fmt.Sprintf("%s %.1f", k, r.byKind[k])
+		}
+		p.linef("%d waiters, API requests per handover: %s", r.waiters, strings.Join(parts, ", "))
 	}
 	first, last := rs[0], rs[len(rs)-1]
 	if first.cpu > 0 && first.apiRequests > 0 {
