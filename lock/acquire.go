@@ -109,7 +109,7 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		}
 		return a.promote(ctx)
 	case awaitLater:
-		if err := a.lock.sleep(ctx, 200*time.Millisecond, a.tieExpires, a.lock.changed.wait(), nil); err != nil {
+		if err := a.lock.sleep(ctx, 200*time.Millisecond, a.tieExpires, a.lock.groupChanged.wait(a.group), nil); err != nil {
 			return nil, orHeld(err, held)
 		}
 		return n, nil

@@ -26,7 +26,7 @@ func (a *acquisition) awaitDrain(ctx context.Context, n *corev1.Node) error {
 	}
 	var left []types.NamespacedName // must-leave pods the last check before a 2xx found
 	for {
-		wake := l.changed.wait() // before the cache is read, so that no change is missed
+		wake := l.nodeChanged.wait(a.name) // before the cache is read, so that no change is missed
 		c, ok := a.cached()
 		if !ok || c.UID != g.UID {
 			if err := a.stillThisNode(ctx, g); err != nil {

@@ -46,7 +46,7 @@ func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node
 	renewals := leaseWatch{name: g.Node}
 	deadline := time.Now().Add(l.opts.Wait)
 	for {
-		wake := l.changed.wait()
+		wake := l.nodeChanged.wait(g.Node)
 		c, ok := l.cachedNode(g.Node)
 		if !ok || c.UID != g.UID || !lockOf(c).holding() {
 			return nil, ErrNotHolder // deleted or released, and its slot with it

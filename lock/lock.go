@@ -55,11 +55,19 @@ type Lock struct {
 	log     *slog.Logger
 	factory informers.SharedInformerFactory
 	nodes   cache.SharedIndexInformer
-	changed signal
+	// nodeChanged fires, by node name, when a node's lock state, readiness, boot ID or
+	// (while it holds) cordon changes, or it is added or deleted: the waits about one
+	// node (awaitDrain, awaitBack).
+	nodeChanged signals
+	// groupChanged fires, by group, when a node's claim or hold of the group changes
+	// (wakeGroup): the claimants waiting for later claimants to withdraw.
+	groupChanged signals
 	// contenders counts this replica's requests that seek a slot, by group and node
 	// name: a waiter lets those before it in name order try first (awaitFreeSlot).
+	// slotWaiters are the requests in awaitFreeSlot, by group (wakeGroup).
 	contendersMu sync.Mutex
 	contenders   map[string]map[string]int
+	slotWaiters  map[string]map[*slotWaiter]struct{}
 	// stopping is closed when Start's context ends: waiting requests answer at once.
 	stopping <-chan struct{}
 	// leasesForbidden is set once reading a node Lease was refused (logged once).
@@ -86,8 +94,9 @@ var _ fleetlock.Locker = (*Lock)(nil)
 func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, error) {
 	opts = opts.withDefaults()
 	l := &Lock{
-		client: client, drainer: drainer, opts: opts, log: opts.Logger, changed: newSignal(),
+		client: client, drainer: drainer, opts: opts, log: opts.Logger,
 		contenders:  map[string]map[string]int{},
+		slotWaiters: map[string]map[*slotWaiter]struct{}{},
 		stopping:    make(chan struct{}),
 		unmatched:   newUnmatchedCounter(),
 		refusals:    newRefusalsCounter(),
@@ -108,8 +117,13 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 }
 
 func (l *Lock) nodeAdded(obj any) {
-	if n, ok := obj.(*corev1.Node); ok && lockOf(n).State != StateReady {
-		l.changed.fire()
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return
+	}
+	l.nodeChanged.fire(n.Name) // a Node of this name again (awaitDrain, awaitBack)
+	if st := lockOf(n); st.State != StateReady {
+		l.wakeGroup(st.Group)
 	}
 }
 
@@ -119,11 +133,18 @@ func (l *Lock) nodeUpdated(oldObj, newObj any) {
 	if was.holding() && !is.holding() {
 		l.drainer.Forget(n.Name) // released, by us or by someone else
 	}
+	if was != is {
+		// a claim, hold or release: only the waiters of its group(s) may care
+		l.wakeGroup(is.Group)
+		if was.Group != is.Group {
+			l.wakeGroup(was.Group)
+		}
+	}
 	if was != is || NodeReady(o) != NodeReady(n) || o.Status.NodeInfo.BootID != n.Status.NodeInfo.BootID ||
 		is.holding() && o.Spec.Unschedulable != n.Spec.Unschedulable {
-		// a lock changed, a node went (Not)Ready or rebooted (awaitBack), or a holder
-		// was uncordoned (awaitDrain)
-		l.changed.fire()
+		// its lock changed, it went (Not)Ready or rebooted (awaitBack), or as a
+		// holder it was uncordoned (awaitDrain)
+		l.nodeChanged.fire(n.Name)
 	}
 }
 
@@ -136,7 +157,10 @@ func (l *Lock) nodeDeleted(obj any) {
 		l.refusedMu.Lock()
 		delete(l.lastRefusal, n.Name)
 		l.refusedMu.Unlock()
-		l.changed.fire()
+		l.nodeChanged.fire(n.Name)
+		if st := lockOf(n); st.State != StateReady {
+			l.wakeGroup(st.Group)
+		}
 	}
 }
 

@@ -12,25 +12,62 @@ import (
 // errExpired ends a wait whose request has waited long enough.
 var errExpired = errors.New("request expired")
 
-// signal wakes every waiter when the lock state of some node changes.
+// signal wakes every waiter when it fires. The zero value is ready; a channel exists
+// only while someone waits, so that firing with no waiter costs nothing.
 type signal struct {
 	mu sync.Mutex
 	ch chan struct{}
 }
 
-func newSignal() signal { return signal{ch: make(chan struct{})} }
-
+// wait returns a channel closed at the next fire.
 func (s *signal) wait() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
 	return s.ch
 }
 
 func (s *signal) fire() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	close(s.ch)
-	s.ch = make(chan struct{})
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
+}
+
+// signals are signals by key (a node name, a group): firing one key wakes only the
+// waiters of that key. The zero value is ready; a key has a channel only while
+// someone waits on it.
+type signals struct {
+	mu  sync.Mutex
+	chs map[string]chan struct{}
+}
+
+// wait returns a channel closed at the next fire of key.
+func (s *signals) wait(key string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.chs[key]
+	if ch == nil {
+		if s.chs == nil {
+			s.chs = map[string]chan struct{}{}
+		}
+		ch = make(chan struct{})
+		s.chs[key] = ch
+	}
+	return ch
+}
+
+func (s *signals) fire(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch := s.chs[key]; ch != nil {
+		close(ch)
+		delete(s.chs, key)
+	}
 }
 
 // sleep waits until wake or wake2 is signalled (a nil channel never is) or about
