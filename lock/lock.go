@@ -55,6 +55,11 @@ type Lock struct {
 	log     *slog.Logger
 	factory informers.SharedInformerFactory
 	nodes   cache.SharedIndexInformer
+	// ids resolves Zincati IDs, kept by the event handlers; synced is set once they
+	// have seen the cache's initial list (Start).
+	ids     idMap
+	handled cache.ResourceEventHandlerRegistration
+	synced  atomic.Bool
 	// nodeChanged fires, by node name, when a node's lock state, readiness, boot ID or
 	// (while it holds) cordon changes, or it is added or deleted: the waits about one
 	// node (awaitDrain, awaitBack).
@@ -105,10 +110,11 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
-	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup, byMember: memberGroup}); err != nil {
+	if err := l.nodes.AddIndexers(cache.Indexers{byGroup: lockGroup, byMember: memberGroup}); err != nil {
 		return nil, err
 	}
-	_, err := l.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	var err error
+	l.handled, err = l.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    l.nodeAdded,
 		UpdateFunc: l.nodeUpdated,
 		DeleteFunc: l.nodeDeleted,
@@ -121,6 +127,7 @@ func (l *Lock) nodeAdded(obj any) {
 	if !ok {
 		return
 	}
+	l.ids.update(nil, n)
 	l.nodeChanged.fire(n.Name) // a Node of this name again (awaitDrain, awaitBack)
 	if st := lockOf(n); st.State != StateReady {
 		l.wakeGroup(st.Group)
@@ -129,6 +136,7 @@ func (l *Lock) nodeAdded(obj any) {
 
 func (l *Lock) nodeUpdated(oldObj, newObj any) {
 	o, n := oldObj.(*corev1.Node), newObj.(*corev1.Node)
+	l.ids.update(o, n)
 	was, is := lockOf(o), lockOf(n)
 	if was.holding() && !is.holding() {
 		l.drainer.Forget(n.Name) // released, by us or by someone else
@@ -153,6 +161,7 @@ func (l *Lock) nodeDeleted(obj any) {
 		obj = t.Obj
 	}
 	if n, ok := obj.(*corev1.Node); ok {
+		l.ids.update(n, nil)
 		l.drainer.Forget(n.Name)
 		l.refusedMu.Lock()
 		delete(l.lastRefusal, n.Name)
@@ -170,9 +179,10 @@ func (l *Lock) nodeDeleted(obj any) {
 func (l *Lock) Start(ctx context.Context) error {
 	l.stopping = ctx.Done()
 	l.factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced, l.handled.HasSynced) {
 		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
 	}
+	l.synced.Store(true)
 	go l.probe(ctx)
 	go l.staleLoop(ctx)
 	go l.resumeLoop(ctx)

@@ -19,14 +19,9 @@ import (
 // under a new name, deciding on fresh reads; it reports whether it did. It changes
 // nothing unless the nodes matching id are exactly that.
 func (l *Lock) releaseReRegistered(ctx context.Context, id string, log *slog.Logger) (bool, error) {
-	objs, err := l.nodes.GetIndexer().ByIndex(byZincatiID, id)
-	if err != nil {
-		return false, err
-	}
 	var olds []string
 	var back string
-	for _, o := range objs {
-		n := o.(*corev1.Node)
+	for _, n := range l.ids.get(id) {
 		st := lockOf(n)
 		switch {
 		case st.holding() && !NodeReady(n):
