@@ -35,7 +35,7 @@ func (l *Lock) probeOnce(ctx context.Context) {
 
 // Healthy returns nil while the node cache is synced and the API server answers.
 func (l *Lock) Healthy() error {
-	if !l.nodes.HasSynced() {
+	if !l.HasSynced() {
 		return errors.New("node cache not synced")
 	}
 	return l.apiDown()
@@ -49,5 +49,15 @@ func (l *Lock) apiDown() error {
 	return nil
 }
 
-// HasSynced reports whether the node cache is filled; requests fail until it is.
-func (l *Lock) HasSynced() bool { return l.nodes.HasSynced() }
+// HasSynced reports whether the node cache is filled and the lock's event handlers
+// have seen all of it (Zincati IDs resolve); requests fail until it is.
+func (l *Lock) HasSynced() bool {
+	if l.synced.Load() {
+		return true
+	}
+	if l.nodes.HasSynced() && l.handled.HasSynced() {
+		l.synced.Store(true)
+		return true
+	}
+	return false
+}

@@ -137,7 +137,7 @@ func stripNode(obj any) (any, error) {
 
 // resolve maps a Zincati ID to exactly one node.
 func (l *Lock) resolve(id string) (*corev1.Node, error) {
-	if !l.synced.Load() {
+	if !l.HasSynced() {
 		return nil, apiError("node cache", fmt.Errorf("not synced yet"))
 	}
 	ns := l.ids.get(id)
