@@ -118,8 +118,9 @@ type Guard struct {
 }
 
 var (
-	_ fleetlock.Locker     = (*Guard)(nil)
-	_ prometheus.Collector = (*Guard)(nil)
+	_ fleetlock.Locker            = (*Guard)(nil)
+	_ fleetlock.QuickSteadyStater = (*Guard)(nil)
+	_ prometheus.Collector        = (*Guard)(nil)
 )
 
 // NewGuard returns a Guard in front of next.
@@ -199,6 +200,21 @@ func (g *Guard) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool
 		return false, err
 	}
 	return g.next.SteadyState(ctx, p)
+}
+
+// SteadyStateQuick answers at once when no check can block (no Credentials: their
+// password checks may wait for a CPU) and the wrapped Locker can answer at once too
+// (fleetlock.QuickSteadyStater); ok is false otherwise, and nothing was refused or
+// counted. A request the checks refuse is refused here as SteadyState would.
+func (g *Guard) SteadyStateQuick(ctx context.Context, p fleetlock.ClientParams) (released, ok bool, err error) {
+	next, quick := g.next.(fleetlock.QuickSteadyStater)
+	if !quick || g.opts.Credentials != nil {
+		return false, false, nil
+	}
+	if _, err := g.admit(ctx, "steady-state", p); err != nil {
+		return false, true, err
+	}
+	return next.SteadyStateQuick(ctx, p)
 }
 
 // admit runs the checks. unchecked reports that the node could not be checked

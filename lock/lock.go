@@ -56,7 +56,7 @@ type Lock struct {
 	factory informers.SharedInformerFactory
 	nodes   cache.SharedIndexInformer
 	// ids resolves Zincati IDs, kept by the event handlers; synced is set once they
-	// have seen the cache's initial list (Start).
+	// have seen the cache's initial list (HasSynced).
 	ids     idMap
 	handled cache.ResourceEventHandlerRegistration
 	synced  atomic.Bool
@@ -93,7 +93,10 @@ type Lock struct {
 	lastRefusal map[string]refusalPosted
 }
 
-var _ fleetlock.Locker = (*Lock)(nil)
+var (
+	_ fleetlock.Locker            = (*Lock)(nil)
+	_ fleetlock.QuickSteadyStater = (*Lock)(nil)
+)
 
 // New returns a Lock. Call Start before use.
 func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, error) {
@@ -179,10 +182,9 @@ func (l *Lock) nodeDeleted(obj any) {
 func (l *Lock) Start(ctx context.Context) error {
 	l.stopping = ctx.Done()
 	l.factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), l.nodes.HasSynced, l.handled.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), l.HasSynced) {
 		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
 	}
-	l.synced.Store(true)
 	go l.probe(ctx)
 	go l.staleLoop(ctx)
 	go l.resumeLoop(ctx)
@@ -219,9 +221,36 @@ func (l *Lock) newAcquisition(node string, p fleetlock.ClientParams) *acquisitio
 	}
 }
 
+// SteadyStateQuick answers steady-state from the node cache when that is the whole
+// answer, as SteadyState would: not released for a node that holds nothing or an
+// unknown ID, the API server's or the cache's unavailability as an *APIError. ok is
+// false when SteadyState has work to do (a holder, an ID of several nodes).
+func (l *Lock) SteadyStateQuick(_ context.Context, p fleetlock.ClientParams) (released, ok bool, err error) {
+	if err := l.apiDown(); err != nil {
+		return false, true, err
+	}
+	node, err := l.resolve(p.ID)
+	switch {
+	case errors.Is(err, fleetlock.ErrAmbiguousNode):
+		return false, false, nil // perhaps a machine back under a new name
+	case err != nil:
+		l.countUnmatched("steady-state", err)
+		if errors.Is(err, fleetlock.ErrUnknownNode) {
+			return false, true, nil
+		}
+		return false, true, err
+	case node.Annotations[AnnotationStatus] != string(StateRebooting):
+		return false, true, nil
+	}
+	return false, false, nil
+}
+
 // SteadyState releases the lock the node holds, if any, uncordoning it if we cordoned
 // it. A node that holds nothing, or that no node matches, costs no API request.
 func (l *Lock) SteadyState(ctx context.Context, p fleetlock.ClientParams) (bool, error) {
+	if released, ok, err := l.SteadyStateQuick(ctx, p); ok {
+		return released, err
+	}
 	if err := l.apiDown(); err != nil {
 		return false, err
 	}
