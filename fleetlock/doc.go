@@ -118,6 +118,10 @@
 // concurrent streams per connection). Past either, a request is answered
 // too_many_requests (429, with Retry-After) at once.
 //
+// A Locker that implements QuickSteadyStater answers steady-state at once when it
+// can (a node that holds nothing): such an answer is given without the sharing
+// and outside those bounds, since nothing is held.
+//
 // # Peer
 //
 // The handler does not decide who may ask: the Locker does. Before calling it,
