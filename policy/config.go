@@ -29,8 +29,8 @@ type Config struct {
 	Defaults Group `json:"defaults"`
 	// Groups are per-group settings, by FleetLock group name.
 	Groups map[string]Group `json:"groups,omitempty"`
-	// ReleaseWhenReady makes steady-state release a node's slot only once its Node is
-	// Ready again (the request is held until then, for up to --wait). Default true.
+	// ReleaseWhenReady is kept so that old files that say true still load: the health
+	// gate is always on, and false is refused (Validate).
 	ReleaseWhenReady *bool `json:"releaseWhenReady,omitempty"`
 	// StaleHolderAfter releases a holder that rebooted (new boot ID) and has been Ready
 	// this long without calling steady-state (its Zincati cannot reach us). 0: never.
@@ -337,6 +337,9 @@ func (c *Config) Validate() error {
 	if c.APIVersion != "" && c.APIVersion != APIVersion {
 		return fmt.Errorf("apiVersion: %q is not %q", c.APIVersion, APIVersion)
 	}
+	if c.ReleaseWhenReady != nil && !*c.ReleaseWhenReady {
+		return errors.New("releaseWhenReady: false is no longer supported: a holder's slot is released only once it is back from its reboot (docs/operations.md, Health gate); remove the key")
+	}
 	if err := c.Defaults.compile("defaults"); err != nil {
 		return err
 	}
@@ -502,11 +505,6 @@ func (c *Config) Replaces() bool {
 		}
 	}
 	return false
-}
-
-// releaseWhenReady is ReleaseWhenReady with its default.
-func (c *Config) releaseWhenReady() bool {
-	return c.ReleaseWhenReady == nil || *c.ReleaseWhenReady
 }
 
 // WindowOpen reports whether a new reboot of the group may start at t, and the

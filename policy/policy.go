@@ -115,9 +115,6 @@ func (p *Policy) ConfigState() ConfigState {
 // Slots is the group's slot count in force.
 func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots }
 
-// ReleaseWhenReady tells whether the health gate is on.
-func (p *Policy) ReleaseWhenReady() bool { return p.Config().releaseWhenReady() }
-
 // Groups returns the configured groups, "default" included, sorted.
 func (p *Policy) Groups() []string {
 	groups := []string{"default"}
