@@ -111,6 +111,12 @@ type Options struct {
 	// block the drain (BlockedByPodsReturning) until they leave, and under Release
 	// or Force the drain fails at Timeout. Default 3.
 	ReturningRounds int
+	// ReturnRetry is how long a pod that keeps returning (BlockedByPodsReturning) is
+	// left alone before it is evicted once more: the cause may pass (a scheduler whose
+	// cache missed the cordon, say after an API-server outage), and the drain then
+	// ends, with at most one eviction per ReturnRetry of a workload that really
+	// tolerates the cordon. Default 30 seconds.
+	ReturnRetry time.Duration
 	// BlockedEventInterval is how often the Warning Event DrainBlocked is posted
 	// again while the same block lasts (Events expire, after an hour by default).
 	// Default 30 minutes.
@@ -133,6 +139,7 @@ const (
 	DefaultBackoffMax               = 30 * time.Second
 	DefaultTimeout                  = 15 * time.Minute
 	DefaultReturningRounds          = 3
+	DefaultReturnRetry              = 30 * time.Second
 	DefaultSkipWaitForDeleteTimeout = time.Minute
 	DefaultVolumeDetachTimeout      = 5 * time.Minute
 	DefaultBlockedEventInterval     = 30 * time.Minute
@@ -166,6 +173,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReturningRounds <= 0 {
 		o.ReturningRounds = DefaultReturningRounds
+	}
+	if o.ReturnRetry <= 0 {
+		o.ReturnRetry = DefaultReturnRetry
 	}
 	if o.BlockedEventInterval <= 0 {
 		o.BlockedEventInterval = DefaultBlockedEventInterval
