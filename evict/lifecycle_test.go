@@ -78,7 +78,7 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 	evictions := counter.Count("create pods/eviction")
 	assert.GreaterOrEqual(t, evictions, evict.DefaultReturningRounds+1, "the first pod and a newcomer per round")
 
-	// Blocked: no more evictions, the pod stays, the drain is not done.
+	// Blocked: no more evictions before ReturnRetry, the pod stays, the drain is not done.
 	time.Sleep(3 * time.Second)
 	p, _ = d.Progress(node)
 	assert.False(t, p.Drained)
@@ -87,7 +87,7 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 		t.Fatalf("drain ended: %s", p)
 	default:
 	}
-	assert.Equal(t, evictions, counter.Count("create pods/eviction"), "returning pods are not evicted again")
+	assert.Equal(t, evictions, counter.Count("create pods/eviction"), "returning pods are not evicted again before ReturnRetry (30 s)")
 	pods := c.waitRunning(node, "web", 1)
 	assert.Equal(t, blocked.Pod, c.ns+"/"+pods[0].Name, "the block names the pod on the node")
 	c.waitEvents(node, evict.ReasonDrainBlocked)
