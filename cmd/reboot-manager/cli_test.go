@@ -36,7 +36,7 @@ func TestUsageListsCommands(t *testing.T) {
 	for _, cmd := range []string{"serve", "status", "release", "help", "version", "completion"} {
 		assert.Contains(t, usage, "\n  "+cmd+" ", "usage lists %s", cmd)
 	}
-	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"-help"}} {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"-help"}, {"help", "help"}} {
 		code, out, errOut := invoke(t, args...)
 		assert.Equal(t, 0, code, "%q", args)
 		assert.Equal(t, usage, out, "%q prints the usage", args)

@@ -262,7 +262,7 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 	name, rest := args[0], args[1:]
 	switch name {
 	case "help", "-h", "-help", "--help":
-		if name != "help" || len(rest) == 0 {
+		if name != "help" || len(rest) == 0 || rest[0] == "help" {
 			writeUsage(stdout)
 			return 0
 		}
