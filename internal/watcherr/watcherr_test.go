@@ -1,7 +1,6 @@
 package watcherr
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -81,7 +80,7 @@ func TestErrors(t *testing.T) {
 	require.NoError(t, e.Watch("the drains", drains))
 	refused := forbidden(schema.GroupResource{Resource: "nodes"}, "",
 		`User "u" cannot list resource "nodes" in API group "" at the cluster scope`)
-	ctx := context.Background()
+	ctx := t.Context()
 
 	require.NoError(t, e.Err())
 	nodes.handler(ctx, r1, io.ErrUnexpectedEOF)
