@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -22,6 +23,7 @@ import (
 // returns the exit code, stdout and stderr.
 func invoke(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
+	t.Cleanup(klog.ClearLogger) // serve routes client-go's log to its handler
 	var out, errOut bytes.Buffer
 	code := dispatch(t.Context(), args, env(nil), &out, &errOut)
 	return code, out.String(), errOut.String()
