@@ -69,6 +69,13 @@ func TestReadyzNamesMissingPermission(t *testing.T) {
 	assert.Contains(t, body, "the node cache: "+who+" may not list nodes at the cluster scope: "+
 		`RBAC rule missing: {apiGroups: [""], resources: [nodes], verbs: [list, watch]} in a ClusterRole bound to `+who)
 	assert.NotContains(t, body, "pause ConfigMap")
+	resp, err := http.Get(srv.admin + "/status")
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Contains(t, string(b), "the node cache: "+who+" may not list nodes", "/status says why it has nothing to show")
 
 	// Granted what the server lists and watches: the same server becomes ready.
 	name := "rm-readyz-" + ns

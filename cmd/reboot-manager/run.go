@@ -305,7 +305,7 @@ func metricsMux(registry *prometheus.Registry, lk *lock.Lock, refusals *watcherr
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		if !lk.HasSynced() {
-			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+			http.Error(w, cmp.Or(refusals.Err(), errors.New("node cache not synced")).Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
