@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
+
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 )
 
 // FailurePolicy says what a drain does once Options.Timeout has passed and pods are
@@ -87,6 +89,10 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// WatchErrors, if set, records the refusals (403, 401) of the drains' lists and
+	// watches (PodDisruptionBudgets, VolumeAttachments, a drain's pods and Node), for
+	// the server's /readyz. Default: none (client-go logs them).
+	WatchErrors *watcherr.Errors
 	// SkipWaitForDeleteTimeout is how long past its deletion timestamp (which already
 	// includes its grace period) a target pod that is terminating on a node whose
 	// kubelet is silent (Ready Unknown, as the node lifecycle controller marks it)

@@ -96,6 +96,11 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
+	if opts.WatchErrors != nil {
+		if err := opts.WatchErrors.Watch("the node cache", l.nodes); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup, byMember: memberGroup}); err != nil {
 		return nil, err
 	}

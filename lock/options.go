@@ -6,6 +6,8 @@ import (
 
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
+
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 )
 
 // Defaults of Options; the server's flags use them too.
@@ -45,6 +47,9 @@ type Options struct {
 	// Recorder, if set, posts Events on Nodes: refusals, reboots not observed, stale
 	// holders released. Default: none.
 	Recorder events.EventRecorder
+	// WatchErrors, if set, records the refusals (403, 401) of the node cache's list and
+	// watch, for the server's /readyz. Default: none (client-go logs them).
+	WatchErrors *watcherr.Errors
 }
 
 // withDefaults returns o with every unset field at its default.

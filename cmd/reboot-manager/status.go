@@ -161,7 +161,11 @@ func (s status) writeJSON(w io.Writer) error {
 }
 
 // writeText writes the status as tables for a terminal.
-func (s status) writeText(w io.Writer) error {
+func (s status) writeText(w io.Writer) error { return s.writeTables(w, false) }
+
+// writeTables writes the status as tables; wide adds columns (status -o wide): when
+// each holder entered its state.
+func (s status) writeTables(w io.Writer, wide bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "reboot-manager status at %s (from the %s)\n", s.Time.Format(time.RFC3339), s.Source)
 	writePolicyState(tw, s.Policy)
@@ -183,9 +187,17 @@ func (s status) writeText(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, window, cmp.Or(g.MinGap, "-"))
 	}
-	fmt.Fprintln(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN")
+	fmt.Fprint(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN")
+	if wide {
+		fmt.Fprint(tw, "\tSINCE")
+	}
+	fmt.Fprintln(tw)
 	for _, h := range s.Holders {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.Node, h.Group, h.State, h.Age, cmp.Or(h.Drain, "-"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", h.Node, h.Group, h.State, h.Age, cmp.Or(h.Drain, "-"))
+		if wide {
+			fmt.Fprintf(tw, "\t%s", h.Since.Format(time.RFC3339))
+		}
+		fmt.Fprintln(tw)
 	}
 	if len(s.Holders) == 0 {
 		fmt.Fprintln(tw, "(no node holds or claims a slot)")

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
 
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
@@ -119,8 +120,17 @@ blockers:
 	assert.Equal(t, groupStatus{Name: "workers", Slots: 2, Holders: 2, WindowOpen: workers.WindowOpen,
 		Windows: []string{"Mon 01:00-02:00 Europe/Paris"}, MinGap: "5m0s"}, *workers)
 
-	err = statusCommand(ctx, []string{"--namespace=" + ns, "-o", "yaml"}, getenv, &out, &errOut)
-	assert.ErrorContains(t, err, "-o must be text or json")
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "-o", "yaml"}, getenv, &out, &errOut))
+	var fromYAML status
+	require.NoError(t, yaml.UnmarshalStrict(out.Bytes(), &fromYAML), "%s", out.String())
+	assert.Equal(t, s.Groups, fromYAML.Groups)
+	assert.Equal(t, s.Paused, fromYAML.Paused)
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"-n", ns, "-o", "wide"}, getenv, &out, &errOut))
+	assert.Regexp(t, `(?m)^`+holder+`\s+workers\s+Rebooting\s+5m0s\s+1 pod left to evict\s+\d{4}-\d\d-\d\dT`, out.String())
+	err = statusCommand(ctx, []string{"--namespace=" + ns, "-o", "xml"}, getenv, &out, &errOut)
+	assert.ErrorContains(t, err, "-o must be one of text, wide, json, yaml")
 
 	// The server's /status: the same lock, from its cache, with its live blockers.
 	srv := startServer(t, env.Kubeconfig, "--namespace="+ns)
