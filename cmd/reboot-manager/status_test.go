@@ -359,3 +359,101 @@ func TestCommandKubeconfigAsKubectl(t *testing.T) {
 	err = statusCommand(t.Context(), []string{"--context=missing"}, getenv, &out, &errOut)
 	assert.ErrorContains(t, err, `context "missing" does not exist`)
 }
+
+// waitingNode is a node that waits for a slot of group, as the lock marks it: since
+// its wait began, last its latest request, until the deadline of its open request
+// (zero: none written).
+func waitingNode(name, group string, since, last, until time.Time) *corev1.Node {
+	a := map[string]string{lock.AnnotationGroup: group,
+		lock.AnnotationWaitingSince: since.UTC().Format(time.RFC3339Nano),
+		lock.AnnotationLastRequest:  last.UTC().Format(time.RFC3339Nano)}
+	if !until.IsZero() {
+		a[lock.AnnotationRequestUntil] = until.UTC().Format(time.RFC3339Nano)
+	}
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: a,
+		Labels: map[string]string{lock.LabelWaiting: "true"}}}
+}
+
+// Issue 17 item 3: the status shows, per group, who waits, since when, whether its
+// request is open now (and until when) and its place in the order; a waiter that
+// stopped asking is not shown; a reserved slot says until when.
+func TestStatusShowsQueue(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	cfg, err := policy.ParseFile([]byte("apiVersion: rebootmanager/v1\ngroups: {workers: {slots: 1}, control-plane: {slots: 1}}\n"))
+	require.NoError(t, err)
+	reserved := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "w9", Annotations: map[string]string{
+		lock.AnnotationStatus: string(lock.StateRebooting), lock.AnnotationGroup: "workers",
+		lock.AnnotationSince:         now.Add(-30 * time.Second).Format(time.RFC3339Nano),
+		lock.AnnotationReservedUntil: now.Add(6 * time.Minute).Format(time.RFC3339Nano),
+	}}}
+	nodes := []*corev1.Node{
+		// Open: its request is held until 12:20.
+		waitingNode("w2", "workers", now.Add(-3*time.Minute), now.Add(-time.Minute), now.Add(20*time.Minute)),
+		// Closed: no request open, its last one ended two minutes ago.
+		waitingNode("w1", "workers", now.Add(-10*time.Minute), now.Add(-2*time.Minute), time.Time{}),
+		// Stale: it stopped asking half an hour ago. Named first: shown, it would take place 1.
+		waitingNode("w0-stale", "workers", now.Add(-2*time.Hour), now.Add(-30*time.Minute), time.Time{}),
+		// Closed: the deadline of a request left behind has passed.
+		waitingNode("c1", "control-plane", now.Add(-time.Minute), now.Add(-time.Minute), now.Add(-time.Second)),
+		reserved,
+	}
+	// A reservation its node did not claim in time: the lock gives it back.
+	unclaimed := reserved.DeepCopy()
+	unclaimed.Name = "w8"
+	unclaimed.Annotations[lock.AnnotationReservedUntil] = now.Add(-time.Second).Format(time.RFC3339Nano)
+	nodes = append(nodes, unclaimed)
+	s := buildStatus(statusInput{now: now, source: "cluster", nodes: nodes, config: cfg,
+		paused: func() (string, bool) { return "", false }})
+
+	at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
+	assert.Equal(t, []waiterStatus{
+		{Node: "c1", Group: "control-plane", Place: 1, Since: now.Add(-time.Minute), Age: "1m0s", LastRequest: at(-time.Minute)},
+		{Node: "w1", Group: "workers", Place: 1, Since: now.Add(-10 * time.Minute), Age: "10m0s", LastRequest: at(-2 * time.Minute)},
+		{Node: "w2", Group: "workers", Place: 2, Since: now.Add(-3 * time.Minute), Age: "3m0s", LastRequest: at(-time.Minute),
+			RequestOpen: true, RequestUntil: at(20 * time.Minute)},
+	}, s.Waiting)
+	waiting := map[string]int{}
+	for _, g := range s.Groups {
+		waiting[g.Name] = g.Waiting
+	}
+	assert.Equal(t, map[string]int{"default": 0, "workers": 2, "control-plane": 1}, waiting)
+	require.Len(t, s.Holders, 2)
+	assert.Equal(t, at(-time.Second), s.Holders[0].ReservedUntil)
+	assert.Equal(t, at(6*time.Minute), s.Holders[1].ReservedUntil)
+
+	var out bytes.Buffer
+	require.NoError(t, s.writeText(&out))
+	text := out.String()
+	t.Logf("status:\n%s", text)
+	for _, want := range []string{
+		`(?m)^GROUP\s+SLOTS\s+HOLDERS\s+CLAIMS\s+WAITING\s+WINDOW\s+MIN GAP$`,
+		`(?m)^workers\s+1\s+2\s+0\s+2\s+open \(no windows\)`,
+		`(?m)^control-plane\s+1\s+0\s+0\s+1\s+`,
+		`(?m)^w9\s+workers\s+Rebooting\s+30s\s+-\s+reserved until 2026-11-30T12:06:00Z$`,
+		`(?m)^w8\s+workers\s+Rebooting\s+30s\s+-\s+reserved until 2026-11-30T11:59:59Z, passed: to be given back$`,
+		`(?m)^WAITING NODE\s+GROUP\s+PLACE\s+WAITING SINCE\s+FOR\s+REQUEST$`,
+		`(?m)^c1\s+control-plane\s+1\s+2026-11-30T11:59:00Z\s+1m0s\s+not open \(last 1m0s ago\)$`,
+		`(?m)^w1\s+workers\s+1\s+2026-11-30T11:50:00Z\s+10m0s\s+not open \(last 2m0s ago\)$`,
+		`(?m)^w2\s+workers\s+2\s+2026-11-30T11:57:00Z\s+3m0s\s+open until 2026-11-30T12:20:00Z$`,
+	} {
+		assert.Regexp(t, want, text)
+	}
+	assert.NotContains(t, text, "w0-stale")
+
+	out.Reset()
+	require.NoError(t, s.writeJSON(&out))
+	var back status
+	require.NoError(t, json.Unmarshal(out.Bytes(), &back))
+	assert.Equal(t, s.Waiting, back.Waiting)
+	assert.Contains(t, out.String(), `"reservedUntil": "2026-11-30T12:06:00Z"`)
+	assert.Contains(t, out.String(), `"requestOpen": true,`)
+
+	// Nobody waits: the table says so; the JSON has an empty list, not null.
+	s = buildStatus(statusInput{now: now, source: "cluster", config: cfg, paused: func() (string, bool) { return "", false }})
+	out.Reset()
+	require.NoError(t, s.writeText(&out))
+	assert.Contains(t, out.String(), "(no node waits for a slot)")
+	out.Reset()
+	require.NoError(t, s.writeJSON(&out))
+	assert.Contains(t, out.String(), `"waiting": []`+"\n")
+}
