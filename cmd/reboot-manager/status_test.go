@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -456,4 +458,134 @@ func TestStatusShowsQueue(t *testing.T) {
 	out.Reset()
 	require.NoError(t, s.writeJSON(&out))
 	assert.Contains(t, out.String(), `"waiting": []`+"\n")
+}
+
+// Issue 17 item 3 against the real control plane: the status command (from a Node
+// LIST) and a replica's /status (from its cache) show the queue marked on Nodes, and
+// /metrics counts each group's waiters, with a series for every configured group from
+// the start, and when its longest wait began; a stale waiter counts nowhere.
+func TestStatusQueueAndWaitingGauge(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := t.Context()
+	ns := env.Namespace(t)
+	// Groups of their own (the control plane is shared), without slots: no slot frees
+	// and no reservation is made while the test looks.
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(`apiVersion: rebootmanager/v1
+groups:
+  queue-a: {slots: 0}
+  queue-b: {slots: 0}
+  queue-r: {slots: 1}
+  queue-none: {slots: 1}
+`), 0o600))
+	now := time.Now().UTC()
+	ts := func(d time.Duration) string { return now.Add(d).Format(time.RFC3339Nano) }
+	marks := map[string]string{ // node: its annotations
+		"queue-a1": `"rebootmanager/group":"queue-a","rebootmanager/waiting-since":"` + ts(-10*time.Minute) +
+			`","rebootmanager/last-request":"` + ts(-2*time.Minute) + `"`,
+		"queue-a2": `"rebootmanager/group":"queue-a","rebootmanager/waiting-since":"` + ts(-3*time.Minute) +
+			`","rebootmanager/last-request":"` + ts(-time.Minute) + `","rebootmanager/request-until":"` + ts(time.Hour) + `"`,
+		"queue-a0-stale": `"rebootmanager/group":"queue-a","rebootmanager/waiting-since":"` + ts(-3*time.Hour) +
+			`","rebootmanager/last-request":"` + ts(-time.Hour) + `"`,
+		"queue-b1": `"rebootmanager/group":"queue-b","rebootmanager/waiting-since":"` + ts(-time.Minute) +
+			`","rebootmanager/last-request":"` + ts(-time.Minute) + `","rebootmanager/request-until":"` + ts(time.Hour) + `"`,
+		"queue-r1": `"rebootmanager/status":"Rebooting","rebootmanager/group":"queue-r","rebootmanager/since":"` + ts(-time.Minute) +
+			`","rebootmanager/was-unschedulable":"false","rebootmanager/reserved-until":"` + ts(time.Hour) + `"`,
+	}
+	for name, a := range marks {
+		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: simkubelet.RandomID()})
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
+		label := lock.LabelWaiting
+		if strings.Contains(a, "Rebooting") {
+			label = lock.LabelLock
+		}
+		_, err = env.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType,
+			[]byte(`{"metadata":{"labels":{"`+label+`":"true"},"annotations":{`+a+`}}}`), metav1.PatchOptions{})
+		require.NoError(t, err)
+	}
+	ours := func(s status) (waiting []string, reserved map[string]bool, counts map[string]int) {
+		reserved, counts = map[string]bool{}, map[string]int{}
+		for _, w := range s.Waiting {
+			if strings.HasPrefix(w.Group, "queue-") {
+				open := map[bool]string{true: "open", false: "not open"}[w.RequestOpen]
+				waiting = append(waiting, fmt.Sprintf("%s %s %d %s", w.Group, w.Node, w.Place, open))
+			}
+		}
+		for _, h := range s.Holders {
+			if strings.HasPrefix(h.Group, "queue-") {
+				reserved[h.Node] = h.ReservedUntil != nil
+			}
+		}
+		for _, g := range s.Groups {
+			if strings.HasPrefix(g.Name, "queue-") {
+				counts[g.Name] = g.Waiting
+			}
+		}
+		return waiting, reserved, counts
+	}
+	wantWaiting := []string{"queue-a queue-a1 1 not open", "queue-a queue-a2 2 open", "queue-b queue-b1 1 open"}
+	wantCounts := map[string]int{"queue-a": 2, "queue-b": 1, "queue-r": 0, "queue-none": 0}
+
+	// The command, from a Node LIST.
+	getenv := func(k string) string { return map[string]string{"KUBECONFIG": env.Kubeconfig}[k] }
+	var out, errOut bytes.Buffer
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "--config=" + config, "-o", "json"}, getenv, &out, &errOut), errOut.String())
+	var s status
+	require.NoError(t, json.Unmarshal(out.Bytes(), &s))
+	waiting, reserved, counts := ours(s)
+	assert.Equal(t, wantWaiting, waiting)
+	assert.Equal(t, map[string]bool{"queue-r1": true}, reserved)
+	assert.Equal(t, wantCounts, counts)
+	out.Reset()
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "--config=" + config}, getenv, &out, &errOut), errOut.String())
+	t.Logf("status:\n%s", out.String())
+	assert.Regexp(t, `(?m)^queue-a2\s+queue-a\s+2\s+\S+\s+3m\d*s\s+open until `, out.String())
+	assert.Regexp(t, `(?m)^queue-r1\s+queue-r\s+Rebooting\s+\S+\s+\S+\s+reserved until `, out.String())
+	assert.NotContains(t, out.String(), "queue-a0-stale")
+
+	// A replica, from its cache.
+	srv := startServer(t, env.Kubeconfig, "--namespace="+ns, "--config="+config)
+	get := func() status {
+		t.Helper()
+		resp, err := http.Get(srv.Admin + "/status")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var s status
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&s))
+		return s
+	}
+	require.Eventually(t, func() bool { w, _, _ := ours(get()); return len(w) == len(wantWaiting) }, 30*time.Second, 200*time.Millisecond)
+	waiting, reserved, counts = ours(get())
+	assert.Equal(t, wantWaiting, waiting)
+	assert.Equal(t, map[string]bool{"queue-r1": true}, reserved)
+	assert.Equal(t, wantCounts, counts)
+
+	gauge := func(m, name, group string) (float64, bool) {
+		for _, line := range strings.Split(m, "\n") {
+			if v, ok := strings.CutPrefix(line, name+`{group="`+group+`"} `); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				require.NoError(t, err, line)
+				return f, true
+			}
+		}
+		return 0, false
+	}
+	m := metrics(t, srv)
+	for g, want := range wantCounts {
+		v, ok := gauge(m, "rebootmanager_group_waiters", g)
+		assert.True(t, ok, "rebootmanager_group_waiters{group=%q} is served", g)
+		assert.Equal(t, float64(want), v, "rebootmanager_group_waiters{group=%q}", g)
+	}
+	for g, since := range map[string]time.Duration{"queue-a": -10 * time.Minute, "queue-b": -time.Minute} {
+		v, ok := gauge(m, "rebootmanager_group_waiting_since_timestamp_seconds", g)
+		assert.True(t, ok, "rebootmanager_group_waiting_since_timestamp_seconds{group=%q} is served", g)
+		assert.InDelta(t, float64(now.Add(since).UnixNano())/1e9, v, 1e-3, "the longest wait of %s", g)
+	}
+	for _, g := range []string{"queue-r", "queue-none"} {
+		_, ok := gauge(m, "rebootmanager_group_waiting_since_timestamp_seconds", g)
+		assert.False(t, ok, "no waiting-since series for %s, where none waits", g)
+	}
 }
