@@ -105,7 +105,7 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(heldSinceDesc, prometheus.GaugeValue,
 			float64(h.Since.UnixNano())/1e9, h.Group, h.Node)
 	}
-	for g, ws := range Queue(l.Nodes(), l.opts.Clock.Now(), 0) { // and of waiters
+	for g, ws := range Queue(l.Nodes(), l.opts.Clock.Now(), l.opts.WaiterTimeout) { // and of waiters
 		c := groups[g]
 		if c == nil {
 			c = &counts{}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -588,4 +589,79 @@ groups:
 		_, ok := gauge(m, "rebootmanager_group_waiting_since_timestamp_seconds", g)
 		assert.False(t, ok, "no waiting-since series for %s, where none waits", g)
 	}
+}
+
+// Issue 17 item 3, end to end: a pre-reboot request held on a full group shows in a
+// replica's /status and in the status command as waiting, request open, place 1, and
+// counts in rebootmanager_group_waiters; once the request ends (Zincati gave up), the
+// node still waits, with no request open.
+func TestStatusShowsHeldRequest(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := t.Context()
+	ns := env.Namespace(t)
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("apiVersion: rebootmanager/v1\ngroups: {queue-held: {slots: 1}}\n"), 0o600))
+	holder, waiter := "queue-held-0", "queue-held-1"
+	machineID := simkubelet.RandomID()
+	for _, name := range []string{holder, waiter} {
+		_, err := env.Kubelet.AddNode(ctx, name, simkubelet.NodeOptions{MachineID: map[bool]string{true: machineID}[name == waiter]})
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Nodes().Delete(context.WithoutCancel(t.Context()), name, metav1.DeleteOptions{})
+		})
+	}
+	_, err := env.Client.CoreV1().Nodes().Patch(ctx, holder, types.MergePatchType, []byte(`{"metadata":{"labels":{"rebootmanager/lock":"true"},
+		"annotations":{"rebootmanager/status":"Rebooting","rebootmanager/group":"queue-held","rebootmanager/since":"`+
+		time.Now().UTC().Format(time.RFC3339Nano)+`","rebootmanager/was-unschedulable":"false"}}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	id, err := fleetlock.ZincatiID(machineID)
+	require.NoError(t, err)
+
+	srv := startServer(t, env.Kubeconfig, "--namespace="+ns, "--config="+config, "--wait=10m")
+	reqCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := (&fleetlock.Client{BaseURL: srv.FleetLock}).PreReboot(reqCtx, fleetlock.ClientParams{ID: id, Group: "queue-held"})
+		done <- err
+	}()
+	get := func() status {
+		resp, err := http.Get(srv.Admin + "/status")
+		if err != nil {
+			return status{}
+		}
+		defer resp.Body.Close()
+		var s status
+		_ = json.NewDecoder(resp.Body).Decode(&s)
+		return s
+	}
+	queued := func(s status) *waiterStatus {
+		for i := range s.Waiting {
+			if s.Waiting[i].Node == waiter {
+				return &s.Waiting[i]
+			}
+		}
+		return nil
+	}
+	require.Eventually(t, func() bool { w := queued(get()); return w != nil && w.RequestOpen }, time.Minute, 200*time.Millisecond,
+		"the held request shows in /status")
+	w := queued(get())
+	assert.Equal(t, "queue-held", w.Group)
+	assert.Equal(t, 1, w.Place)
+	require.NotNil(t, w.RequestUntil)
+	assert.WithinDuration(t, time.Now().Add(10*time.Minute), *w.RequestUntil, 5*time.Minute, "the request's deadline, within --wait")
+	assert.Contains(t, metrics(t, srv), `rebootmanager_group_waiters{group="queue-held"} 1`)
+
+	getenv := func(k string) string { return map[string]string{"KUBECONFIG": env.Kubeconfig}[k] }
+	var out, errOut bytes.Buffer
+	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "--config=" + config}, getenv, &out, &errOut), errOut.String())
+	t.Logf("status:\n%s", out.String())
+	assert.Regexp(t, `(?m)^`+waiter+`\s+queue-held\s+1\s+\S+\s+\S+\s+open until `, out.String())
+
+	cancel() // Zincati gives up: the request ends without a 2xx
+	<-done
+	require.Eventually(t, func() bool { w := queued(get()); return w != nil && !w.RequestOpen }, time.Minute, 200*time.Millisecond,
+		"the node still waits, its request no longer open")
+	w = queued(get())
+	assert.Nil(t, w.RequestUntil)
+	assert.NotNil(t, w.LastRequest)
 }
