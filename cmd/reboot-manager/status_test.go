@@ -658,7 +658,7 @@ func TestStatusShowsHeldRequest(t *testing.T) {
 	assert.Regexp(t, `(?m)^`+waiter+`\s+queue-held\s+1\s+\S+\s+\S+\s+open until `, out.String())
 
 	cancel() // Zincati gives up: the request ends without a 2xx
-	<-done
+	assert.ErrorIs(t, <-done, context.Canceled, "the request ends with its context")
 	require.Eventually(t, func() bool { w := queued(get()); return w != nil && !w.RequestOpen }, time.Minute, 200*time.Millisecond,
 		"the node still waits, its request no longer open")
 	w = queued(get())
