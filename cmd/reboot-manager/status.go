@@ -179,13 +179,13 @@ func buildStatus(in statusInput) status {
 			group(name).Waiting = len(ws)
 		}
 		for _, w := range ws {
-			ws := waiterStatus{Node: w.Node, Group: w.Group, Place: w.Place, Since: w.Since.UTC(),
+			row := waiterStatus{Node: w.Node, Group: w.Group, Place: w.Place, Since: w.Since.UTC(),
 				Age: in.now.Sub(w.Since).Round(time.Second).String(), RequestOpen: w.Open(in.now),
 				LastRequest: utcOrNil(w.LastRequest)}
-			if ws.RequestOpen {
-				ws.RequestUntil = utcOrNil(w.RequestUntil)
+			if row.RequestOpen {
+				row.RequestUntil = utcOrNil(w.RequestUntil)
 			}
-			s.Waiting = append(s.Waiting, ws)
+			s.Waiting = append(s.Waiting, row)
 		}
 	}
 	for _, g := range groups {
