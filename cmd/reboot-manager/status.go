@@ -164,13 +164,9 @@ func buildStatus(in statusInput) status {
 			}
 		}
 		hs := holderStatus{Node: h.Node, Group: h.Group, State: h.State, Since: h.Since.UTC(),
-			Age: in.now.Sub(h.Since).Round(time.Second).String()}
+			Age: in.now.Sub(h.Since).Round(time.Second).String(), ReservedUntil: utcOrNil(h.ReservedUntil)}
 		if h.State == lock.StateRebooting && in.drain != nil {
 			hs.Drain = in.drain(h.Node)
-		}
-		if until, err := time.Parse(time.RFC3339Nano, n.Annotations[lock.AnnotationReservedUntil]); err == nil {
-			until = until.UTC()
-			hs.ReservedUntil = &until
 		}
 		s.Holders = append(s.Holders, hs)
 	}
