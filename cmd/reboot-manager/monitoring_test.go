@@ -92,7 +92,7 @@ func TestMonitoringQueriesServed(t *testing.T) {
 	// The refused node waits for a slot: its group's waiting gauges.
 	require.Eventually(t, func() bool {
 		m, err := s.Metrics()
-		return err == nil && strings.Contains(m, "rebootmanager_group_waiting_since_timestamp_seconds{")
+		return err == nil && strings.Contains(m, `rebootmanager_group_waiting_since_timestamp_seconds{group="default"}`)
 	}, 30*time.Second, 200*time.Millisecond, "the refused node shows as waiting")
 	scrape(s)
 	require.NoError(t, env.Client.CoreV1().ConfigMaps(pauseNS).Delete(ctx, "reboot-manager-pause", metav1.DeleteOptions{}))
