@@ -62,7 +62,7 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
 			return err
 		}
 		if a.claim == nil {
-			if err := a.admit(n); err != nil {
+			if err := a.admit(ctx, n); err != nil {
 				return err
 			}
 			if err := a.drainGaveUp(ctx, n); err != nil {
@@ -104,8 +104,11 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 	}
 	switch v {
 	case promote:
-		if err := a.admit(n); err != nil {
+		if err := a.admit(ctx, n); err != nil {
 			return nil, err // the deferred withdrawal removes our claim
+		}
+		if err := a.groupOrder(ctx, true); err != nil {
+			return nil, err // on a fresh read, the last check before the promotion
 		}
 		return a.promote(ctx)
 	case awaitLater:

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"context"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -55,8 +56,9 @@ func memberGroup(obj any) ([]string, error) {
 	return nil, nil
 }
 
-// admit asks the policy whether the request's node may take a slot now.
-func (a *acquisition) admit(n *corev1.Node) error {
+// admit asks the policy whether the request's node may take a slot now, then checks
+// the group order from the cache (groupOrder).
+func (a *acquisition) admit(ctx context.Context, n *corev1.Node) error {
 	c := Candidate{Node: n, Group: a.group}
 	if st := lockOf(n); st.Group == a.group {
 		c.LastRelease = st.Released
@@ -72,5 +74,8 @@ func (a *acquisition) admit(n *corev1.Node) error {
 			c.LastRelease = rel
 		}
 	}
-	return a.lock.opts.Policy.Admit(c)
+	if err := a.lock.opts.Policy.Admit(c); err != nil {
+		return err
+	}
+	return a.groupOrder(ctx, false)
 }
