@@ -34,7 +34,17 @@ var testHookAfterCheck func(node string)
 // run drives the node from wherever it is to "holder and drained", or until the
 // request expires. Whatever happens, it leaves no claim of its own behind: a claim
 // lives only while a request works on it.
-func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
+func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
+	// A node that waits says so on its Node, at the request's start and at its end.
+	until := a.lock.opts.Clock.Now().Add(time.Until(a.expires))
+	var marked bool
+	if n, marked = a.markWaiting(ctx, n, until); marked {
+		defer func() {
+			if err != nil {
+				a.endRequest(context.WithoutCancel(ctx), until)
+			}
+		}()
+	}
 	a.contend(true)
 	defer func() {
 		if a.claim != nil {

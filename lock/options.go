@@ -37,6 +37,10 @@ type Options struct {
 	// StaleClaimAge is the age after which a claim nobody refreshed (its replica
 	// crashed) may be removed by anyone. Default DefaultStaleClaimAge.
 	StaleClaimAge time.Duration
+	// WaiterTimeout is how long after its last request a waiting node still counts
+	// as waiting (Waiter.Stale); the stale loop removes the waiting marks of nodes
+	// silent for longer. Default DefaultWaiterTimeout.
+	WaiterTimeout time.Duration
 	// Logger receives one info line per lock state change. Default: discard.
 	Logger *slog.Logger
 	// Clock stamps the times written on nodes (rebootmanager/since, .../released) and
@@ -60,6 +64,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.StaleClaimAge <= 0 {
 		o.StaleClaimAge = DefaultStaleClaimAge
+	}
+	if o.WaiterTimeout <= 0 {
+		o.WaiterTimeout = DefaultWaiterTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
