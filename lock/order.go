@@ -120,7 +120,7 @@ func (a *acquisition) groupOrder(ctx context.Context, fresh bool) error {
 			}
 		}
 	}
-	blockers := OrderBlockers(after, nodes, a.lock.opts.Clock.Now(), 0, a.lock.opts.StaleClaimAge)
+	blockers := OrderBlockers(after, nodes, a.lock.opts.Clock.Now(), a.lock.opts.WaiterTimeout, a.lock.opts.StaleClaimAge)
 	if len(blockers) == 0 {
 		return nil
 	}
