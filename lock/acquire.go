@@ -117,7 +117,7 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		if err := a.admit(ctx, n); err != nil {
 			return nil, err // the deferred withdrawal removes our claim
 		}
-		if err := a.groupOrder(ctx, true); err != nil {
+		if err := a.lock.groupOrder(ctx, a.group, true); err != nil {
 			return nil, err // on a fresh read, the last check before the promotion
 		}
 		return a.promote(ctx)

@@ -77,5 +77,5 @@ func (a *acquisition) admit(ctx context.Context, n *corev1.Node) error {
 	if err := a.lock.opts.Policy.Admit(c); err != nil {
 		return err
 	}
-	return a.groupOrder(ctx, false)
+	return a.lock.groupOrder(ctx, a.group, false)
 }

@@ -90,23 +90,23 @@ func orderRefusal(group string, after []string, blockers []OrderBlocker) *Refusa
 
 var orderVerb = map[State]string{StateRebooting: "holds a slot", StateClaiming: "claims a slot", StateWaiting: "waits"}
 
-// groupOrder refuses the request while a node of a group that its group goes after
+// groupOrder refuses a grant in group while a node of a group that it goes after
 // (Policy.After) holds, claims or waits (OrderBlockers). With fresh set it reads those
 // nodes from the API server (two LISTs, by LabelLock and LabelWaiting), as the last
-// check before the promotion; a failed read refuses (api_unavailable). Otherwise it
+// check before a promotion; a failed read refuses (api_unavailable). Otherwise it
 // reads the cache, to refuse early, before a claim. A group that goes after none
-// costs nothing.
-func (a *acquisition) groupOrder(ctx context.Context, fresh bool) error {
-	after := a.lock.opts.Policy.After(a.group)
+// costs nothing. Every promotion (a request's, a reservation's) runs it with fresh set.
+func (l *Lock) groupOrder(ctx context.Context, group string, fresh bool) error {
+	after := l.opts.Policy.After(group)
 	if len(after) == 0 {
 		return nil
 	}
 	var nodes []*corev1.Node
 	if fresh {
 		for _, sel := range []string{LabelLock + "=true", LabelWaiting + "=true"} {
-			list, err := a.lock.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: sel})
+			list, err := l.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: sel})
 			if err != nil {
-				return apiError("list the nodes of the groups "+a.group+" goes after", err)
+				return apiError("list the nodes of the groups "+group+" goes after", err)
 			}
 			for i := range list.Items {
 				nodes = append(nodes, &list.Items[i])
@@ -114,15 +114,15 @@ func (a *acquisition) groupOrder(ctx context.Context, fresh bool) error {
 		}
 	} else {
 		for _, g := range after {
-			objs, _ := a.lock.nodes.GetIndexer().ByIndex(byMember, g)
+			objs, _ := l.nodes.GetIndexer().ByIndex(byMember, g)
 			for _, o := range objs {
 				nodes = append(nodes, o.(*corev1.Node))
 			}
 		}
 	}
-	blockers := OrderBlockers(after, nodes, a.lock.opts.Clock.Now(), a.lock.opts.WaiterTimeout, a.lock.opts.StaleClaimAge)
+	blockers := OrderBlockers(after, nodes, l.opts.Clock.Now(), l.opts.WaiterTimeout, l.opts.StaleClaimAge)
 	if len(blockers) == 0 {
 		return nil
 	}
-	return orderRefusal(a.group, after, blockers)
+	return orderRefusal(group, after, blockers)
 }
