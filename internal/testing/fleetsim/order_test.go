@@ -63,4 +63,5 @@ groups:
 		}
 	}
 	assert.Positive(t, refused, "workers refused with group_order")
+	h.env.AwaitNodeEvent(t, "order-workers-00", "RebootGroupOrder", `group "workers" goes after "control-plane": not done yet: order-control-plane-0`)
 }
