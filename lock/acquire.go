@@ -21,6 +21,9 @@ type acquisition struct {
 
 	claim      *corev1.Node // the node as our claim left it; nil while we hold no claim
 	contending bool         // counted in Lock.contenders
+	// reservedUntil is set when the acquisition is a reservation (reserve.go), not
+	// a request: the deadline its promotion writes.
+	reservedUntil time.Time
 }
 
 // tieWait is the least time a request waits for later claimants to withdraw, whatever
@@ -64,6 +67,21 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
 				case !apierrors.IsNotFound(err):
 					return apiError("get node", err)
 				} // gone: awaitDrain says so (node_gone)
+			}
+			if _, reserved := n.Annotations[AnnotationReservedUntil]; reserved && !cached {
+				// Its slot was reserved for it: take it, unless the give-back wins.
+				taken, err := a.takeReservation(ctx, n)
+				if apierrors.IsConflict(err) && conflicts < maxConflicts {
+					conflicts++
+					if n, err = a.lock.get(ctx, a.name); err != nil {
+						return err
+					}
+					continue
+				}
+				if err != nil {
+					return apiError("take the reserved slot", err)
+				}
+				n = taken
 			}
 			a.contend(false)
 			return a.awaitDrain(ctx, n)
@@ -175,6 +193,7 @@ func (a *acquisition) promote(ctx context.Context) (*corev1.Node, error) {
 		wasUnsched:    new(wasUnsched),
 		unschedulable: new(true),
 		setAutoscaler: autoscalerKeysToSet(c),
+		reservedUntil: a.reservedUntil,
 	})
 	if apierrors.IsConflict(err) {
 		a.claim = nil

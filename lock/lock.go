@@ -96,7 +96,7 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
-	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup, byMember: memberGroup}); err != nil {
+	if err := l.nodes.AddIndexers(cache.Indexers{byZincatiID: zincatiIDs, byGroup: lockGroup, byMember: memberGroup, byWaiting: waitingGroup}); err != nil {
 		return nil, err
 	}
 	_, err := l.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -152,6 +152,9 @@ func (l *Lock) Start(ctx context.Context) error {
 	go l.probe(ctx)
 	go l.staleLoop(ctx)
 	go l.resumeLoop(ctx)
+	if l.opts.ReservationTimeout > 0 {
+		go l.reserveLoop(ctx)
+	}
 	return nil
 }
 

@@ -41,6 +41,14 @@ type Options struct {
 	// as waiting (Waiter.Stale); the stale loop removes the waiting marks of nodes
 	// silent for longer. Default DefaultWaiterTimeout.
 	WaiterTimeout time.Duration
+	// ReservationTimeout is how long a slot reserved for a waiting node that had no
+	// request open stays reserved before it is given back (reserve.go); negative
+	// turns reservations off. Default DefaultReservationTimeout.
+	ReservationTimeout time.Duration
+	// ReservationGrace is how long a free slot stays free, with waiters that have no
+	// request open, before it is reserved for the first of them. Default
+	// DefaultReservationGrace.
+	ReservationGrace time.Duration
 	// Logger receives one info line per lock state change. Default: discard.
 	Logger *slog.Logger
 	// Clock stamps the times written on nodes (rebootmanager/since, .../released) and
@@ -67,6 +75,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WaiterTimeout <= 0 {
 		o.WaiterTimeout = DefaultWaiterTimeout
+	}
+	if o.ReservationTimeout == 0 {
+		o.ReservationTimeout = DefaultReservationTimeout
+	}
+	if o.ReservationGrace <= 0 {
+		o.ReservationGrace = DefaultReservationGrace
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -22,9 +22,9 @@ import (
 // again, as after any other change of the node.
 
 // markWaiting writes the waiting marks of a request that begins for node n (as the
-// cache shows it) and may wait until until (this replica's clock): the wait's start
-// (kept if the node already waits and is not stale), the request's arrival and its
-// deadline. A node that claims or holds gets no marks. It returns the node as last
+// cache shows it) and may wait until until (this replica's clock): the group it
+// waits in, the wait's start (kept if the node already waits in that group and is not
+// stale), the request's arrival and its deadline. A node that claims or holds gets no marks. It returns the node as last
 // seen (written or read), and whether the marks were written; a failure is logged and
 // the request goes on without them.
 func (a *acquisition) markWaiting(ctx context.Context, n *corev1.Node, until time.Time) (*corev1.Node, bool) {
@@ -35,10 +35,11 @@ func (a *acquisition) markWaiting(ctx context.Context, n *corev1.Node, until tim
 		}
 		now := l.opts.Clock.Now()
 		since := now
-		if w, ok := WaiterOf(n); ok && !w.Stale(now, l.opts.WaiterTimeout) {
+		if w, ok := WaiterOf(n); ok && w.Group == a.group && !w.Stale(now, l.opts.WaiterTimeout) {
 			since = w.Since
 		}
 		written, err := l.patchMarks(ctx, n, "true", map[string]any{
+			AnnotationGroup:        a.group, // the group it waits in; its claim writes it too
 			AnnotationWaitingSince: stamp(since),
 			AnnotationLastRequest:  stamp(now),
 			AnnotationRequestUntil: stamp(until),
