@@ -90,7 +90,7 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
 			return err
 		}
 		if a.claim == nil {
-			if err := a.admit(ctx, n); err != nil {
+			if err := a.admit(n); err != nil {
 				return err
 			}
 			if err := a.drainGaveUp(ctx, n); err != nil {
@@ -132,10 +132,10 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 	}
 	switch v {
 	case promote:
-		if err := a.admit(ctx, n); err != nil {
+		if err := a.admit(n); err != nil {
 			return nil, err // the deferred withdrawal removes our claim
 		}
-		if err := a.lock.groupOrder(ctx, a.group, true); err != nil {
+		if err := a.lock.orderFresh(ctx, a.group); err != nil {
 			return nil, err // on a fresh read, the last check before the promotion
 		}
 		return a.promote(ctx)

@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"context"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -57,8 +56,8 @@ func memberGroup(obj any) ([]string, error) {
 }
 
 // admit asks the policy whether the request's node may take a slot now, then checks
-// the group order from the cache (groupOrder).
-func (a *acquisition) admit(ctx context.Context, n *corev1.Node) error {
+// the group order from the cache (orderCached).
+func (a *acquisition) admit(n *corev1.Node) error {
 	c := Candidate{Node: n, Group: a.group}
 	if st := lockOf(n); st.Group == a.group {
 		c.LastRelease = st.Released
@@ -77,5 +76,5 @@ func (a *acquisition) admit(ctx context.Context, n *corev1.Node) error {
 	if err := a.lock.opts.Policy.Admit(c); err != nil {
 		return err
 	}
-	return a.lock.groupOrder(ctx, a.group, false)
+	return a.lock.orderCached(a.group)
 }

@@ -90,36 +90,47 @@ func orderRefusal(group string, after []string, blockers []OrderBlocker) *Refusa
 
 var orderVerb = map[State]string{StateRebooting: "holds a slot", StateClaiming: "claims a slot", StateWaiting: "waits"}
 
-// groupOrder refuses a grant in group while a node of a group that it goes after
-// (Policy.After) holds, claims or waits (OrderBlockers). With fresh set it reads those
-// nodes from the API server (two LISTs, by LabelLock and LabelWaiting), as the last
-// check before a promotion; a failed read refuses (api_unavailable). Otherwise it
-// reads the cache, to refuse early, before a claim. A group that goes after none
-// costs nothing. Every promotion (a request's, a reservation's) runs it with fresh set.
-func (l *Lock) groupOrder(ctx context.Context, group string, fresh bool) error {
+// orderCached refuses a grant in group while a node of a group that it goes after
+// (Policy.After) holds, claims or waits (OrderBlockers), as the cache shows them: the
+// early check, before a claim, that costs no API request.
+func (l *Lock) orderCached(group string) error {
 	after := l.opts.Policy.After(group)
 	if len(after) == 0 {
 		return nil
 	}
 	var nodes []*corev1.Node
-	if fresh {
-		for _, sel := range []string{LabelLock + "=true", LabelWaiting + "=true"} {
-			list, err := l.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: sel})
-			if err != nil {
-				return apiError("list the nodes of the groups "+group+" goes after", err)
-			}
-			for i := range list.Items {
-				nodes = append(nodes, &list.Items[i])
-			}
-		}
-	} else {
-		for _, g := range after {
-			objs, _ := l.nodes.GetIndexer().ByIndex(byMember, g)
-			for _, o := range objs {
-				nodes = append(nodes, o.(*corev1.Node))
-			}
+	for _, g := range after {
+		objs, _ := l.nodes.GetIndexer().ByIndex(byMember, g)
+		for _, o := range objs {
+			nodes = append(nodes, o.(*corev1.Node))
 		}
 	}
+	return l.orderVerdict(group, after, nodes)
+}
+
+// orderFresh is orderCached on a fresh read of the API server (two LISTs, by LabelLock
+// and LabelWaiting): the last check before every promotion (a request's, a
+// reservation's). A failed read refuses (api_unavailable). A group that goes after
+// none costs nothing.
+func (l *Lock) orderFresh(ctx context.Context, group string) error {
+	after := l.opts.Policy.After(group)
+	if len(after) == 0 {
+		return nil
+	}
+	var nodes []*corev1.Node
+	for _, sel := range []string{LabelLock + "=true", LabelWaiting + "=true"} {
+		list, err := l.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return apiError("list the nodes of the groups "+group+" goes after", err)
+		}
+		for i := range list.Items {
+			nodes = append(nodes, &list.Items[i])
+		}
+	}
+	return l.orderVerdict(group, after, nodes)
+}
+
+func (l *Lock) orderVerdict(group string, after []string, nodes []*corev1.Node) error {
 	blockers := OrderBlockers(after, nodes, l.opts.Clock.Now(), l.opts.WaiterTimeout, l.opts.StaleClaimAge)
 	if len(blockers) == 0 {
 		return nil

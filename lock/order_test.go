@@ -96,7 +96,8 @@ func TestGroupOrder(t *testing.T) {
 	env := controlplane.Shared(t)
 	cp := newFleet(t, env, "order-cp", 2, simkubelet.NodeOptions{})
 	w := newFleet(t, env, "order-w", 1, simkubelet.NodeOptions{})
-	l := startLock(t, env.Client, Options{Policy: orderPolicy{after: map[string][]string{"workers": {"cp"}}}, Wait: 300 * time.Millisecond})
+	l := startLock(t, env.Client, Options{Policy: orderPolicy{after: map[string][]string{"workers": {"cp"}}}, Wait: 300 * time.Millisecond,
+		ReservationTimeout: -1}) // reservations: TestGroupOrderHoldsBackReservations
 	awaitCached(t, l, cp)
 	awaitCached(t, l, w)
 	ctx := t.Context()
@@ -130,7 +131,7 @@ func TestGroupOrder(t *testing.T) {
 	refused("a cp node waits between its requests", cp.names[1])
 	stale := now.Add(-DefaultWaiterTimeout - time.Minute)
 	markWaiting(t, env.Client, cp.names[1], "cp", stale, time.Time{})
-	awaitCachedAnnotation(t, l, cp.names[1], AnnotationLastRequest, stale.UTC().Format(time.RFC3339Nano))
+	awaitNotBlocking(t, l, cp.names[1])
 
 	// Marks written after the worker's claim was checked, just before its promotion:
 	// the fresh read sees them, whatever the cache shows.
@@ -145,7 +146,7 @@ func TestGroupOrder(t *testing.T) {
 	unmarkWaiting(t, env.Client, cp.names[0])
 
 	// cp done (a stale waiter left behind): the worker is granted.
-	awaitCachedAnnotation(t, l, cp.names[0], AnnotationWaitingSince, "")
+	awaitNotBlocking(t, l, cp.names[0])
 	require.NoError(t, l.PreReboot(ctx, w.params(worker, "workers")))
 	st, _ := nodeLockState(t, env.Client, worker)
 	assert.Equal(t, StateRebooting, st.State)
@@ -155,14 +156,40 @@ func TestGroupOrder(t *testing.T) {
 	require.NoError(t, l.PreReboot(ctx, cp.params(cp.names[0], "cp")))
 }
 
-// awaitCachedAnnotation waits until l's cache shows the annotation key of node name
-// at value ("": absent).
-func awaitCachedAnnotation(t *testing.T, l *Lock, name, key, value string) {
+// awaitNotBlocking waits until l's cache shows node name neither holding, claiming
+// nor waiting (a stale waiter's marks may be there, or already removed).
+func awaitNotBlocking(t *testing.T, l *Lock, name string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		n, ok := l.cachedNode(name)
-		return ok && n.Annotations[key] == value
+		return ok && len(OrderBlockers([]string{n.Annotations[AnnotationGroup]}, []*corev1.Node{n}, time.Now(), 0, time.Minute)) == 0
 	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// Issue 17 item 4 with reservations: a worker that waits with no request open is not
+// given a free slot while a cp node waits; once cp is done, it is.
+func TestGroupOrderHoldsBackReservations(t *testing.T) {
+	env := controlplane.Shared(t)
+	cp := newFleet(t, env, "order-rcp", 1, simkubelet.NodeOptions{})
+	w := newFleet(t, env, "order-rw", 1, simkubelet.NodeOptions{})
+	l := startLock(t, env.Client, Options{Policy: orderPolicy{after: map[string][]string{"workers": {"cp"}}},
+		ReservationGrace: 100 * time.Millisecond, ReservationTimeout: 10 * time.Minute})
+	awaitCached(t, l, cp)
+	awaitCached(t, l, w)
+	now := time.Now()
+	markWaiting(t, env.Client, cp.names[0], "cp", now, now.Add(time.Minute)) // its request open: no reservation for it
+	markWaiting(t, env.Client, w.names[0], "workers", now, time.Time{})
+	for range 20 { // many rounds of the reservation loop
+		time.Sleep(100 * time.Millisecond)
+		st, cordoned := nodeLockState(t, env.Client, w.names[0])
+		require.Equal(t, StateReady, st.State, "no slot reserved for the worker while cp waits")
+		require.False(t, cordoned)
+	}
+	unmarkWaiting(t, env.Client, cp.names[0])
+	require.Eventually(t, func() bool {
+		st, _ := nodeLockState(t, env.Client, w.names[0])
+		return st.State == StateRebooting
+	}, 20*time.Second, 50*time.Millisecond, "reserved once cp is done")
 }
 
 // failWaitingList fails every List of the waiting nodes with a 500.
