@@ -456,8 +456,7 @@ func (c *Config) checkOrder(names []string) error {
 	}
 	// Depth first, from each group in name order, along each after list in its order.
 	const (
-		unseen = iota
-		onPath
+		onPath = iota + 1 // 0: not visited yet
 		done
 	)
 	state := map[string]int{}
