@@ -36,9 +36,10 @@ import (
 const DefaultReservationTimeout = 7 * time.Minute
 
 // DefaultReservationGrace is Options.ReservationGrace's default: an open request
-// takes a free slot within a few API round trips, so a slot free for this long has
-// no request coming for it.
-const DefaultReservationGrace = 3 * time.Second
+// takes a free slot within a few API round trips (milliseconds), so a slot free for
+// this long has no request coming for it. Were one still coming, the claim, check
+// and promotion decide between it and the reservation, as between two requests.
+const DefaultReservationGrace = time.Second
 
 // ReasonSlotReserved (Normal): a free slot was reserved for a waiting node, which was
 // cordoned and is drained before its next pre-reboot.
