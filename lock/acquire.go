@@ -135,6 +135,9 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		if err := a.admit(n); err != nil {
 			return nil, err // the deferred withdrawal removes our claim
 		}
+		if err := a.lock.orderFresh(ctx, a.group); err != nil {
+			return nil, err // on a fresh read, the last check before the promotion
+		}
 		return a.promote(ctx)
 	case awaitLater:
 		if err := a.lock.sleep(ctx, 200*time.Millisecond, a.tieExpires, a.lock.changed.wait(), nil); err != nil {

@@ -268,6 +268,9 @@ func (a *acquisition) reserve(ctx context.Context) (reserved, tryNext bool, err 
 			if err := a.admit(claimed); err != nil {
 				return false, true, err
 			}
+			if err := l.orderFresh(ctx, a.group); err != nil {
+				return false, true, err // the group order, on a fresh read
+			}
 			n, err := a.promote(ctx)
 			if err != nil {
 				return false, false, err

@@ -139,6 +139,10 @@ func (p *Policy) Groups() []string {
 	return groups
 }
 
+// After returns the groups that group goes after (its after list in the policy file,
+// never Defaults'), in the file's order; nil for none.
+func (p *Policy) After(group string) []string { return slices.Clone(p.Config().Groups[group].After) }
+
 // DefaultStaleHolderAfter is Config.StaleHolderAfter's default: a holder that rebooted
 // and has been Ready an hour without calling steady-state is released. Safe: it counts
 // only a new boot ID and Ready, never the time alone.

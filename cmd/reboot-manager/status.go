@@ -58,6 +58,27 @@ type groupStatus struct {
 	WindowOpen bool     `json:"windowOpen"`
 	Windows    []string `json:"windows,omitempty"`
 	MinGap     string   `json:"minGap,omitempty"`
+	// After are the groups this one goes after; HeldBackBy the nodes of those that
+	// hold, claim or wait, which hold this group's nodes back (lock.OrderBlockers).
+	After      []string            `json:"after"`
+	HeldBackBy []lock.OrderBlocker `json:"heldBackBy,omitempty"`
+}
+
+// order is the group's ORDER column: "-", or "after" its groups and, when held back,
+// by which nodes.
+func (g groupStatus) order() string {
+	if len(g.After) == 0 {
+		return "-"
+	}
+	s := "after " + strings.Join(g.After, ", ")
+	if len(g.HeldBackBy) == 0 {
+		return s
+	}
+	by := make([]string, len(g.HeldBackBy))
+	for i, b := range g.HeldBackBy {
+		by[i] = fmt.Sprintf("%s (%s)", b.Node, b.State)
+	}
+	return s + ": held back by " + strings.Join(by, ", ")
 }
 
 type holderStatus struct {
@@ -139,6 +160,8 @@ func buildStatus(in statusInput) status {
 		if cfg.MinGap.Duration > 0 {
 			g.MinGap = cfg.MinGap.String()
 		}
+		g.After = append([]string{}, cfg.After...)
+		g.HeldBackBy = lock.OrderBlockers(g.After, in.nodes, in.now, 0, lock.DefaultStaleClaimAge)
 		groups[name] = g
 		return g
 	}
@@ -229,7 +252,7 @@ func (s status) writeTables(w io.Writer, wide bool) error {
 		fmt.Fprintln(tw, "not paused")
 	}
 	if len(s.Groups) > 0 {
-		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWAITING\tWINDOW\tMIN GAP")
+		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWAITING\tWINDOW\tMIN GAP\tORDER")
 	}
 	for _, g := range s.Groups {
 		window := "open (no windows)"
@@ -239,7 +262,7 @@ func (s status) writeTables(w io.Writer, wide bool) error {
 				window = "open: " + strings.Join(g.Windows, "; ")
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, g.Waiting, window, cmp.Or(g.MinGap, "-"))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, g.Waiting, window, cmp.Or(g.MinGap, "-"), g.order())
 	}
 	fmt.Fprint(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN\tRESERVATION")
 	if wide {

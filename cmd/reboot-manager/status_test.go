@@ -121,7 +121,7 @@ blockers:
 	}
 	require.NotNil(t, workers)
 	assert.Equal(t, groupStatus{Name: "workers", Slots: 2, Holders: 2, WindowOpen: workers.WindowOpen,
-		Windows: []string{"Mon 01:00-02:00 Europe/Paris"}, MinGap: "5m0s"}, *workers)
+		Windows: []string{"Mon 01:00-02:00 Europe/Paris"}, MinGap: "5m0s", After: []string{}}, *workers)
 
 	out.Reset()
 	require.NoError(t, statusCommand(ctx, []string{"--namespace=" + ns, "-o", "yaml"}, getenv, &out, &errOut))
@@ -131,7 +131,7 @@ blockers:
 	assert.Equal(t, s.Paused, fromYAML.Paused)
 	out.Reset()
 	require.NoError(t, statusCommand(ctx, []string{"-n", ns, "-o", "wide"}, getenv, &out, &errOut))
-	assert.Regexp(t, `(?m)^`+holder+`\s+workers\s+Rebooting\s+5m0s\s+1 pod left to evict\s+\d{4}-\d\d-\d\dT`, out.String())
+	assert.Regexp(t, `(?m)^`+holder+`\s+workers\s+Rebooting\s+5m0s\s+1 pod left to evict\s+-\s+\d{4}-\d\d-\d\dT`, out.String())
 	err = statusCommand(ctx, []string{"--namespace=" + ns, "-o", "xml"}, getenv, &out, &errOut)
 	assert.ErrorContains(t, err, "-o must be one of text, wide, json, yaml")
 
@@ -674,4 +674,50 @@ func TestStatusShowsHeldRequest(t *testing.T) {
 	w = queued(get())
 	assert.Nil(t, w.RequestUntil)
 	assert.NotNil(t, w.LastRequest)
+}
+
+// Issue 17 item 4: every group shows its after list, and a group held back by the
+// order names the nodes that hold it back (holding, claiming, waiting; a stale waiter
+// does not count).
+func TestStatusShowsGroupOrder(t *testing.T) {
+	now := time.Date(2026, 11, 30, 11, 0, 0, 0, time.UTC)
+	cfg, err := policy.ParseFile([]byte("apiVersion: rebootmanager/v1\ngroups:\n  cp: {}\n  workers: {after: [cp]}\n  gpu: {after: [workers]}\n"))
+	require.NoError(t, err)
+	stamp := func(t time.Time) string { return t.Format(time.RFC3339Nano) }
+	node := func(name string, a map[string]string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: a}}
+	}
+	nodes := []*corev1.Node{
+		node("cp-0", map[string]string{lock.AnnotationStatus: "Rebooting", lock.AnnotationGroup: "cp", lock.AnnotationSince: stamp(now.Add(-time.Minute))}),
+		node("cp-1", map[string]string{lock.AnnotationGroup: "cp", lock.AnnotationWaitingSince: stamp(now.Add(-time.Minute)),
+			lock.AnnotationLastRequest: stamp(now.Add(-time.Minute))}),
+		node("cp-2", map[string]string{lock.AnnotationGroup: "cp", lock.AnnotationWaitingSince: stamp(now.Add(-time.Hour)),
+			lock.AnnotationLastRequest: stamp(now.Add(-time.Hour))}),
+		node("w-0", map[string]string{lock.AnnotationGroup: "workers", lock.AnnotationWaitingSince: stamp(now.Add(-time.Minute)),
+			lock.AnnotationLastRequest: stamp(now)}),
+	}
+	s := buildStatus(statusInput{now: now, source: "cluster", nodes: nodes, config: cfg,
+		paused: func() (string, bool) { return "", false }})
+	byName := map[string]groupStatus{}
+	for _, g := range s.Groups {
+		byName[g.Name] = g
+	}
+	assert.Equal(t, []string{}, byName["cp"].After)
+	assert.Empty(t, byName["cp"].HeldBackBy)
+	assert.Equal(t, []string{"cp"}, byName["workers"].After)
+	assert.Equal(t, []lock.OrderBlocker{{Node: "cp-0", Group: "cp", State: lock.StateRebooting}, {Node: "cp-1", Group: "cp", State: lock.StateWaiting}},
+		byName["workers"].HeldBackBy)
+	assert.Equal(t, []lock.OrderBlocker{{Node: "w-0", Group: "workers", State: lock.StateWaiting}}, byName["gpu"].HeldBackBy)
+
+	var out bytes.Buffer
+	require.NoError(t, s.writeText(&out))
+	assert.Regexp(t, `(?m)^cp\s+1\s+1\s+0\s+\d+\s+open \(no windows\)\s+-\s+-$`, out.String())
+	assert.Regexp(t, `(?m)^workers\s+1\s+0\s+0\s+\d+\s+open \(no windows\)\s+-\s+after cp: held back by cp-0 \(Rebooting\), cp-1 \(Waiting\)$`, out.String())
+	out.Reset()
+	require.NoError(t, s.writeJSON(&out))
+	assert.Contains(t, out.String(), `"after": []`)
+	assert.Contains(t, out.String(), `"after": [
+        "cp"
+      ],`)
+	assert.Contains(t, out.String(), `"heldBackBy": [`)
 }
