@@ -171,10 +171,10 @@ func TestStatusOutputs(t *testing.T) {
 		return out.String()
 	}
 	text, wide := write("text"), write("wide")
-	assert.Regexp(t, `NODE\s+GROUP\s+STATE\s+FOR\s+DRAIN\n`, text)
-	assert.Regexp(t, `w1\s+workers\s+Rebooting\s+5m0s\s+drained\n`, text)
-	assert.Regexp(t, `NODE\s+GROUP\s+STATE\s+FOR\s+DRAIN\s+SINCE\n`, wide)
-	assert.Regexp(t, `w1\s+workers\s+Rebooting\s+5m0s\s+drained\s+2026-11-30T10:55:00Z\n`, wide)
+	assert.Regexp(t, `NODE\s+GROUP\s+STATE\s+FOR\s+DRAIN\s+RESERVATION\n`, text)
+	assert.Regexp(t, `w1\s+workers\s+Rebooting\s+5m0s\s+drained\s+-\n`, text)
+	assert.Regexp(t, `NODE\s+GROUP\s+STATE\s+FOR\s+DRAIN\s+RESERVATION\s+SINCE\n`, wide)
+	assert.Regexp(t, `w1\s+workers\s+Rebooting\s+5m0s\s+drained\s+-\s+2026-11-30T10:55:00Z\n`, wide)
 	assert.Contains(t, wide, "PAUSED: freeze")
 
 	var fromJSON, fromYAML status

@@ -439,7 +439,7 @@ func TestStatusShowsQueue(t *testing.T) {
 	text := out.String()
 	t.Logf("status:\n%s", text)
 	for _, want := range []string{
-		`(?m)^GROUP\s+SLOTS\s+HOLDERS\s+CLAIMS\s+WAITING\s+WINDOW\s+MIN GAP$`,
+		`(?m)^GROUP\s+SLOTS\s+HOLDERS\s+CLAIMS\s+WAITING\s+WINDOW\s+MIN GAP\s+ORDER$`,
 		`(?m)^workers\s+1\s+2\s+0\s+2\s+open \(no windows\)`,
 		`(?m)^control-plane\s+1\s+0\s+0\s+1\s+`,
 		`(?m)^w9\s+workers\s+Rebooting\s+30s\s+-\s+reserved until 2026-11-30T12:06:00Z$`,
