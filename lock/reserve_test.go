@@ -3,6 +3,9 @@ package lock
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,4 +267,118 @@ func TestReservationByTwoReplicas(t *testing.T) {
 	for _, name := range f.names[3:] {
 		assert.Equal(t, StateReady, lockOf(getNodeT(t, env.Client, name)).State, "%s waits", name)
 	}
+}
+
+// TestContention with reservations in play: two replicas reserve free slots for the
+// waiters whose requests ended, after a grace of milliseconds, and give them back
+// after a second, while every node's requests (two per replica) come and go, with a
+// random pause between check and promotion, and holders are released under them.
+// Never more holders than slots, at any moment a watch sees.
+func TestContentionWithReservations(t *testing.T) {
+	env := controlplane.Shared(t)
+	testHookAfterCheck = func(string) { time.Sleep(rand.N(15 * time.Millisecond)) }
+	t.Cleanup(func() { testHookAfterCheck = nil })
+	for _, slots := range []int{1, 3} {
+		t.Run(fmt.Sprintf("slots=%d", slots), func(t *testing.T) {
+			const nodes, rounds = 12, 6
+			f := newFleet(t, env, fmt.Sprintf("contend-res-s%d", slots), nodes, simkubelet.NodeOptions{})
+			watcher := watchHolders(t, env.Client, f)
+			reservations := watchReservations(t, env.Client, f)
+			opts := Options{Policy: testPolicy{slots: slots}, Wait: 300 * time.Millisecond,
+				ReservationGrace: 20 * time.Millisecond, ReservationTimeout: time.Second, WaiterTimeout: time.Hour}
+			replicas := []*Lock{startLock(t, env.Client, opts), startLock(t, env.Client, opts)}
+			for _, l := range replicas {
+				awaitCached(t, l, f)
+			}
+			ctx := t.Context()
+			granted := 0
+			for round := range rounds {
+				var mu sync.Mutex
+				var wg sync.WaitGroup
+				for _, name := range f.names {
+					for _, l := range replicas {
+						for range 2 {
+							wg.Go(func() {
+								time.Sleep(rand.N(200 * time.Millisecond)) // staggered arrivals
+								err := l.PreReboot(ctx, f.params(name, "default"))
+								if err == nil {
+									mu.Lock()
+									granted++
+									mu.Unlock()
+									return
+								}
+								if !errors.Is(err, fleetlock.ErrLockHeld) {
+									t.Errorf("round %d %s: %v", round, name, err)
+								}
+							})
+						}
+					}
+				}
+				// Holders are released (an operator) while requests come and go.
+				for range 5 {
+					time.Sleep(rand.N(150 * time.Millisecond))
+					l := replicas[rand.N(2)]
+					for _, name := range f.names {
+						if n, ok := l.cachedNode(name); ok && lockOf(n).holding() {
+							if err := l.Release(ctx, name); err != nil && !errors.Is(err, ErrNotHolder) {
+								t.Errorf("release %s: %v", name, err)
+							}
+						}
+					}
+				}
+				wg.Wait()
+				// No request open: the slots freed now are reserved; the next round's
+				// requests race with their give-back, or come after it.
+				for _, name := range f.names {
+					if err := replicas[round%2].Release(ctx, name); err != nil && !errors.Is(err, ErrNotHolder) {
+						t.Errorf("release %s: %v", name, err)
+					}
+				}
+				time.Sleep(rand.N(1500 * time.Millisecond))
+			}
+			// Reservations of the waiters left run out and are given back.
+			time.Sleep(2 * time.Second)
+			assert.LessOrEqual(t, watcher.max(), slots, "at some moment more nodes held than slots")
+			t.Logf("slots=%d: %d rounds of %d nodes x 2 replicas x 2 requests, %d grants to requests, %d reservations, most holding at once: %d",
+				slots, rounds, nodes, granted, reservations.count(), watcher.max())
+			assert.Positive(t, reservations.count(), "reservations were in play")
+		})
+	}
+}
+
+// reservationsWatcher counts, through a watch, the reservations made (promotions that
+// wrote AnnotationReservedUntil) on a fleet's nodes.
+type reservationsWatcher struct {
+	mu   sync.Mutex
+	seen map[string]bool // node/promotion
+}
+
+func watchReservations(t *testing.T, client kubernetes.Interface, f fleet) *reservationsWatcher {
+	t.Helper()
+	ours := map[string]bool{}
+	for _, n := range f.names {
+		ours[n] = true
+	}
+	w, err := client.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{})
+	require.NoError(t, err)
+	t.Cleanup(w.Stop)
+	r := &reservationsWatcher{seen: map[string]bool{}}
+	go func() {
+		for ev := range w.ResultChan() {
+			n, ok := ev.Object.(*corev1.Node)
+			if !ok || !ours[n.Name] || !reserved(n) {
+				continue
+			}
+			r.mu.Lock()
+			r.seen[n.Name+"/"+n.Annotations[AnnotationSince]] = true
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+func (r *reservationsWatcher) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
 }
