@@ -3,6 +3,8 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 \
 #     --build-arg VERSION=$(sed -n 's/^appVersion: *//p' charts/reboot-manager/Chart.yaml) \
 #     -t ghcr.io/reboot-manager/reboot-manager:v0.1.0 .
+# The entrypoint is the binary: the manifests' args start with `serve` (the server);
+# without arguments it prints its usage, and `--version` or `version` print the version.
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./

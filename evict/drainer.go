@@ -115,7 +115,10 @@ func (d *Drainer) Run(ctx context.Context) {
 		d.log.Error("cannot watch disruption budgets", "err", err)
 	}
 	d.pdbs = pdbs.GetStore()
-	d.volumesInformer(factory.Storage().V1().VolumeAttachments().Informer())
+	d.watchErrors("the drains' PodDisruptionBudget cache", pdbs)
+	volumes := factory.Storage().V1().VolumeAttachments().Informer()
+	d.watchErrors("the drains' VolumeAttachment cache", volumes)
+	d.volumesInformer(volumes)
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
@@ -126,6 +129,16 @@ func (d *Drainer) Run(ctx context.Context) {
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait()
+}
+
+// watchErrors records inf's refusals in Options.WatchErrors, if set; call it before
+// inf starts.
+func (d *Drainer) watchErrors(what string, inf cache.SharedIndexInformer) {
+	if d.opts.WatchErrors != nil {
+		if err := d.opts.WatchErrors.Watch(what, inf); err != nil {
+			d.log.Error("cannot record the informer's refusals", "informer", what, "err", err)
+		}
+	}
 }
 
 // isRunning reports whether Run has started: its informers' stores are set.

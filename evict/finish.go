@@ -56,10 +56,10 @@ func (dr *drain) finalCheck() bool {
 			continue
 		}
 		t.blocks = []Block{{Reason: BlockedByPodsReturning, Pod: t.key, Message: fmt.Sprintf(
-			"pods that must leave keep arriving on the cordoned node (%d rounds); this one tolerates the cordon or names the node, and is not evicted again: the node is not rebooted while it runs here",
-			dr.rounds)}}
+			"pods that must leave keep arriving on the cordoned node (%d rounds); this one tolerates the cordon or names the node, and is evicted again only every %s: the node is not rebooted while it runs here",
+			dr.rounds, dr.d.opts.ReturnRetry)}}
 		dr.setPodPhase(t, podReturned)
-		t.nextTry = dr.d.opts.Clock.Now().Add(ReturnRetry)
+		t.nextTry = dr.d.opts.Clock.Now().Add(dr.d.opts.ReturnRetry)
 	}
 	return false
 }
@@ -109,13 +109,8 @@ func (dr *drain) fail() {
 		"Drain gave up after %s with %d pods left (%s); the node is not rebooted", dr.d.opts.Timeout, p.PodsLeft, listNames(p.Left))
 }
 
-// ReturnRetry is how long a pod that keeps returning is left alone before it is
-// evicted once more: the cause may pass (a scheduler whose cache missed the cordon,
-// say after an API-server outage), and the drain then ends, with at most one eviction
-// per ReturnRetry of a workload that really tolerates the cordon.
-const ReturnRetry = 30 * time.Second
-
-// retryReturned evicts again, once ReturnRetry has passed, the pods that returned.
+// retryReturned evicts again, once Options.ReturnRetry has passed, the pods that
+// returned.
 func (dr *drain) retryReturned(now time.Time) {
 	for _, t := range dr.targets {
 		if t.phase == podReturned && !now.Before(t.nextTry) {

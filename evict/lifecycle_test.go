@@ -78,7 +78,7 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 	evictions := counter.Count("create pods/eviction")
 	assert.GreaterOrEqual(t, evictions, evict.DefaultReturningRounds+1, "the first pod and a newcomer per round")
 
-	// Blocked: no more evictions, the pod stays, the drain is not done.
+	// Blocked: no more evictions before ReturnRetry, the pod stays, the drain is not done.
 	time.Sleep(3 * time.Second)
 	p, _ = d.Progress(node)
 	assert.False(t, p.Drained)
@@ -87,7 +87,7 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 		t.Fatalf("drain ended: %s", p)
 	default:
 	}
-	assert.Equal(t, evictions, counter.Count("create pods/eviction"), "returning pods are not evicted again")
+	assert.Equal(t, evictions, counter.Count("create pods/eviction"), "returning pods are not evicted again before ReturnRetry (30 s)")
 	pods := c.waitRunning(node, "web", 1)
 	assert.Equal(t, blocked.Pod, c.ns+"/"+pods[0].Name, "the block names the pod on the node")
 	c.waitEvents(node, evict.ReasonDrainBlocked)
@@ -97,6 +97,40 @@ func TestDrainNeverDrainedWhileToleratingPodsReturn(t *testing.T) {
 	// Once the workload goes elsewhere, the drain ends.
 	require.NoError(t, c.client.AppsV1().Deployments(c.ns).Delete(t.Context(), "web", metav1.DeleteOptions{}))
 	p = awaitDone(t, d, node, p, time.Minute)
+	require.True(t, p.Drained, "progress: %s", p)
+	assert.Empty(t, c.nodePods(node))
+}
+
+// A drain blocked by returning pods ends once the workload stops coming back: the
+// returned pod is evicted once more every ReturnRetry. Before, the drain stayed
+// blocked for as long as that pod ran, although nothing would have brought it back
+// (seen after an API-server outage, whose scheduler missed the cordon).
+func TestDrainEvictsReturnedPodsAgainAfterReturnRetry(t *testing.T) {
+	c := newCluster(t)
+	node := c.addNode("retry", true)
+	c.deployment("web", 1, onlyOn(node))
+	c.waitRunning(node, "web", 1)
+	c.cordon(node, true)
+
+	d := c.drainer(c.client, evict.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
+		ReturnRetry: 2 * time.Second})
+	p := c.start(d, node)
+	c.waitFor(2*time.Minute, "the drain blocked by returning pods", func(context.Context) (bool, error) {
+		p, _ = d.Progress(node)
+		b, ok := p.Blocked()
+		return ok && b.Reason == evict.BlockedByPodsReturning, nil
+	})
+
+	// The workload stops coming back: its pods are orphaned, nothing recreates them.
+	orphan := metav1.DeletePropagationOrphan
+	ctx := t.Context()
+	require.NoError(t, c.client.AppsV1().Deployments(c.ns).Delete(ctx, "web", metav1.DeleteOptions{PropagationPolicy: &orphan}))
+	rss, err := c.client.AppsV1().ReplicaSets(c.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	require.NoError(t, err)
+	for _, rs := range rss.Items {
+		require.NoError(t, c.client.AppsV1().ReplicaSets(c.ns).Delete(ctx, rs.Name, metav1.DeleteOptions{PropagationPolicy: &orphan}))
+	}
+	p = awaitDone(t, d, node, p, 2*time.Minute)
 	require.True(t, p.Drained, "progress: %s", p)
 	assert.Empty(t, c.nodePods(node))
 }

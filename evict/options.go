@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
+
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 )
 
 // FailurePolicy says what a drain does once Options.Timeout has passed and pods are
@@ -87,6 +89,10 @@ type Options struct {
 	// posting events.k8s.io/v1 Events through the Drainer's client as
 	// "reboot-manager" while Run runs.
 	Recorder events.EventRecorder
+	// WatchErrors, if set, records the refusals (403, 401) of the drains' lists and
+	// watches (PodDisruptionBudgets, VolumeAttachments, a drain's pods and Node), for
+	// the server's /readyz. Default: none (client-go logs them).
+	WatchErrors *watcherr.Errors
 	// SkipWaitForDeleteTimeout is how long past its deletion timestamp (which already
 	// includes its grace period) a target pod that is terminating on a node whose
 	// kubelet is silent (Ready Unknown, as the node lifecycle controller marks it)
@@ -111,6 +117,12 @@ type Options struct {
 	// block the drain (BlockedByPodsReturning) until they leave, and under Release
 	// or Force the drain fails at Timeout. Default 3.
 	ReturningRounds int
+	// ReturnRetry is how long a pod that keeps returning (BlockedByPodsReturning) is
+	// left alone before it is evicted once more: the cause may pass (a scheduler whose
+	// cache missed the cordon, say after an API-server outage), and the drain then
+	// ends, with at most one eviction per ReturnRetry of a workload that really
+	// tolerates the cordon. Default 30 seconds.
+	ReturnRetry time.Duration
 	// BlockedEventInterval is how often the Warning Event DrainBlocked is posted
 	// again while the same block lasts (Events expire, after an hour by default).
 	// Default 30 minutes.
@@ -133,6 +145,7 @@ const (
 	DefaultBackoffMax               = 30 * time.Second
 	DefaultTimeout                  = 15 * time.Minute
 	DefaultReturningRounds          = 3
+	DefaultReturnRetry              = 30 * time.Second
 	DefaultSkipWaitForDeleteTimeout = time.Minute
 	DefaultVolumeDetachTimeout      = 5 * time.Minute
 	DefaultBlockedEventInterval     = 30 * time.Minute
@@ -166,6 +179,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReturningRounds <= 0 {
 		o.ReturningRounds = DefaultReturningRounds
+	}
+	if o.ReturnRetry <= 0 {
+		o.ReturnRetry = DefaultReturnRetry
 	}
 	if o.BlockedEventInterval <= 0 {
 		o.BlockedEventInterval = DefaultBlockedEventInterval

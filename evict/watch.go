@@ -20,6 +20,7 @@ func (dr *drain) watchPods() (func(), bool) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
 		informers.WithTransform(stripManagedFields))
 	inf := factory.Core().V1().Pods().Informer()
+	dr.d.watchErrors("the drain of node "+dr.node+": its pods", inf)
 	poke := func(any) { dr.poke() }
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    poke,
@@ -62,6 +63,7 @@ func (dr *drain) watchNode() (func(), bool) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
 		informers.WithTransform(stripNode))
 	inf := factory.Core().V1().Nodes().Informer()
+	dr.d.watchErrors("the drain of node "+dr.node+": its Node", inf)
 	seen := func(obj any) {
 		if n, ok := obj.(*corev1.Node); ok && n.Name == dr.node {
 			dr.seeNode(n)

@@ -77,6 +77,7 @@
 //	blocker_check_failing 409   ErrBlockerCheckFailing
 //	pods_blocking       409     ErrPodsBlocking
 //	group_not_ready     409     ErrGroupNotReady
+//	group_order         409     ErrGroupOrder (pre-reboot)
 //	node_not_ready      409     ErrNodeNotReady (steady-state)
 //	node_uncordoned     409     ErrNodeUncordoned (pre-reboot)
 //	node_gone           422     ErrNodeGone (pre-reboot)

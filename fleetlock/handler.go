@@ -194,7 +194,8 @@ func NewHandler(l Locker, opts Options) http.Handler {
 		steadyStatePath: prefix + "/v1/steady-state", steadyState: h.wrap(1, h.steadyState)}
 	rt.mux.Post(rt.preRebootPath, rt.preReboot)
 	rt.mux.Post(rt.steadyStatePath, rt.steadyState)
-	rt.mux.NotFound(h.wrap(2, fail(errNotFound)))
+	rt.mux.NotFound(h.wrap(2, fail(fmt.Errorf("%w: the FleetLock endpoints are POST %s and POST %s; Zincati's base_url is the part before v1/ and must end with a slash",
+		errNotFound, rt.preRebootPath, rt.steadyStatePath))))
 	rt.mux.MethodNotAllowed(h.wrap(2, fail(errMethodNotAllowed)))
 	return rt
 }

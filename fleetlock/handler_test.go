@@ -104,7 +104,7 @@ func TestHandlerTransport(t *testing.T) {
 		{"get unknown path", "", "GET", "/metrics", validHeader, "", 404, KindNotFound, ""},
 		// paths
 		{"trailing slash", "", "POST", "/v1/pre-reboot/", validHeader, validBody, 404, KindNotFound, ""},
-		{"root", "", "POST", "/", validHeader, validBody, 404, KindNotFound, ""},
+		{"root", "", "POST", "/", validHeader, validBody, 404, KindNotFound, "POST /v1/pre-reboot and POST /v1/steady-state; Zincati's base_url"},
 		{"v1", "", "POST", "/v1", validHeader, validBody, 404, KindNotFound, ""},
 		{"v1 slash", "", "POST", "/v1/", validHeader, validBody, 404, KindNotFound, ""},
 		{"upper case path", "", "POST", "/V1/pre-reboot", validHeader, validBody, 404, KindNotFound, ""},
@@ -114,7 +114,7 @@ func TestHandlerTransport(t *testing.T) {
 		{"query ignored", "", "POST", "/v1/steady-state?x=1", validHeader, validBody, 200, KindLockNotHeld, ""},
 		{"prefix", "/fleetlock", "POST", "/fleetlock/v1/pre-reboot", validHeader, validBody, 200, KindLockGranted, ""},
 		{"prefix steady", "fleetlock/", "POST", "/fleetlock/v1/steady-state", validHeader, validBody, 200, KindLockNotHeld, ""},
-		{"prefix missing", "/fleetlock", "POST", "/v1/pre-reboot", validHeader, validBody, 404, KindNotFound, ""},
+		{"prefix missing", "/fleetlock", "POST", "/v1/pre-reboot", validHeader, validBody, 404, KindNotFound, "the FleetLock endpoints are POST /fleetlock/v1/pre-reboot and POST /fleetlock/v1/steady-state"},
 		{"prefix alone", "/fleetlock", "POST", "/fleetlock/", validHeader, validBody, 404, KindNotFound, ""},
 		{"prefix trailing slash", "/fleetlock", "POST", "/fleetlock/v1/pre-reboot/", validHeader, validBody, 404, KindNotFound, ""},
 		{"prefix wrong method", "/fleetlock", "GET", "/fleetlock/v1/pre-reboot", validHeader, "", 405, KindMethodNotAllowed, ""},

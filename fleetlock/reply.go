@@ -74,6 +74,9 @@ const (
 	// KindGroupNotReady (409): another node of the group is not Ready;
 	// ErrGroupNotReady.
 	KindGroupNotReady Kind = "group_not_ready"
+	// KindGroupOrder (409): a node of a group this group goes after (the policy's
+	// after) holds, claims or waits for a slot; ErrGroupOrder.
+	KindGroupOrder Kind = "group_order"
 	// KindNodeNotReady (409): steady-state from a node not Ready again yet, with the
 	// health gate on: the slot stays held; ErrNodeNotReady.
 	KindNodeNotReady Kind = "node_not_ready"
@@ -134,6 +137,9 @@ var (
 	ErrPodsBlocking = errors.New("blocking pods exist")
 	// ErrGroupNotReady means another node of the group is not Ready.
 	ErrGroupNotReady = errors.New("another node of the group is not ready")
+	// ErrGroupOrder means a node of a group this one goes after holds, claims or waits
+	// for a slot.
+	ErrGroupOrder = errors.New("a group this one goes after is not done")
 	// ErrNodeNotReady means the node is not Ready again after its reboot.
 	ErrNodeNotReady = errors.New("node not ready yet")
 	// ErrNodeUncordoned means someone else uncordoned the node while it held a slot.
@@ -186,6 +192,7 @@ var kinds = []kindSpec{
 	{KindBlockerCheckFailing, http.StatusConflict, ErrBlockerCheckFailing, ""},
 	{KindPodsBlocking, http.StatusConflict, ErrPodsBlocking, ""},
 	{KindGroupNotReady, http.StatusConflict, ErrGroupNotReady, ""},
+	{KindGroupOrder, http.StatusConflict, ErrGroupOrder, ""},
 	{KindNodeNotReady, http.StatusConflict, ErrNodeNotReady, ""},
 	{KindNodeUncordoned, http.StatusConflict, ErrNodeUncordoned, ""},
 	{KindNodeGone, http.StatusUnprocessableEntity, ErrNodeGone, ""},

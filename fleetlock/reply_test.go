@@ -68,7 +68,7 @@ func TestKindsTable(t *testing.T) {
 		assert.Equal(t, s.err == nil, status >= 200 && status < 300, "only success kinds may be 2xx: %s", s.kind)
 		assert.NotEqual(t, 3, status/100, s.kind)
 	}
-	assert.Len(t, seen, 28)
+	assert.Len(t, seen, 29)
 }
 
 // TestEveryKindOverHTTP produces every kind through the handler and checks the
@@ -99,6 +99,7 @@ func TestEveryKindOverHTTP(t *testing.T) {
 		{KindBlockerCheckFailing, 409, locker(ErrBlockerCheckFailing, false), "POST", "/v1/pre-reboot", validBody},
 		{KindPodsBlocking, 409, locker(ErrPodsBlocking, false), "POST", "/v1/pre-reboot", validBody},
 		{KindGroupNotReady, 409, locker(ErrGroupNotReady, false), "POST", "/v1/pre-reboot", validBody},
+		{KindGroupOrder, 409, locker(ErrGroupOrder, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeNotReady, 409, locker(ErrNodeNotReady, false), "POST", "/v1/steady-state", validBody},
 		{KindNodeUncordoned, 409, locker(ErrNodeUncordoned, false), "POST", "/v1/pre-reboot", validBody},
 		{KindNodeGone, 422, locker(ErrNodeGone, false), "POST", "/v1/pre-reboot", validBody},

@@ -21,6 +21,9 @@ type acquisition struct {
 
 	claim      *corev1.Node // the node as our claim left it; nil while we hold no claim
 	contending bool         // counted in Lock.contenders
+	// reservedUntil is set when the acquisition is a reservation (reserve.go), not
+	// a request: the deadline its promotion writes.
+	reservedUntil time.Time
 }
 
 // tieWait is the least time a request waits for later claimants to withdraw, whatever
@@ -34,7 +37,17 @@ var testHookAfterCheck func(node string)
 // run drives the node from wherever it is to "holder and drained", or until the
 // request expires. Whatever happens, it leaves no claim of its own behind: a claim
 // lives only while a request works on it.
-func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
+func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
+	// A node that waits says so on its Node, at the request's start and at its end.
+	until := a.lock.opts.Clock.Now().Add(time.Until(a.expires))
+	var marked bool
+	if n, marked = a.markWaiting(ctx, n, until); marked {
+		defer func() {
+			if err != nil {
+				a.endRequest(context.WithoutCancel(ctx), until)
+			}
+		}()
+	}
 	a.contend(true)
 	defer func() {
 		if a.claim != nil {
@@ -54,6 +67,21 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) error {
 				case !apierrors.IsNotFound(err):
 					return apiError("get node", err)
 				} // gone: awaitDrain says so (node_gone)
+			}
+			if _, reserved := n.Annotations[AnnotationReservedUntil]; reserved && !cached {
+				// Its slot was reserved for it: take it, unless the give-back wins.
+				taken, err := a.takeReservation(ctx, n)
+				if apierrors.IsConflict(err) && conflicts < maxConflicts {
+					conflicts++
+					if n, err = a.lock.get(ctx, a.name); err != nil {
+						return err
+					}
+					continue
+				}
+				if err != nil {
+					return apiError("take the reserved slot", err)
+				}
+				n = taken
 			}
 			a.contend(false)
 			return a.awaitDrain(ctx, n)
@@ -106,6 +134,9 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 	case promote:
 		if err := a.admit(n); err != nil {
 			return nil, err // the deferred withdrawal removes our claim
+		}
+		if err := a.lock.orderFresh(ctx, a.group); err != nil {
+			return nil, err // on a fresh read, the last check before the promotion
 		}
 		return a.promote(ctx)
 	case awaitLater:
@@ -162,6 +193,7 @@ func (a *acquisition) promote(ctx context.Context) (*corev1.Node, error) {
 		wasUnsched:    new(wasUnsched),
 		unschedulable: new(true),
 		setAutoscaler: autoscalerKeysToSet(c),
+		reservedUntil: a.reservedUntil,
 	})
 	if apierrors.IsConflict(err) {
 		a.claim = nil

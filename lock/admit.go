@@ -55,7 +55,8 @@ func memberGroup(obj any) ([]string, error) {
 	return nil, nil
 }
 
-// admit asks the policy whether the request's node may take a slot now.
+// admit asks the policy whether the request's node may take a slot now, then checks
+// the group order from the cache (orderCached).
 func (a *acquisition) admit(n *corev1.Node) error {
 	c := Candidate{Node: n, Group: a.group}
 	if st := lockOf(n); st.Group == a.group {
@@ -72,5 +73,8 @@ func (a *acquisition) admit(n *corev1.Node) error {
 			c.LastRelease = rel
 		}
 	}
-	return a.lock.opts.Policy.Admit(c)
+	if err := a.lock.opts.Policy.Admit(c); err != nil {
+		return err
+	}
+	return a.lock.orderCached(a.group)
 }

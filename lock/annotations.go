@@ -148,6 +148,9 @@ type write struct {
 	// setAutoscaler are autoscaler annotations to set to "true" (a promotion), and
 	// dropAutoscaler those to remove (a release); both update AnnotationAutoscalerKeys.
 	setAutoscaler, dropAutoscaler []string
+	// reservedUntil, on a promotion, is the deadline of a reservation
+	// (AnnotationReservedUntil); zero for a promotion on a request.
+	reservedUntil time.Time
 }
 
 func (w write) patch() []byte {
@@ -194,10 +197,22 @@ func (w write) patch() []byte {
 	if w.released {
 		annotations[AnnotationAutoscalerKeys] = nil
 	}
+	labels := map[string]any{LabelLock: label}
+	if w.wasUnsched != nil || w.released {
+		// A promotion ends the node's wait, in its own write; a release ends any
+		// reservation, and leaves no mark behind.
+		for _, k := range []string{AnnotationWaitingSince, AnnotationLastRequest, AnnotationRequestUntil, AnnotationReservedUntil} {
+			annotations[k] = nil
+		}
+		labels[LabelWaiting] = nil
+		if !w.reservedUntil.IsZero() {
+			annotations[AnnotationReservedUntil] = w.reservedUntil.UTC().Format(time.RFC3339Nano)
+		}
+	}
 	p := map[string]any{
 		"metadata": map[string]any{
 			"resourceVersion": w.resourceVersion,
-			"labels":          map[string]any{LabelLock: label},
+			"labels":          labels,
 			"annotations":     annotations,
 		},
 	}

@@ -24,6 +24,10 @@ type Policy interface {
 	// StaleHolderAfter is how long a holder that rebooted (new boot ID) and is Ready
 	// may go without calling steady-state before it is released; 0 turns that off.
 	StaleHolderAfter() time.Duration
+	// After returns the groups that group goes after: its nodes are not granted a
+	// slot while a node of any of them holds, claims or waits (OrderBlockers). Nil:
+	// none.
+	After(group string) []string
 }
 
 // NoPolicy is the Policy of a lock with no policy configured: one slot per group,
@@ -42,6 +46,9 @@ func (NoPolicy) Admit(Candidate) error { return nil }
 // StaleHolderAfter returns 0 (off).
 func (NoPolicy) StaleHolderAfter() time.Duration { return 0 }
 
+// After returns nil: no group goes after another.
+func (NoPolicy) After(string) []string { return nil }
+
 var _ Policy = NoPolicy{}
 
 // FixedSlots is the Policy of a lock with n slots for every group and nothing else:
@@ -59,6 +66,9 @@ func (FixedSlots) Admit(Candidate) error { return nil }
 
 // StaleHolderAfter returns 0 (off).
 func (FixedSlots) StaleHolderAfter() time.Duration { return 0 }
+
+// After returns nil: no group goes after another.
+func (FixedSlots) After(string) []string { return nil }
 
 var _ Policy = FixedSlots(1)
 

@@ -153,6 +153,7 @@ func (a *acquisition) contend(on bool) {
 	l.contendersMu.Unlock()
 	if !on {
 		l.wakeGroup(a.group)
+		l.changed.fire()
 	}
 }
 

@@ -54,11 +54,14 @@ func TestWritePatch(t *testing.T) {
 	assert.Equal(t, map[string]any{
 		"metadata": map[string]any{
 			"resourceVersion": "42",
-			"labels":          map[string]any{LabelLock: "true"},
+			"labels":          map[string]any{LabelLock: "true", LabelWaiting: nil},
 			"annotations": map[string]any{
 				AnnotationStatus: "Rebooting", AnnotationGroup: "workers",
 				AnnotationSince: "2026-11-21T10:00:00.000000005Z", AnnotationBootID: "b00t",
 				AnnotationWasUnschedulable: "false",
+				// the promotion ends the wait
+				AnnotationWaitingSince: nil, AnnotationLastRequest: nil, AnnotationRequestUntil: nil,
+				AnnotationReservedUntil: nil,
 			},
 		},
 		"spec": map[string]any{"unschedulable": true},
@@ -83,6 +86,16 @@ func TestWritePatch(t *testing.T) {
 	assert.Equal(t, "2026-11-21T10:00:00.000000005Z", ann[AnnotationReleased], "a release records its time")
 	assert.Contains(t, ann, AnnotationWasUnschedulable)
 	assert.Nil(t, ann[AnnotationWasUnschedulable], "a release removes it")
+	assert.Contains(t, ann, AnnotationReservedUntil)
+	assert.Nil(t, ann[AnnotationReservedUntil], "a release ends a reservation")
+
+	got = nil
+	until := since.Add(7 * time.Minute)
+	require.NoError(t, json.Unmarshal(write{resourceVersion: "45", state: StateRebooting, since: since,
+		wasUnsched: new(false), reservedUntil: until}.patch(), &got))
+	ann = got["metadata"].(map[string]any)["annotations"].(map[string]any)
+	assert.Equal(t, "2026-11-21T10:07:00.000000005Z", ann[AnnotationReservedUntil], "a reservation's promotion")
+	assert.Nil(t, ann[AnnotationWaitingSince])
 }
 
 func TestLockOf(t *testing.T) {

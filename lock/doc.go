@@ -2,7 +2,7 @@
 // once, and it lives in Node annotations (no database; see annotations.go for the keys).
 //
 // A node's lock state is Ready (or no annotation), Claiming, or Rebooting (it holds the
-// lock). A pre-reboot request for a node:
+// lock). A pre-reboot request for a node (after writing its waiting marks, waiting.go):
 //
 //  1. Claim: writes Claiming on its node, conditioned on the resourceVersion it read.
 //  2. Check: after that write has returned, lists the claiming and holding nodes with a
@@ -28,7 +28,11 @@
 // others and could not promote. A removed stale claim can never be promoted, because
 // the promotion is conditioned on the claim's resourceVersion. Liveness: the
 // alphabetically first claimant of a group never withdraws because of claims, so
-// someone always wins. docs/model/lock-requests.pml models exactly this (below).
+// someone always wins. docs/model/lock-requests.pml models exactly this (below). A
+// reservation (reserve.go) is one more such request of the node, made by a replica on
+// its behalf; the other writes on a node (waiting marks, taking a reservation) change
+// no lock state and only make a pending promotion of that node fail with a 409 and
+// claim again.
 //
 // A grant is one Node object (its UID) and one promotion: the drain is bound to the
 // UID, and just before every 2xx a fresh read checks that the node still holds that
@@ -62,6 +66,9 @@
 //   - healthgate.go: steady-state waiting for evidence of this reboot (back).
 //   - stale.go: releasing holders that rebooted but never called steady-state.
 //   - resume.go: every replica resumes the drains of holders that have not rebooted.
+//   - waiting.go: the waiting marks a request writes on its node (the queue, Queue
+//     in queue.go); reserve.go: reserving a free slot for a waiter with no request
+//     open, and giving back a reservation its node did not take.
 //   - holders.go: the holder list behind the status page; metrics.go: the metrics.
 //   - health.go: the API server health probe behind api_unavailable and /readyz.
 //   - events.go: the Events posted on Nodes and their reasons.

@@ -27,6 +27,7 @@ const (
 	ReasonRebootGroupNotReady  = "RebootGroupNotReady"
 	ReasonRebootBlockedByAlert = "RebootBlockedByAlert"
 	ReasonRebootBlockedByPods  = "RebootBlockedByPods"
+	ReasonRebootGroupOrder     = "RebootGroupOrder"
 )
 
 // refusalReasons is the one table from a refusal's fleetlock sentinel to its reason.
@@ -41,6 +42,7 @@ var refusalReasons = []struct {
 	{fleetlock.ErrGroupNotReady, ReasonRebootGroupNotReady},
 	{fleetlock.ErrAlertFiring, ReasonRebootBlockedByAlert},
 	{fleetlock.ErrPodsBlocking, ReasonRebootBlockedByPods},
+	{fleetlock.ErrGroupOrder, ReasonRebootGroupOrder},
 }
 
 // RefusalReason returns the Event reason of a refusal that matches sentinel (a

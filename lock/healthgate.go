@@ -41,41 +41,53 @@ const backPoll = time.Second
 // reboot, and returns the Node as just read from the API server, for a release
 // conditioned on it. It returns ErrNotHolder if the grant ended meanwhile (the Node
 // deleted or released), and an error matching fleetlock.ErrNodeNotReady after Wait.
+//
+// The grant it waits on (the boot ID at the 2xx) is read anew with each look at the
+// node, never kept from cached: the 2xx may have recorded a new boot ID that cached,
+// and a lagging cache, do not show yet.
 func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node, error) {
-	g := grantOf(cached)
-	renewals := leaseWatch{name: g.Node}
+	first := grantOf(cached)
+	renewals := leaseWatch{name: first.Node}
 	deadline := time.Now().Add(l.opts.Wait)
 	for {
-		wake := l.nodeChanged.wait(g.Node)
-		c, ok := l.cachedNode(g.Node)
-		if !ok || c.UID != g.UID || !lockOf(c).holding() {
+		wake := l.nodeChanged.wait(first.Node)
+		c, ok := l.cachedNode(first.Node)
+		if !ok || !samePromotion(c, first) {
 			return nil, ErrNotHolder // deleted or released, and its slot with it
 		}
-		if !back(c, g) {
+		if !back(c, grantOf(c)) {
 			renewals.observe(ctx, l)
 		}
-		if back(c, g) || renewals.seen >= aliveRenewals {
-			n, err := l.get(ctx, g.Node)
+		if back(c, grantOf(c)) || renewals.seen >= aliveRenewals {
+			n, err := l.get(ctx, first.Node)
 			switch {
 			case apierrors.IsNotFound(err):
 				return nil, ErrNotHolder
 			case err != nil:
 				return nil, err
-			case n.UID != g.UID || !lockOf(n).holding():
+			case !samePromotion(n, first):
 				return nil, ErrNotHolder
-			case back(n, g), renewals.seen >= aliveRenewals && NodeReady(n) && n.Status.NodeInfo.BootID == g.BootID:
+			}
+			g := grantOf(n)
+			if back(n, g) || renewals.seen >= aliveRenewals && NodeReady(n) && n.Status.NodeInfo.BootID == g.BootID {
 				return n, nil
 			}
 		}
 		err := l.sleep(ctx, backPoll, deadline, wake, nil)
 		if errors.Is(err, errExpired) {
 			return nil, fmt.Errorf("node %s is not back from its reboot (Ready with a new boot ID); the slot stays held until it is: %w",
-				g.Node, fleetlock.ErrNodeNotReady)
+				first.Node, fleetlock.ErrNodeNotReady)
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
+}
+
+// samePromotion reports whether n holds a slot by the promotion of g: the same Node
+// object and the same promotion, whatever boot ID was recorded since.
+func samePromotion(n *corev1.Node, g Grant) bool {
+	return n.UID == g.UID && lockOf(n).holding() && lockOf(n).Since.Equal(g.Promoted)
 }
 
 // back reports whether n shows this reboot over: Ready, with a boot ID other than

@@ -29,6 +29,7 @@ func (p testPolicy) Slots(string) int                { return max(p.slots, 1) }
 func (testPolicy) Groups() []string                  { return []string{"default"} }
 func (testPolicy) Admit(Candidate) error             { return nil }
 func (p testPolicy) StaleHolderAfter() time.Duration { return p.staleAfter }
+func (testPolicy) After(string) []string             { return nil }
 
 // fleet is a set of test nodes, named prefix-00, prefix-01, ...
 type fleet struct {

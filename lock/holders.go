@@ -12,6 +12,10 @@ type Holder struct {
 	Group string
 	State State     // Claiming or Rebooting
 	Since time.Time // when the state began
+	// ReservedUntil is the deadline of the reservation the slot is held under
+	// (AnnotationReservedUntil): zero unless the slot was reserved for the node while
+	// it had no request open, and its pre-reboot has not come yet.
+	ReservedUntil time.Time
 }
 
 // Holders returns the nodes that claim or hold the lock, from the cache. The status
@@ -30,5 +34,6 @@ func (l *Lock) Holders() []Holder {
 // claims nor holds.
 func HolderOf(n *corev1.Node) (h Holder, ok bool) {
 	st := lockOf(n)
-	return Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since}, st.State != StateReady
+	until, _ := ReservedUntil(n)
+	return Holder{Node: n.Name, Group: st.Group, State: st.State, Since: st.Since, ReservedUntil: until}, st.State != StateReady
 }

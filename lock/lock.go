@@ -67,6 +67,10 @@ type Lock struct {
 	// groupChanged fires, by group, when a node's claim or hold of the group changes
 	// (wakeGroup): the claimants waiting for later claimants to withdraw.
 	groupChanged signals
+	// changed fires on every change that fires nodeChanged or wakeGroup, any node,
+	// any group: for the one loop per replica that looks at every group
+	// (reserveLoop), never for a request's wait.
+	changed signal
 	// contenders counts this replica's requests that seek a slot, by group and node
 	// name: a waiter lets those before it in name order try first (awaitFreeSlot).
 	// slotWaiters are the requests in awaitFreeSlot, by group (wakeGroup).
@@ -113,7 +117,12 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()
-	if err := l.nodes.AddIndexers(cache.Indexers{byGroup: lockGroup, byMember: memberGroup}); err != nil {
+	if opts.WatchErrors != nil {
+		if err := opts.WatchErrors.Watch("the node cache", l.nodes); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.nodes.AddIndexers(cache.Indexers{byGroup: lockGroup, byMember: memberGroup, byWaiting: waitingGroup}); err != nil {
 		return nil, err
 	}
 	var err error
@@ -134,6 +143,7 @@ func (l *Lock) nodeAdded(obj any) {
 	l.nodeChanged.fire(n.Name) // a Node of this name again (awaitDrain, awaitBack)
 	if st := lockOf(n); st.State != StateReady {
 		l.wakeGroup(st.Group)
+		l.changed.fire()
 	}
 }
 
@@ -156,6 +166,7 @@ func (l *Lock) nodeUpdated(oldObj, newObj any) {
 		// its lock changed, it went (Not)Ready or rebooted (awaitBack), or as a
 		// holder it was uncordoned (awaitDrain)
 		l.nodeChanged.fire(n.Name)
+		l.changed.fire()
 	}
 }
 
@@ -173,6 +184,7 @@ func (l *Lock) nodeDeleted(obj any) {
 		if st := lockOf(n); st.State != StateReady {
 			l.wakeGroup(st.Group)
 		}
+		l.changed.fire()
 	}
 }
 
@@ -188,6 +200,9 @@ func (l *Lock) Start(ctx context.Context) error {
 	go l.probe(ctx)
 	go l.staleLoop(ctx)
 	go l.resumeLoop(ctx)
+	if l.opts.ReservationTimeout > 0 {
+		go l.reserveLoop(ctx)
+	}
 	return nil
 }
 

@@ -34,7 +34,9 @@ func TestContention(t *testing.T) {
 			const nodes, rounds = 20, 8
 			f := newFleet(t, env, fmt.Sprintf("contend-s%d", slots), nodes, simkubelet.NodeOptions{})
 			watcher := watchHolders(t, env.Client, f)
-			opts := Options{Policy: testPolicy{slots: slots}, Wait: 300 * time.Millisecond}
+			// Requests alone: every holder here was granted to a request of this round.
+			// TestContentionWithReservations puts reservations in play.
+			opts := Options{Policy: testPolicy{slots: slots}, Wait: 300 * time.Millisecond, ReservationTimeout: -1}
 			replicas := []*Lock{startLock(t, env.Client, opts), startLock(t, env.Client, opts)}
 			for _, l := range replicas {
 				awaitCached(t, l, f)

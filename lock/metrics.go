@@ -55,6 +55,10 @@ var (
 		"Nodes of the group that hold the reboot lock.", []string{"group"}, nil)
 	claimsDesc = prometheus.NewDesc("rebootmanager_group_claims",
 		"Nodes of the group whose pre-reboot request is claiming a slot.", []string{"group"}, nil)
+	waitersDesc = prometheus.NewDesc("rebootmanager_group_waiters",
+		"Nodes of the group that wait for a slot (the waiting marks of lock.Queue; a waiter that stopped asking is not counted).", []string{"group"}, nil)
+	waitingSinceDesc = prometheus.NewDesc("rebootmanager_group_waiting_since_timestamp_seconds",
+		"When the longest current wait of a node of the group began (Unix time); absent while none waits.", []string{"group"}, nil)
 	heldSinceDesc = prometheus.NewDesc("rebootmanager_lock_held_since_timestamp_seconds",
 		"When the node took the reboot lock (Unix time); one series per holder.", []string{"group", "node"}, nil)
 )
@@ -64,6 +68,8 @@ func (l *Lock) Describe(ch chan<- *prometheus.Desc) {
 	ch <- slotsDesc
 	ch <- holdersDesc
 	ch <- claimsDesc
+	ch <- waitersDesc
+	ch <- waitingSinceDesc
 	ch <- heldSinceDesc
 	l.unmatched.Describe(ch)
 	l.refusals.Describe(ch)
@@ -80,7 +86,7 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 	if !l.nodes.HasSynced() {
 		return
 	}
-	type counts struct{ holders, claims int }
+	type counts struct{ holders, claims, waiters int }
 	groups := map[string]*counts{}
 	for _, g := range l.opts.Policy.Groups() {
 		groups[g] = &counts{} // every configured group, holders or not
@@ -99,7 +105,19 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(heldSinceDesc, prometheus.GaugeValue,
 			float64(h.Since.UnixNano())/1e9, h.Group, h.Node)
 	}
+	for g, ws := range Queue(l.Nodes(), l.opts.Clock.Now(), l.opts.WaiterTimeout) { // and of waiters
+		c := groups[g]
+		if c == nil {
+			c = &counts{}
+			groups[g] = c
+		}
+		c.waiters = len(ws)
+		first := slices.MinFunc(ws, func(a, b Waiter) int { return a.Since.Compare(b.Since) })
+		ch <- prometheus.MustNewConstMetric(waitingSinceDesc, prometheus.GaugeValue,
+			float64(first.Since.UnixNano())/1e9, g)
+	}
 	for g, c := range groups {
+		ch <- prometheus.MustNewConstMetric(waitersDesc, prometheus.GaugeValue, float64(c.waiters), g)
 		ch <- prometheus.MustNewConstMetric(slotsDesc, prometheus.GaugeValue, float64(l.slots(g)), g)
 		ch <- prometheus.MustNewConstMetric(holdersDesc, prometheus.GaugeValue, float64(c.holders), g)
 		ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(c.claims), g)

@@ -6,6 +6,8 @@ import (
 
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
+
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 )
 
 // Defaults of Options; the server's flags use them too.
@@ -37,6 +39,18 @@ type Options struct {
 	// StaleClaimAge is the age after which a claim nobody refreshed (its replica
 	// crashed) may be removed by anyone. Default DefaultStaleClaimAge.
 	StaleClaimAge time.Duration
+	// WaiterTimeout is how long after its last request a waiting node still counts
+	// as waiting (Waiter.Stale); the stale loop removes the waiting marks of nodes
+	// silent for longer. Default DefaultWaiterTimeout.
+	WaiterTimeout time.Duration
+	// ReservationTimeout is how long a slot reserved for a waiting node that had no
+	// request open stays reserved before it is given back (reserve.go); negative
+	// turns reservations off. Default DefaultReservationTimeout.
+	ReservationTimeout time.Duration
+	// ReservationGrace is how long a free slot stays free, with waiters that have no
+	// request open, before it is reserved for the first of them. Default
+	// DefaultReservationGrace.
+	ReservationGrace time.Duration
 	// Logger receives one info line per lock state change. Default: discard.
 	Logger *slog.Logger
 	// Clock stamps the times written on nodes (rebootmanager/since, .../released) and
@@ -45,6 +59,9 @@ type Options struct {
 	// Recorder, if set, posts Events on Nodes: refusals, reboots not observed, stale
 	// holders released. Default: none.
 	Recorder events.EventRecorder
+	// WatchErrors, if set, records the refusals (403, 401) of the node cache's list and
+	// watch, for the server's /readyz. Default: none (client-go logs them).
+	WatchErrors *watcherr.Errors
 }
 
 // withDefaults returns o with every unset field at its default.
@@ -60,6 +77,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.StaleClaimAge <= 0 {
 		o.StaleClaimAge = DefaultStaleClaimAge
+	}
+	if o.WaiterTimeout <= 0 {
+		o.WaiterTimeout = DefaultWaiterTimeout
+	}
+	if o.ReservationTimeout == 0 {
+		o.ReservationTimeout = DefaultReservationTimeout
+	}
+	if o.ReservationGrace <= 0 {
+		o.ReservationGrace = DefaultReservationGrace
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -43,14 +43,17 @@ func ReleaseNode(ctx context.Context, client kubernetes.Interface, node string, 
 	if err != nil {
 		return nil, Grant{}, err
 	}
-	return clearHold(ctx, client, n, clk, false)
+	return clearHold(ctx, client, n, clk, false, nil)
 }
 
 // clearHold clears n's lock, re-reading after conflicts; see ReleaseNode. With bound,
 // only the grant n shows is released: a re-read after a 409 Conflict that shows
 // another grant (another Node object of the name, or a later promotion) returns
 // ErrNotHolder, since the evidence that decided the release was about n's grant.
-func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock, bound bool) (*corev1.Node, Grant, error) {
+//
+// still, if set, is asked about every read of the node just before its write (the
+// first read is n itself): its error ends the release unmade.
+func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock, bound bool, still func(*corev1.Node) error) (*corev1.Node, Grant, error) {
 	var g Grant
 	want := grantOf(n)
 	fresh := true
@@ -69,6 +72,11 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 		g = grantOf(n)
 		if bound && !sameGrant(g, want) {
 			return ErrNotHolder // the grant the release was decided on has ended
+		}
+		if still != nil {
+			if err := still(n); err != nil {
+				return err
+			}
 		}
 		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true,
 			dropAutoscaler: autoscalerKeysSet(n)}
@@ -108,8 +116,14 @@ func (l *Lock) Release(ctx context.Context, node string) error {
 // release but the operator's is bound to the grant n shows (see clearHold): it
 // returns ErrNotHolder if that grant ended, even if the node holds another.
 func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger, why releaseCause) error {
+	return l.releaseIf(ctx, n, log, why, nil)
+}
+
+// releaseIf is release, made only while still (see clearHold) approves the node as
+// read just before the write.
+func (l *Lock) releaseIf(ctx context.Context, n *corev1.Node, log *slog.Logger, why releaseCause, still func(*corev1.Node) error) error {
 	before := lockOf(n)
-	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock, why != releaseManual)
+	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock, why != releaseManual, still)
 	if err != nil {
 		return err
 	}

@@ -149,6 +149,8 @@ func TestBackMeansAfterThe2xx(t *testing.T) {
 	granted := grantOf(c.holding(name))
 
 	require.NoError(t, c.env.Kubelet.Boot(ctx, name)) // an unplanned reboot mid-drain
+	beforeThe2xx := c.holding(name)                   // the new boot ID, not yet recorded
+	require.NotEqual(t, granted.BootID, beforeThe2xx.Status.NodeInfo.BootID)
 	require.NoError(t, c.env.Client.PolicyV1().PodDisruptionBudgets(c.ns).Delete(ctx, "stuck", metav1.DeleteOptions{}))
 	c.waitFor("the 2xx", func(ctx context.Context) (bool, error) { return l.PreReboot(ctx, p) == nil, nil })
 	n := c.holding(name)
@@ -162,5 +164,10 @@ func TestBackMeansAfterThe2xx(t *testing.T) {
 	n, err = c.env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, StateRebooting, lockOf(n).State, "the slot stays held")
+
+	// The same when the steady-state starts from a cache that has not seen the boot ID
+	// recorded anew at the 2xx: the grant it waits on is the fresh read's.
+	_, err = l.awaitBack(ctx, beforeThe2xx)
+	assert.ErrorIs(t, err, fleetlock.ErrNodeNotReady, "back by a boot ID read from a stale cache")
 	require.NoError(t, c.env.Kubelet.Boot(ctx, name))
 }

@@ -52,20 +52,28 @@ func (l *Lock) releaseStale(ctx context.Context, after time.Duration) {
 	l.backSince = seen // forgets the grants that ended
 }
 
-// staleLoop runs releaseStale while StaleHolderAfter is set: every quarter of it,
-// between 1 and 15 seconds (the setting may change at run time, so the period does).
+// staleLoop runs releaseStale while StaleHolderAfter is set, every quarter of it, and
+// removeStaleWaiters always, every quarter of Options.WaiterTimeout; each between 1
+// and 15 seconds (the policy may change at run time, so the period does).
 func (l *Lock) staleLoop(ctx context.Context) {
 	for {
-		after := l.opts.Policy.StaleHolderAfter()
-		t := time.NewTimer(min(max(after/4, time.Second), 15*time.Second))
+		period := l.opts.WaiterTimeout / 4
+		if after := l.opts.Policy.StaleHolderAfter(); after > 0 {
+			period = min(period, after/4)
+		}
+		t := time.NewTimer(min(max(period, time.Second), 15*time.Second))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		if after := l.opts.Policy.StaleHolderAfter(); after > 0 && l.apiDown() == nil {
+		if l.apiDown() != nil {
+			continue
+		}
+		if after := l.opts.Policy.StaleHolderAfter(); after > 0 {
 			l.releaseStale(ctx, after)
 		}
+		l.removeStaleWaiters(ctx)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -29,8 +30,8 @@ type Config struct {
 	Defaults Group `json:"defaults"`
 	// Groups are per-group settings, by FleetLock group name.
 	Groups map[string]Group `json:"groups,omitempty"`
-	// ReleaseWhenReady makes steady-state release a node's slot only once its Node is
-	// Ready again (the request is held until then, for up to --wait). Default true.
+	// ReleaseWhenReady is kept so that old files that say true still load: the health
+	// gate is always on, and false is refused (Validate).
 	ReleaseWhenReady *bool `json:"releaseWhenReady,omitempty"`
 	// StaleHolderAfter releases a holder that rebooted (new boot ID) and has been Ready
 	// this long without calling steady-state (its Zincati cannot reach us). 0: never.
@@ -77,6 +78,10 @@ type Group struct {
 	// ReplaceAfter replaces, through its cloud instance group, a holder whose Node has
 	// been NotReady or gone this long since its grant (docs/replacement.md). 0: never.
 	ReplaceAfter Duration `json:"replaceAfter,omitempty"`
+	// After names the groups this group goes after: its nodes are not granted a slot
+	// while any node of those groups holds, claims or waits for one. Each must be a
+	// group of Groups, or "default"; the order may not have a cycle. Not in Defaults.
+	After []string `json:"after,omitempty"`
 }
 
 // Blockers are the checks that refuse new grants (never touching current holders).
@@ -337,6 +342,9 @@ func (c *Config) Validate() error {
 	if c.APIVersion != "" && c.APIVersion != APIVersion {
 		return fmt.Errorf("apiVersion: %q is not %q", c.APIVersion, APIVersion)
 	}
+	if c.ReleaseWhenReady != nil && !*c.ReleaseWhenReady {
+		return errors.New("releaseWhenReady: false is no longer supported: a holder's slot is released only once it is back from its reboot (docs/operations.md, Health gate); remove the key")
+	}
 	if err := c.Defaults.compile("defaults"); err != nil {
 		return err
 	}
@@ -354,6 +362,9 @@ func (c *Config) Validate() error {
 			return err
 		}
 		c.Groups[name] = g
+	}
+	if err := c.checkOrder(names); err != nil {
+		return err
 	}
 	if a := c.Blockers.Alerts; a != nil {
 		if err := a.compile(); err != nil {
@@ -417,6 +428,65 @@ func (g *Group) compile(field string) error {
 	for i := range g.Windows {
 		if err := g.Windows[i].compile(); err != nil {
 			return fmt.Errorf("%s.windows[%d].%w", field, i, err)
+		}
+	}
+	return nil
+}
+
+// checkOrder checks the groups' after lists (names: the groups, sorted): each names
+// another group of Groups, or "default", once, and the order has no cycle. A cycle
+// is named in full, each group followed by one it goes after: "a → b → a".
+func (c *Config) checkOrder(names []string) error {
+	if len(c.Defaults.After) > 0 {
+		return errors.New("defaults.after: set after on the groups that go after others, not in defaults")
+	}
+	for _, name := range names {
+		after := c.Groups[name].After
+		for i, a := range after {
+			field := fmt.Sprintf("groups.%s.after[%d]", name, i)
+			_, known := c.Groups[a]
+			switch {
+			case !fleetlock.ValidGroup(a):
+				return fmt.Errorf("%s: %q is not a FleetLock group name", field, a)
+			case a == name:
+				return fmt.Errorf("%s: a group cannot go after itself", field)
+			case slices.Contains(after[:i], a):
+				return fmt.Errorf("%s: %q is listed twice", field, a)
+			case !known && a != "default":
+				return fmt.Errorf("%s: group %q is not in the policy's groups (list it under groups, even as \"%s: {}\")", field, a, a)
+			}
+		}
+	}
+	// Depth first, from each group in name order, along each after list in its order.
+	const (
+		onPath = iota + 1 // 0: not visited yet
+		done
+	)
+	state := map[string]int{}
+	var path []string
+	var visit func(name string) error
+	visit = func(name string) error {
+		switch state[name] {
+		case onPath:
+			cycle := append(path[slices.Index(path, name):], name)
+			return fmt.Errorf("groups.%s.after: the group order has a cycle: %s", cycle[0], strings.Join(cycle, " → "))
+		case done:
+			return nil
+		}
+		state[name] = onPath
+		path = append(path, name)
+		for _, a := range c.Groups[name].After {
+			if err := visit(a); err != nil {
+				return err
+			}
+		}
+		path = path[:len(path)-1]
+		state[name] = done
+		return nil
+	}
+	for _, name := range names {
+		if err := visit(name); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -502,11 +572,6 @@ func (c *Config) Replaces() bool {
 		}
 	}
 	return false
-}
-
-// releaseWhenReady is ReleaseWhenReady with its default.
-func (c *Config) releaseWhenReady() bool {
-	return c.ReleaseWhenReady == nil || *c.ReleaseWhenReady
 }
 
 // WindowOpen reports whether a new reboot of the group may start at t, and the

@@ -28,7 +28,7 @@ groups:
         timeZone: America/New_York
   etcd:
     slots: 0
-releaseWhenReady: false
+releaseWhenReady: true
 staleHolderAfter: 30m
 blockers:
   alerts:
@@ -48,7 +48,6 @@ func TestParseExample(t *testing.T) {
 	assert.Equal(t, 1, *c.Group("other").Slots)
 	assert.Equal(t, 10*time.Minute, c.Group("workers").MinGap.Duration)
 	assert.Equal(t, "Sat,Sun 02:00-06:00 Europe/Berlin", c.Group("etcd").Windows[0].String(), "a group without windows takes the defaults'")
-	assert.False(t, c.releaseWhenReady())
 	assert.Equal(t, 30*time.Minute, c.StaleHolderAfter.Duration)
 	assert.Equal(t, DefaultAlertsInterval, c.Blockers.Alerts.Interval.Duration)
 	assert.Equal(t, ScopeNode, c.Blockers.Pods[0].Scope)
@@ -57,7 +56,6 @@ func TestParseExample(t *testing.T) {
 	empty, err := Parse([]byte(""))
 	require.NoError(t, err)
 	assert.Equal(t, 1, *empty.Group("any").Slots)
-	assert.True(t, empty.releaseWhenReady(), "the health gate is on by default")
 	assert.True(t, empty.Group("any").WindowOpen(time.Now()), "no windows: always open")
 }
 
@@ -86,7 +84,8 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		"blockers: {alerts: {url: 'http://p', interval: 10ms}}":                                                  "blockers.alerts.interval: 10ms is under a second",
 		"blockers: {pods: [{selector: ''}]}":                                                                     `blockers.pods[0].selector: "" is not a non-empty label selector`,
 		"blockers: {pods: [{selector: 'a=b', scope: zone}]}":                                                     `blockers.pods[0].scope: "zone" is not "cluster" or "node"`,
-		"{": "not YAML or JSON",
+		"releaseWhenReady: false":                                                                                "releaseWhenReady: false is no longer supported",
+		"{":                                                                                                      "not YAML or JSON",
 	} {
 		_, err := Parse([]byte(in))
 		if assert.Error(t, err, in) {

@@ -13,7 +13,10 @@
 // the same while the refusal's cause does). It reads only caches and the last result
 // of background probes, so that asking it costs no request. A blocker whose probe has
 // no clean answer (an error, a timeout, a partial answer, none yet or a stale one)
-// refuses as blocker_check_failing, never as a finding. Credentials of the alerts
+// refuses as blocker_check_failing, never as a finding. The pause ConfigMap that
+// does not exist is no pause; one whose list or watch the API server refuses (403)
+// reads as a pause whose reason names the missing permission, never as the last state
+// the cache saw. Credentials of the alerts
 // blocker come from files and never appear in what the package shows: reply values,
 // Events, logs, BlockerState.
 //

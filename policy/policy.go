@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 	"github.com/reboot-manager/reboot-manager/lock"
 )
 
@@ -45,6 +47,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// WatchErrors records the refusals (403, 401) of the pause ConfigMap's list and
+	// watch, for the server's /readyz. Default: a record of the Policy's own. Either
+	// way, while the pause ConfigMap cannot be read, reboots are held as paused.
+	WatchErrors *watcherr.Errors
 }
 
 // Policy is the operator's policy in force. It implements lock.Policy.
@@ -52,6 +58,8 @@ type Policy struct {
 	opts   Options
 	log    *slog.Logger
 	pauses cache.SharedIndexInformer
+	// watchErrors holds the pause ConfigMap's refusals: Options.WatchErrors or own.
+	watchErrors *watcherr.Errors
 
 	mu     sync.Mutex
 	alerts probe // the alerts checks
@@ -83,6 +91,10 @@ func New(opts Options) *Policy {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.PauseConfigMap).String()
 			}))
 		p.pauses = f.Core().V1().ConfigMaps().Informer()
+		p.watchErrors = cmp.Or(opts.WatchErrors, watcherr.New(nil))
+		if err := p.watchErrors.Watch("the pause ConfigMap", p.pauses); err != nil {
+			panic(err) // a new informer has not started
+		}
 	}
 	return p
 }
@@ -115,9 +127,6 @@ func (p *Policy) ConfigState() ConfigState {
 // Slots is the group's slot count in force.
 func (p *Policy) Slots(group string) int { return *p.Config().Group(group).Slots }
 
-// ReleaseWhenReady tells whether the health gate is on.
-func (p *Policy) ReleaseWhenReady() bool { return p.Config().releaseWhenReady() }
-
 // Groups returns the configured groups, "default" included, sorted.
 func (p *Policy) Groups() []string {
 	groups := []string{"default"}
@@ -129,6 +138,10 @@ func (p *Policy) Groups() []string {
 	slices.Sort(groups)
 	return groups
 }
+
+// After returns the groups that group goes after (its after list in the policy file,
+// never Defaults'), in the file's order; nil for none.
+func (p *Policy) After(group string) []string { return slices.Clone(p.Config().Groups[group].After) }
 
 // DefaultStaleHolderAfter is Config.StaleHolderAfter's default: a holder that rebooted
 // and has been Ready an hour without calling steady-state is released. Safe: it counts
@@ -144,10 +157,14 @@ func (p *Policy) StaleHolderAfter() time.Duration {
 	return DefaultStaleHolderAfter
 }
 
-// Paused returns the pause's reason and true while the pause ConfigMap exists.
+// Paused returns the pause's reason and true while the pause ConfigMap exists, or
+// while it cannot be read (its list or watch refused: fail closed), with why.
 func (p *Policy) Paused() (string, bool) {
 	if p.pauses == nil {
 		return "", false
+	}
+	if err := p.pauseUnreadable(); err != nil {
+		return err.Error(), true
 	}
 	for _, obj := range p.pauses.GetStore().List() {
 		cm := obj.(*corev1.ConfigMap)
@@ -158,10 +175,25 @@ func (p *Policy) Paused() (string, bool) {
 	return "", false
 }
 
+// pauseUnreadable returns why the pause ConfigMap cannot be read (its list or watch
+// is refused), or nil.
+func (p *Policy) pauseUnreadable() error {
+	if err := p.watchErrors.ErrOf(p.pauses); err != nil {
+		return fmt.Errorf("the pause ConfigMap %s/%s cannot be read, so reboots are held as if paused: %w",
+			p.opts.Namespace, p.opts.PauseConfigMap, err)
+	}
+	return nil
+}
+
 // Admit implements lock.Policy: the checks in order, the first that refuses wins.
 func (p *Policy) Admit(c lock.Candidate) error {
 	cfg := p.Config()
 	now := p.opts.Now()
+	if p.pauses != nil {
+		if err := p.pauseUnreadable(); err != nil {
+			return refuse("RebootPaused", fleetlock.ErrPaused, "pause ConfigMap unreadable", "%v", err)
+		}
+	}
 	if reason, paused := p.Paused(); paused {
 		return refuse("RebootPaused", fleetlock.ErrPaused, reason, "reboots paused by ConfigMap %s/%s%s",
 			p.opts.Namespace, p.opts.PauseConfigMap, because(reason))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
+	"sigs.k8s.io/yaml"
 
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/lock"
@@ -65,22 +69,22 @@ func commandClient(k kubeFlags) (kubernetes.Interface, error) {
 // ConfigMaps.
 func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reboot-manager status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	kube := addKubeFlags(fs, getenv)
 	namespace := fs.String("namespace", cmp.Or(getenv("POD_NAMESPACE"), "reboot-manager"), "reboot-manager's namespace")
 	fs.StringVar(namespace, "n", *namespace, "short for --namespace")
 	configMap := fs.String("config-map", "reboot-manager-config", "the ConfigMap holding the policy file under config.yaml")
 	configFile := fs.String("config", "", "read the policy from this file instead of the ConfigMap")
 	pauseName := fs.String("pause-configmap", policy.DefaultPauseConfigMap, "the pause ConfigMap")
-	output := fs.String("o", "text", "output: text or json")
-	if err := fs.Parse(args); err != nil {
+	output := fs.String("o", "text", "output: text (tables), wide (tables with more columns), json or yaml (the same fields as GET /status)")
+	fs.StringVar(output, "output", *output, "same as -o")
+	if err := parseFlags(fs, args, "reboot-manager status [flags]: print the lock, the policy and what holds reboots back, from the cluster", stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+		return usagef("unexpected arguments: %q", fs.Args())
 	}
-	if *output != "text" && *output != "json" {
-		return fmt.Errorf("-o must be text or json, got %q", *output)
+	if !slices.Contains(statusOutputs, *output) {
+		return usagef("-o must be one of %s, got %q", strings.Join(statusOutputs, ", "), *output)
 	}
 	client, err := commandClient(kube)
 	if err != nil {
@@ -118,10 +122,28 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 		drain: func(node string) string { return podsLeft(ctx, client, node) }, blockers: blockers,
 		replacements: records, note: note, configState: policyState,
 	})
-	if *output == "json" {
-		return s.writeJSON(stdout)
+	return writeStatus(s, *output, stdout)
+}
+
+// statusOutputs are the formats of status -o.
+var statusOutputs = []string{"text", "wide", "json", "yaml"}
+
+// writeStatus writes s in the format output names (one of statusOutputs).
+func writeStatus(s status, output string, w io.Writer) error {
+	switch output {
+	case "json":
+		return s.writeJSON(w)
+	case "yaml":
+		b, err := yaml.Marshal(s) // its JSON fields, as kubectl -o yaml
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "wide":
+		return s.writeTables(w, true)
 	}
-	return s.writeText(stdout)
+	return s.writeText(w)
 }
 
 // clusterPolicy reads the policy file from a file, else from its ConfigMap; without
@@ -190,18 +212,12 @@ func podsLeft(ctx context.Context, client kubernetes.Interface, node string) str
 // read, and uncordons the node only if reboot-manager cordoned it.
 func releaseCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reboot-manager release", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: reboot-manager release [--kubeconfig FILE] [--context NAME] NODE")
-		fs.PrintDefaults()
-	}
 	kube := addKubeFlags(fs, getenv)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "reboot-manager release [flags] NODE: release the reboot slot NODE holds", stdout); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return errors.New("release takes one node name")
+		return usagef("release takes one node name, got %q", fs.Args())
 	}
 	node := fs.Arg(0)
 	client, err := commandClient(kube)
@@ -222,5 +238,40 @@ func releaseCommand(ctx context.Context, args []string, getenv func(string) stri
 		cordon = "left cordoned (it was cordoned before reboot-manager took it)"
 	}
 	fmt.Fprintf(stdout, "released the reboot slot of node %s; %s\n", node, cordon)
+	return nil
+}
+
+// flagNames finds the flags in a command's --help (flag.PrintDefaults lines).
+var flagNames = regexp.MustCompile(`(?m)^  -([\w.-]+)`)
+
+// completionCommand prints a bash completion script: the command names, and each
+// command's flags as its --help lists them. The standard flag package has none.
+func completionCommand(ctx context.Context, args []string, getenv func(string) string, stdout, _ io.Writer) error {
+	fs := flag.NewFlagSet("reboot-manager completion", flag.ContinueOnError)
+	if err := parseFlags(fs, args, "reboot-manager completion bash: print a bash completion script (source <(reboot-manager completion bash))", stdout); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || fs.Arg(0) != "bash" {
+		return usagef("completion takes one shell, bash; got %q", fs.Args())
+	}
+	var names []string
+	fmt.Fprint(stdout, "# bash completion of reboot-manager: source <(reboot-manager completion bash)\n_reboot_manager() {\n"+
+		"\tlocal cur=${COMP_WORDS[COMP_CWORD]} words\n\tcase ${COMP_WORDS[1]} in\n")
+	for _, c := range commands() {
+		names = append(names, c.name)
+		if c.run == nil || c.name == "completion" {
+			continue
+		}
+		var help bytes.Buffer
+		_ = c.run(ctx, []string{"--help"}, getenv, &help, io.Discard)
+		var flags []string
+		for _, m := range flagNames.FindAllStringSubmatch(help.String(), -1) {
+			flags = append(flags, strings.Repeat("-", min(len(m[1]), 2))+m[1])
+		}
+		fmt.Fprintf(stdout, "\t%s) words=%q ;;\n", c.name, strings.Join(flags, " "))
+	}
+	fmt.Fprintf(stdout, "\thelp) words=%q ;;\n\tcompletion) words=bash ;;\n\tesac\n", strings.Join(names, " "))
+	fmt.Fprintf(stdout, "\t[ \"$COMP_CWORD\" -eq 1 ] && words=%q\n", strings.Join(names, " "))
+	fmt.Fprint(stdout, "\tCOMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n}\ncomplete -o default -F _reboot_manager reboot-manager\n")
 	return nil
 }

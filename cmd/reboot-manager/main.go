@@ -1,5 +1,7 @@
 // Command reboot-manager is a FleetLock reboot coordinator for Kubernetes: Zincati on
-// every node asks it before rebooting into an OS update. See the README for the flags.
+// every node asks it before rebooting into an OS update. `reboot-manager serve` is the
+// server, `status` and `release` are for operators; `reboot-manager help` lists the
+// commands. See the README for the flags.
 package main
 
 import (
@@ -63,12 +65,12 @@ type config struct {
 	notify notifyConfig // --notify-url (notify.go)
 }
 
-// parseConfig reads the flags, with environment overrides where Kubernetes users
-// expect them (KUBECONFIG; POD_NAMESPACE and POD_NAME from the downward API).
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+// parseConfig reads serve's flags, with environment overrides where Kubernetes users
+// expect them (KUBECONFIG; POD_NAMESPACE and POD_NAME from the downward API). --help
+// writes the usage to help and returns flag.ErrHelp; a flag's mistake is a *usageError.
+func parseConfig(args []string, getenv func(string) string, help io.Writer) (config, error) {
 	c := config{groupSlots: map[string]int{}}
-	fs := flag.NewFlagSet("reboot-manager", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flag.NewFlagSet("reboot-manager serve", flag.ContinueOnError)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else the in-cluster configuration)")
 	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address of the FleetLock HTTP server")
 	fs.StringVar(&c.metricsAddress, "metrics-address", ":9090", "address serving /metrics, /healthz, /readyz and /status")
@@ -115,13 +117,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	c.notify.flags(fs, getenv)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "reboot-manager serve [flags]: run the FleetLock server", help); err != nil {
 		return c, err
 	}
 	slotFlags := false
 	fs.Visit(func(f *flag.Flag) { slotFlags = slotFlags || f.Name == "default-slots" || f.Name == "group-slots" })
 	if err := c.validate(slotFlags, fs.Args()); err != nil {
-		return c, err
+		return c, &usageError{err}
 	}
 	if ns, name := getenv("POD_NAMESPACE"), getenv("POD_NAME"); ns != "" && name != "" {
 		c.drain.Self = ns + "/" + name
@@ -190,41 +192,159 @@ func (c config) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// commands are the subcommands beside the server.
-var commands = map[string]func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error{
-	"status":  statusCommand,
-	"release": releaseCommand,
+// command is a subcommand: reboot-manager NAME [flags] [args].
+type command struct {
+	name, summary string
+	// run runs the command. Its --help prints its usage on stdout and returns
+	// flag.ErrHelp; a *usageError is a mistake on the command line (exit 2).
+	run func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
+}
+
+// commands lists the subcommands, in the order the usage shows them.
+func commands() []command {
+	return []command{
+		{"serve", "run the FleetLock server (what the Deployment runs)", serveCommand},
+		{"status", "print the lock, the policy and what holds reboots back, from the cluster", statusCommand},
+		{"release", "release the reboot slot a node holds", releaseCommand},
+		{"completion", "print a bash completion script: source <(reboot-manager completion bash)", completionCommand},
+		{"version", "print the version", versionCommand},
+		{"help", "print this usage, or a command's: reboot-manager help COMMAND", nil},
+	}
+}
+
+// usageError is a mistake on the command line: exit code 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// usagef returns a *usageError.
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// writeUsage writes the usage of the binary: its commands.
+func writeUsage(w io.Writer) {
+	fmt.Fprint(w, "reboot-manager: a FleetLock reboot coordinator for Kubernetes (Zincati asks it before rebooting)\n\n"+
+		"usage: reboot-manager COMMAND [flags] [args]\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "\nreboot-manager help COMMAND (or COMMAND --help) lists the flags of COMMAND.\n")
+}
+
+// parseFlags parses args into fs. --help (-h) writes usage and fs's flags to stdout
+// and returns flag.ErrHelp; any other mistake is a *usageError.
+func parseFlags(fs *flag.FlagSet, args []string, usage string, stdout io.Writer) error {
+	fs.SetOutput(io.Discard) // the errors are returned, the usage written below
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "usage: %s\n\nflags:\n", usage)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		return err
+	}
+	if err != nil {
+		return &usageError{err}
+	}
+	return nil
+}
+
+// dispatch runs the command line args (without the program name) and returns the
+// exit code: 0, 1 when the command failed, 2 for a mistake on the command line.
+func dispatch(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		writeUsage(stdout)
+		return 0
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if name != "help" || len(rest) == 0 || rest[0] == "help" {
+			writeUsage(stdout)
+			return 0
+		}
+		name, rest = rest[0], []string{"--help"}
+	case "-version", "--version":
+		name, rest = "version", nil
+	}
+	if strings.HasPrefix(name, "-") {
+		// The command line from before serve: flags only. Still the server, with a
+		// warning in its log.
+		return exitCode(stderr, "serve", serve(ctx, args, getenv, stdout, stderr, true))
+	}
+	for _, c := range commands() {
+		if c.name == name && c.run != nil {
+			return exitCode(stderr, name, c.run(ctx, rest, getenv, stdout, stderr))
+		}
+	}
+	fmt.Fprintf(stderr, "reboot-manager: unknown command %q\n\n", name)
+	writeUsage(stderr)
+	return 2
+}
+
+// exitCode writes err, if any, on stderr and returns the exit code for it.
+func exitCode(stderr io.Writer, name string, err error) int {
+	var usage *usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "reboot-manager %s: %v\nrun 'reboot-manager help %s' for its usage\n", name, err, name)
+		return 2
+	}
+	fmt.Fprintf(stderr, "reboot-manager %s: %v\n", name, err)
+	return 1
+}
+
+// serveCommand runs the server until ctx ends.
+func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return serve(ctx, args, getenv, stdout, stderr, false)
+}
+
+// serve runs the server; deprecated says it was started without the serve command.
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, deprecated bool) error {
+	c, err := parseConfig(args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if c.showVersion {
+		return versionCommand(ctx, nil, getenv, stdout, stderr)
+	}
+	log := c.logger(stderr)
+	routeKlog(log)
+	if deprecated {
+		log.Warn("flags without a command are deprecated: run reboot-manager serve with the same flags",
+			"use", "reboot-manager serve "+strings.Join(args, " "))
+	}
+	if err := run(ctx, c, log); err != nil {
+		log.Error("reboot-manager stopped", "err", err)
+		return errStopped
+	}
+	return nil
+}
+
+// errStopped is serve's error once the server's log has said why it stopped.
+var errStopped = errors.New("stopped: see the log above")
+
+// versionCommand prints the version and the Go version it was built with.
+func versionCommand(_ context.Context, args []string, _ func(string) string, stdout, _ io.Writer) error {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	if err := parseFlags(fs, args, "reboot-manager version", stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected arguments: %q", fs.Args())
+	}
+	fmt.Fprintf(stdout, "reboot-manager %s %s\n", version, runtime.Version())
+	return nil
 }
 
 func main() {
-	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-		err := commands[os.Args[1]](ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
-		stop()
-		if err != nil && !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "reboot-manager "+os.Args[1]+":", err)
-			os.Exit(1)
-		}
-		return
-	}
-	c, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "reboot-manager:", err)
-		os.Exit(2)
-	}
-	if c.showVersion {
-		fmt.Printf("reboot-manager %s %s\n", version, runtime.Version())
-		return
-	}
-	log := c.logger(os.Stderr)
-	routeKlog(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if err := run(ctx, c, log); err != nil {
-		log.Error("reboot-manager stopped", "err", err)
-		os.Exit(1)
-	}
+	code := dispatch(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -36,7 +36,7 @@ var notServedHere = map[string]string{
 var metricName = regexp.MustCompile(`\brebootmanager_[a-z0-9_]+`)
 
 // Every metric the dashboard and the alerting rules query is one the real binary
-// serves on /metrics, seen live after a pause refusal, a drain blocked by a
+// serves on /metrics, seen live after a pause refusal (the node then waits), a drain blocked by a
 // PodDisruptionBudget, a grant, a release and an unknown node's request, and from a
 // second server with --verify-source-address (access refusals) and a blocker.
 func TestMonitoringQueriesServed(t *testing.T) {
@@ -89,6 +89,12 @@ func TestMonitoringQueriesServed(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return preReboot() == fleetlock.KindPaused }, 30*time.Second, 200*time.Millisecond)
+	// The refused node waits for a slot: its group's waiting gauges.
+	require.Eventually(t, func() bool {
+		m, err := s.Metrics()
+		return err == nil && strings.Contains(m, `rebootmanager_group_waiting_since_timestamp_seconds{group="default"}`)
+	}, 30*time.Second, 200*time.Millisecond, "the refused node shows as waiting")
+	scrape(s)
 	require.NoError(t, env.Client.CoreV1().ConfigMaps(pauseNS).Delete(ctx, "reboot-manager-pause", metav1.DeleteOptions{}))
 	require.Eventually(t, func() bool {
 		m, err := s.Metrics()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -26,6 +27,7 @@ import (
 	"github.com/reboot-manager/reboot-manager/evict"
 	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/reload"
+	"github.com/reboot-manager/reboot-manager/internal/watcherr"
 	"github.com/reboot-manager/reboot-manager/lock"
 	"github.com/reboot-manager/reboot-manager/notify"
 	"github.com/reboot-manager/reboot-manager/policy"
@@ -76,6 +78,8 @@ type server struct {
 	metrics     *httpServer
 	broadcaster events.EventBroadcaster
 	stopEvents  context.CancelFunc
+	// watchErrors are the informers' refusals (403, 401): /readyz names them.
+	watchErrors *watcherr.Errors
 }
 
 // build reads the files, makes the clients, the policy, the drainer, the lock, the
@@ -98,7 +102,7 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	if err != nil {
 		return nil, err
 	}
-	s := &server{log: log}
+	s := &server{log: log, watchErrors: watcherr.New(log)}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -110,9 +114,11 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	}
 	s.pol = policy.New(policy.Options{
 		Config: policyConfig, ConfigState: policyState, Client: client, Namespace: c.namespace, PauseConfigMap: c.pauseConfigMap, Logger: log,
+		WatchErrors: s.watchErrors,
 	})
 	c.drain.Logger = log
 	c.drain.Recorder = recorder
+	c.drain.WatchErrors = s.watchErrors
 	drainOpts := c.drain
 	drainOpts.Since = lock.GrantedAt // Timeout counts from the grant, on any replica
 	s.drainer = evict.New(client, drainOpts)
@@ -122,7 +128,8 @@ func build(ctx context.Context, c config, log *slog.Logger) (_ *server, err erro
 	if s.notifier, err = newNotifier(c.notify, client, log); err != nil {
 		return nil, fmt.Errorf("--notify-url: %w", err)
 	}
-	lockOpts := lock.Options{Policy: s.pol, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log, Recorder: recorder}
+	lockOpts := lock.Options{Policy: s.pol, Wait: c.wait, StaleClaimAge: c.staleClaimAge, Logger: log, Recorder: recorder,
+		WatchErrors: s.watchErrors}
 	if s.replacer != nil {
 		lockOpts.Hooks = s.replacer
 	}
@@ -217,7 +224,7 @@ func (s *server) registry(guard *access.Guard) *prometheus.Registry {
 
 // metricsMux is the metrics server's handler, with the status page of this replica.
 func (s *server) metricsMux(registry *prometheus.Registry) *http.ServeMux {
-	return metricsMux(registry, s.lock, func() status {
+	return metricsMux(registry, s.lock, s.watchErrors, func() status {
 		return buildStatus(statusInput{
 			now: time.Now(), source: "server", nodes: s.lock.Nodes(), config: s.pol.Config(), paused: s.pol.Paused,
 			drain: func(node string) string {
@@ -291,13 +298,14 @@ func loadPolicy(c config, log *slog.Logger) (func() *policy.Config, func() polic
 	return f.Config, f.State, nil
 }
 
-// metricsMux serves /metrics from registry, /healthz, /readyz from the lock's health,
-// and /status (JSON) for humans.
-func metricsMux(registry *prometheus.Registry, lk *lock.Lock, current func() status) *http.ServeMux {
+// metricsMux serves /metrics from registry, /healthz, /readyz from the informers'
+// refusals (a missing RBAC permission, named) and the lock's health, and /status
+// (JSON) for humans.
+func metricsMux(registry *prometheus.Registry, lk *lock.Lock, refusals *watcherr.Errors, current func() status) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		if !lk.HasSynced() {
-			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+			http.Error(w, cmp.Or(refusals.Err(), errors.New("node cache not synced")).Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -306,7 +314,7 @@ func metricsMux(registry *prometheus.Registry, lk *lock.Lock, current func() sta
 	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := lk.Healthy(); err != nil {
+		if err := cmp.Or(refusals.Err(), lk.Healthy()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

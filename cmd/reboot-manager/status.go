@@ -30,8 +30,11 @@ type status struct {
 	// Paused is the pause ConfigMap's reason; absent when not paused.
 	Paused *pauseStatus `json:"paused,omitempty"`
 	// Groups is empty when the policy in force is unknown (Policy.Error).
-	Groups   []groupStatus         `json:"groups"`
-	Holders  []holderStatus        `json:"holders"`
+	Groups  []groupStatus  `json:"groups"`
+	Holders []holderStatus `json:"holders"`
+	// Waiting are the nodes that wait for a slot, by group and in each group's order;
+	// a waiter that stopped asking (lock.Waiter.Stale) is not shown.
+	Waiting  []waiterStatus        `json:"waiting"`
 	Held     []heldNode            `json:"heldNodes,omitempty"`
 	Blockers []policy.BlockerState `json:"blockers,omitempty"`
 	// Replacements are the records of replacing nodes that failed to return (with
@@ -46,13 +49,36 @@ type pauseStatus struct {
 }
 
 type groupStatus struct {
-	Name       string   `json:"name"`
-	Slots      int      `json:"slots"`
-	Holders    int      `json:"holders"`
-	Claims     int      `json:"claims"`
+	Name    string `json:"name"`
+	Slots   int    `json:"slots"`
+	Holders int    `json:"holders"`
+	Claims  int    `json:"claims"`
+	// Waiting is how many of the group's nodes wait for a slot (Status.Waiting).
+	Waiting    int      `json:"waiting"`
 	WindowOpen bool     `json:"windowOpen"`
 	Windows    []string `json:"windows,omitempty"`
 	MinGap     string   `json:"minGap,omitempty"`
+	// After are the groups this one goes after; HeldBackBy the nodes of those that
+	// hold, claim or wait, which hold this group's nodes back (lock.OrderBlockers).
+	After      []string            `json:"after"`
+	HeldBackBy []lock.OrderBlocker `json:"heldBackBy,omitempty"`
+}
+
+// order is the group's ORDER column: "-", or "after" its groups and, when held back,
+// by which nodes.
+func (g groupStatus) order() string {
+	if len(g.After) == 0 {
+		return "-"
+	}
+	s := "after " + strings.Join(g.After, ", ")
+	if len(g.HeldBackBy) == 0 {
+		return s
+	}
+	by := make([]string, len(g.HeldBackBy))
+	for i, b := range g.HeldBackBy {
+		by[i] = fmt.Sprintf("%s (%s)", b.Node, b.State)
+	}
+	return s + ": held back by " + strings.Join(by, ", ")
 }
 
 type holderStatus struct {
@@ -64,6 +90,29 @@ type holderStatus struct {
 	Age string `json:"age"`
 	// Drain is the drain's progress, as far as this view knows it.
 	Drain string `json:"drain,omitempty"`
+	// ReservedUntil is set when the slot was reserved for the node while it had no
+	// request open (lock.AnnotationReservedUntil): its pre-reboot is due by then, or
+	// the slot is given back.
+	ReservedUntil *time.Time `json:"reservedUntil,omitempty"`
+}
+
+// waiterStatus is a node that waits for a slot (lock.Waiter).
+type waiterStatus struct {
+	Node  string `json:"node"`
+	Group string `json:"group"`
+	// Place is its 1-based place in its group's order: the order in which the lock
+	// grants the group's slots.
+	Place int `json:"place"`
+	// Since is when its current wait began; Age is how long ago.
+	Since time.Time `json:"since"`
+	Age   string    `json:"age"`
+	// RequestOpen is true while a pre-reboot request of the node is held open, until
+	// RequestUntil (absent when none is open).
+	RequestOpen  bool       `json:"requestOpen"`
+	RequestUntil *time.Time `json:"requestUntil,omitempty"`
+	// LastRequest is when its latest pre-reboot request arrived, or ended if it has;
+	// absent if not recorded.
+	LastRequest *time.Time `json:"lastRequest,omitempty"`
 }
 
 type heldNode struct {
@@ -91,7 +140,7 @@ type statusInput struct {
 // buildStatus computes the status from its input.
 func buildStatus(in statusInput) status {
 	s := status{Time: in.now.UTC(), Source: in.source, Blockers: in.blockers, Note: in.note,
-		Holders: []holderStatus{}, Replacements: in.replacements}
+		Holders: []holderStatus{}, Waiting: []waiterStatus{}, Replacements: in.replacements}
 	if in.configState.Source != "" {
 		s.Policy = &in.configState
 	}
@@ -111,6 +160,8 @@ func buildStatus(in statusInput) status {
 		if cfg.MinGap.Duration > 0 {
 			g.MinGap = cfg.MinGap.String()
 		}
+		g.After = append([]string{}, cfg.After...)
+		g.HeldBackBy = lock.OrderBlockers(g.After, in.nodes, in.now, 0, lock.DefaultStaleClaimAge)
 		groups[name] = g
 		return g
 	}
@@ -136,11 +187,25 @@ func buildStatus(in statusInput) status {
 			}
 		}
 		hs := holderStatus{Node: h.Node, Group: h.Group, State: h.State, Since: h.Since.UTC(),
-			Age: in.now.Sub(h.Since).Round(time.Second).String()}
+			Age: in.now.Sub(h.Since).Round(time.Second).String(), ReservedUntil: utcOrNil(h.ReservedUntil)}
 		if h.State == lock.StateRebooting && in.drain != nil {
 			hs.Drain = in.drain(h.Node)
 		}
 		s.Holders = append(s.Holders, hs)
+	}
+	for name, ws := range lock.Queue(in.nodes, in.now, 0) {
+		if in.config != nil {
+			group(name).Waiting = len(ws)
+		}
+		for _, w := range ws {
+			row := waiterStatus{Node: w.Node, Group: w.Group, Place: w.Place, Since: w.Since.UTC(),
+				Age: in.now.Sub(w.Since).Round(time.Second).String(), RequestOpen: w.Open(in.now),
+				LastRequest: utcOrNil(w.LastRequest)}
+			if row.RequestOpen {
+				row.RequestUntil = utcOrNil(w.RequestUntil)
+			}
+			s.Waiting = append(s.Waiting, row)
+		}
 	}
 	for _, g := range groups {
 		s.Groups = append(s.Groups, *g)
@@ -149,8 +214,20 @@ func buildStatus(in statusInput) status {
 	slices.SortFunc(s.Holders, func(a, b holderStatus) int {
 		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Node, b.Node))
 	})
+	slices.SortFunc(s.Waiting, func(a, b waiterStatus) int {
+		return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Place, b.Place))
+	})
 	slices.SortFunc(s.Held, func(a, b heldNode) int { return cmp.Compare(a.Node, b.Node) })
 	return s
+}
+
+// utcOrNil returns t in UTC, or nil for the zero time.
+func utcOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 // writeJSON writes the status as indented JSON.
@@ -161,7 +238,11 @@ func (s status) writeJSON(w io.Writer) error {
 }
 
 // writeText writes the status as tables for a terminal.
-func (s status) writeText(w io.Writer) error {
+func (s status) writeText(w io.Writer) error { return s.writeTables(w, false) }
+
+// writeTables writes the status as tables; wide adds columns (status -o wide): when
+// each holder entered its state.
+func (s status) writeTables(w io.Writer, wide bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "reboot-manager status at %s (from the %s)\n", s.Time.Format(time.RFC3339), s.Source)
 	writePolicyState(tw, s.Policy)
@@ -171,7 +252,7 @@ func (s status) writeText(w io.Writer) error {
 		fmt.Fprintln(tw, "not paused")
 	}
 	if len(s.Groups) > 0 {
-		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWINDOW\tMIN GAP")
+		fmt.Fprintln(tw, "\nGROUP\tSLOTS\tHOLDERS\tCLAIMS\tWAITING\tWINDOW\tMIN GAP\tORDER")
 	}
 	for _, g := range s.Groups {
 		window := "open (no windows)"
@@ -181,14 +262,46 @@ func (s status) writeText(w io.Writer) error {
 				window = "open: " + strings.Join(g.Windows, "; ")
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, window, cmp.Or(g.MinGap, "-"))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", g.Name, g.Slots, g.Holders, g.Claims, g.Waiting, window, cmp.Or(g.MinGap, "-"), g.order())
 	}
-	fmt.Fprintln(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN")
+	fmt.Fprint(tw, "\nNODE\tGROUP\tSTATE\tFOR\tDRAIN\tRESERVATION")
+	if wide {
+		fmt.Fprint(tw, "\tSINCE")
+	}
+	fmt.Fprintln(tw)
 	for _, h := range s.Holders {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.Node, h.Group, h.State, h.Age, cmp.Or(h.Drain, "-"))
+		reservation := "-"
+		switch {
+		case h.ReservedUntil == nil:
+		case s.Time.Before(*h.ReservedUntil):
+			reservation = "reserved until " + h.ReservedUntil.Format(time.RFC3339)
+		default:
+			reservation = "reserved until " + h.ReservedUntil.Format(time.RFC3339) + ", passed: to be given back"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", h.Node, h.Group, h.State, h.Age, cmp.Or(h.Drain, "-"), reservation)
+		if wide {
+			fmt.Fprintf(tw, "\t%s", h.Since.Format(time.RFC3339))
+		}
+		fmt.Fprintln(tw)
 	}
 	if len(s.Holders) == 0 {
 		fmt.Fprintln(tw, "(no node holds or claims a slot)")
+	}
+	fmt.Fprintln(tw, "\nWAITING NODE\tGROUP\tPLACE\tWAITING SINCE\tFOR\tREQUEST")
+	for _, w := range s.Waiting {
+		request := "not open"
+		switch {
+		case w.RequestOpen && w.RequestUntil != nil:
+			request = "open until " + w.RequestUntil.Format(time.RFC3339)
+		case w.RequestOpen:
+			request = "open"
+		case w.LastRequest != nil:
+			request = fmt.Sprintf("not open (last %s ago)", s.Time.Sub(*w.LastRequest).Round(time.Second))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", w.Node, w.Group, w.Place, w.Since.Format(time.RFC3339), w.Age, request)
+	}
+	if len(s.Waiting) == 0 {
+		fmt.Fprintln(tw, "(no node waits for a slot)")
 	}
 	if len(s.Held) > 0 {
 		fmt.Fprintln(tw, "\nHELD NODE\tREASON")

@@ -43,6 +43,7 @@ type checker struct {
 	bootIDSeen map[string]int // boot ID changes per node
 	violations []Violation
 	mostHeld   map[string]int // group → most nodes holding at once
+	order      orderTrack
 }
 
 func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
@@ -50,7 +51,7 @@ func startChecker(ctx context.Context, f *Fleet) (*checker, error) {
 	c := &checker{
 		f: f, ctx: ctx, cancel: cancel,
 		holding: map[string]string{}, grants: map[string]grant{}, bootIDs: map[string]string{}, bootIDSeen: map[string]int{},
-		mostHeld: map[string]int{},
+		mostHeld: map[string]int{}, order: newOrderTrack(),
 	}
 	selector := labelFleet + "=" + f.opts.Name
 	nodes := &cache.ListWatch{
@@ -152,7 +153,9 @@ func (c *checker) nodeEvent(ev watch.Event) {
 	group := n.Annotations[lock.AnnotationGroup]
 	if holds && c.holding[n.Name] == "" {
 		c.holdBegins(n)
+		c.orderCheck(n)
 	}
+	c.orderNote(ev, n)
 	if !holds && c.holding[n.Name] != "" && ev.Type != watch.Deleted {
 		c.holdEnds(n)
 	}

@@ -32,6 +32,9 @@ type Group struct {
 	// Slots is how many of them reboot-manager lets reboot at once: it must match
 	// reboot-manager's configuration, for the checker holds it to that.
 	Slots int
+	// After are the groups it goes after (the policy's after): the checker holds the
+	// rollout to it, so it must match reboot-manager's configuration too.
+	After []string
 }
 
 // Options describe a fleet and its rollout. The zero value works.

@@ -45,6 +45,11 @@ type Report struct {
 	Violations []Violation
 	// MostHeld is, per group, the most nodes that held the lock at once.
 	MostHeld map[string]int
+	// OrderRaces counts the grants of a group with After during which a node of a
+	// group it goes after began to wait, claim or hold between the grant's claim and
+	// its promotion: the lock's fresh read falls in between and may not have seen it,
+	// so it is not a violation, but it is a node that waited while the other held.
+	OrderRaces int
 }
 
 func (f *Fleet) report(start, end time.Time, chk *checker) *Report {
@@ -60,6 +65,7 @@ func (f *Fleet) report(start, end time.Time, chk *checker) *Report {
 	sort.Slice(r.Nodes, func(i, j int) bool { return r.Nodes[i].Name < r.Nodes[j].Name })
 	chk.mu.Lock()
 	r.Violations = append(r.Violations, chk.violations...)
+	r.OrderRaces = chk.order.races
 	for g, m := range chk.mostHeld {
 		if g != "" {
 			r.MostHeld[g] = m

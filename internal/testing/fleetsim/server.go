@@ -26,8 +26,8 @@ type Server struct {
 	done chan struct{}
 }
 
-// StartServer runs the reboot-manager binary bin with kubeconfig on free loopback
-// ports, plus args, and waits until it is ready. Its output goes to logs (which may be
+// StartServer runs the reboot-manager binary bin's server (serve) with kubeconfig on
+// free loopback ports, plus args, and waits until it is ready. Its output goes to logs (which may be
 // nil). The process is killed if this one dies.
 func StartServer(bin, kubeconfig string, logs *LogBuffer, args ...string) (*Server, error) {
 	ports, err := controlplane.FreePorts(2)
@@ -44,6 +44,7 @@ func StartServer(bin, kubeconfig string, logs *LogBuffer, args ...string) (*Serv
 		done:      make(chan struct{}),
 	}
 	s.cmd = exec.Command(bin, append([]string{
+		"serve",
 		"--kubeconfig=" + kubeconfig,
 		fmt.Sprintf("--listen-address=127.0.0.1:%d", ports[0]),
 		fmt.Sprintf("--metrics-address=127.0.0.1:%d", ports[1]),

@@ -1,0 +1,355 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+)
+
+// Reservations: a slot that frees while its group's waiters have no request open
+// would stay idle until one of them polls again, up to a Zincati poll period later
+// (behind a proxy that cuts idle requests, every handover). So every replica watches
+// for a group whose free slot no open request has taken within
+// Options.ReservationGrace, and reserves it for the group's first fresh waiter in the
+// lock's order (Queue) that is not asking right now: the same admission as a
+// request's (the API server answers, Policy.Admit, a drain that gave up), then the
+// same claim, check and promotion as a request's, on the waiter's behalf, so that the
+// k-slot argument of doc.go holds unchanged. The promotion writes
+// AnnotationReservedUntil (now + Options.ReservationTimeout) with the hold, and the
+// drain starts at once.
+//
+// The node's next pre-reboot finds it holding, removes AnnotationReservedUntil in a
+// write conditioned on the node as read, and goes down a holder's path: the drain,
+// the fresh checks, the 2xx. A reservation still there after its deadline is given
+// back by any replica: a fresh read that shows the same Node object, the same
+// promotion, still reserved, past the deadline and not rebooted, then the release
+// (uncordoning what we cordoned) conditioned on that read. The request's write and
+// the give-back's are both conditioned on the same resourceVersion: exactly one wins.
+
+// DefaultReservationTimeout is Options.ReservationTimeout's default: Zincati polls
+// every 300 s plus up to 10 % (330 s), and a margin for the poll's own wait and a
+// slow network makes 7 minutes.
+const DefaultReservationTimeout = 7 * time.Minute
+
+// DefaultReservationGrace is Options.ReservationGrace's default: an open request
+// takes a free slot within a few API round trips (milliseconds), so a slot free for
+// this long has no request coming for it. Were one still coming, the claim, check
+// and promotion decide between it and the reservation, as between two requests.
+const DefaultReservationGrace = time.Second
+
+// ReasonSlotReserved (Normal): a free slot was reserved for a waiting node, which was
+// cordoned and is drained before its next pre-reboot.
+const ReasonSlotReserved = "SlotReserved"
+
+// ReasonReservationExpired (Normal): a slot reserved for a node was given back, since
+// its pre-reboot did not come by the reservation's deadline; the node was uncordoned
+// if reboot-manager cordoned it.
+const ReasonReservationExpired = "ReservationExpired"
+
+// releaseReservation is the cause of a release that gives back an unclaimed
+// reservation.
+const releaseReservation releaseCause = "reservation-expired"
+
+// testHookBeforeGiveBack, set by tests, runs between the give-back's fresh read and
+// its conditioned write.
+var testHookBeforeGiveBack func(node string)
+
+// byWaiting indexes the node cache by the group of the waiters (nodes in state Ready
+// with AnnotationWaitingSince), so that the reservation loop reads only them.
+const byWaiting = "waiting"
+
+func waitingGroup(obj any) ([]string, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		if w, ok := WaiterOf(n); ok {
+			return []string{w.Group}, nil
+		}
+	}
+	return nil, nil
+}
+
+// ReservedUntil returns the deadline of the reservation node holds its slot under,
+// and whether it holds one (AnnotationReservedUntil on a holder).
+func ReservedUntil(n *corev1.Node) (time.Time, bool) {
+	v, ok := n.Annotations[AnnotationReservedUntil]
+	if !ok || lockOf(n).State != StateRebooting {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, true // unreadable: past, so that it is given back
+	}
+	return t, true
+}
+
+// reserveLoop runs reserveRound on every change of the lock and when its timer says,
+// until ctx ends, while the API server answers.
+func (l *Lock) reserveLoop(ctx context.Context) {
+	free := map[string]time.Time{}
+	for {
+		wake := l.changed.wait() // before the cache is read, so that no change is missed
+		next := l.opts.ReservationGrace
+		if l.apiDown() == nil {
+			next = l.reserveRound(ctx, free)
+		}
+		t := time.NewTimer(max(next, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// reserveRound gives back the reservations past their deadline, then reserves the
+// slots that have been free for Options.ReservationGrace in groups whose waiters have
+// none open. free is when this replica first saw each group's slot free (its clock),
+// kept between rounds. It returns how long until it should look again.
+func (l *Lock) reserveRound(ctx context.Context, free map[string]time.Time) time.Duration {
+	now := l.opts.Clock.Now()
+	next := l.opts.ReservationGrace
+	idx := l.nodes.GetIndexer()
+	taken := map[string]int{} // holders and live claims, by group
+	for _, g := range idx.ListIndexFuncValues(byGroup) {
+		objs, _ := idx.ByIndex(byGroup, g)
+		for _, o := range objs {
+			n := o.(*corev1.Node)
+			st := lockOf(n)
+			if st.State == StateClaiming && l.opts.Clock.Since(st.Since) > l.opts.StaleClaimAge {
+				continue
+			}
+			taken[g]++
+			if until, ok := ReservedUntil(n); ok {
+				if now.After(until) {
+					l.giveBack(ctx, n)
+				} else {
+					next = min(next, until.Sub(now)+time.Millisecond)
+				}
+			}
+		}
+	}
+	waiting := map[string]bool{}
+	for _, g := range idx.ListIndexFuncValues(byWaiting) {
+		waiting[g] = true
+		objs, _ := idx.ByIndex(byWaiting, g)
+		nodes := make([]*corev1.Node, len(objs))
+		for i, o := range objs {
+			nodes[i] = o.(*corev1.Node)
+		}
+		var closed []Waiter
+		for _, w := range Queue(nodes, now, l.opts.WaiterTimeout)[g] {
+			if !w.Open(now) {
+				closed = append(closed, w)
+			}
+		}
+		if len(closed) == 0 || taken[g] >= l.slots(g) {
+			delete(free, g)
+			continue
+		}
+		since, ok := free[g]
+		if !ok {
+			free[g] = now
+			continue
+		}
+		if wait := l.opts.ReservationGrace - now.Sub(since); wait > 0 {
+			next = min(next, wait)
+			continue
+		}
+		if !l.reserveFor(ctx, g, closed) {
+			free[g] = now // nobody could take it: look again after another grace
+		}
+	}
+	for g := range free {
+		if !waiting[g] {
+			delete(free, g)
+		}
+	}
+	return next
+}
+
+// reserveFor reserves a slot of group for the first of waiters (in the lock's order,
+// none with a request open as the cache shows them) that is Ready (a node whose
+// kubelet is not would only be cordoned for nothing) and that the admission lets in,
+// first as the cache shows it (no API request for a refused waiter), then as a fresh
+// read does. It stops at the first that the check or a conflict stops: the
+// next round decides again. It reports whether it reserved one.
+func (l *Lock) reserveFor(ctx context.Context, group string, waiters []Waiter) bool {
+	for _, w := range waiters {
+		a := l.newReservation(w.Node, group)
+		cached, ok := l.cachedNode(w.Node)
+		if !ok || !NodeReady(cached) || a.admit(cached) != nil {
+			continue // refused as the cache shows it: no API request for it
+		}
+		ok, next, err := a.reserve(ctx)
+		switch {
+		case ok:
+			return true
+		case err != nil:
+			a.log.Debug("slot not reserved", "err", err)
+		}
+		if !next {
+			return false
+		}
+	}
+	return false
+}
+
+// newReservation returns the acquisition of a slot of group for node, on behalf of
+// the reservation loop: it may wait for later claimants to withdraw for tieWait.
+func (l *Lock) newReservation(node, group string) *acquisition {
+	now := time.Now()
+	until := l.opts.Clock.Now().Add(l.opts.ReservationTimeout)
+	return &acquisition{
+		lock:          l,
+		name:          node,
+		group:         group,
+		log:           l.log.With("node", node, "group", group, "reservation", true),
+		expires:       now.Add(tieWait),
+		tieExpires:    now.Add(tieWait),
+		reservedUntil: until,
+	}
+}
+
+// errNotReservable ends a reservation attempt for a node that should not get one now,
+// and lets the next waiter be tried.
+var errNotReservable = errors.New("not reservable")
+
+// reserve claims, checks and promotes the waiting node on its behalf, as a request
+// would (acquire.go), after a fresh read confirms that it still waits with no request
+// open, and after the admission a request would get. It reports whether the slot is
+// now reserved for the node, and, if not, whether the next waiter may be tried (this
+// one is not reservable or the policy refused it); a reservation leaves no claim of
+// its own behind.
+func (a *acquisition) reserve(ctx context.Context) (reserved, tryNext bool, err error) {
+	defer func() {
+		if a.claim != nil {
+			a.withdraw(context.WithoutCancel(ctx))
+		}
+	}()
+	l := a.lock
+	n, err := l.get(ctx, a.name)
+	if err != nil {
+		return false, false, err
+	}
+	w, ok := WaiterOf(n)
+	now := l.opts.Clock.Now()
+	switch {
+	case lockOf(n).State != StateReady:
+		return false, false, nil // a request or another replica works on it
+	case !ok || w.Group != a.group || w.Stale(now, l.opts.WaiterTimeout) || !NodeReady(n):
+		return false, true, errNotReservable
+	case w.Open(now):
+		return false, false, nil // its request takes the slot
+	}
+	if err := a.admit(n); err != nil {
+		return false, true, err
+	}
+	if err := a.drainGaveUp(ctx, n); err != nil {
+		return false, true, err
+	}
+	claimed, err := a.write(ctx, n, write{state: StateClaiming, group: a.group})
+	if err != nil {
+		return false, false, err // a 409: the node changed; the next round decides again
+	}
+	a.claim = claimed
+	for {
+		v, _, err := a.check(ctx)
+		if err != nil {
+			return false, false, err
+		}
+		switch v {
+		case promote:
+			if err := a.admit(claimed); err != nil {
+				return false, true, err
+			}
+			if err := l.orderFresh(ctx, a.group); err != nil {
+				return false, true, err // the group order, on a fresh read
+			}
+			n, err := a.promote(ctx)
+			if err != nil {
+				return false, false, err
+			}
+			if until, ok := ReservedUntil(n); !ok || !until.Equal(a.reservedUntil) {
+				return false, false, nil // conflict: someone else's write came first
+			}
+			a.log.Info("reboot slot reserved for a waiting node", "reservedUntil", a.reservedUntil, "waitingSince", w.Since)
+			l.event(a.name, corev1.EventTypeNormal, ReasonSlotReserved, "Reserve", fmt.Sprintf(
+				"slot of group %s reserved while the node had no pre-reboot request open: cordoned and drained now; given back if its pre-reboot does not come by %s",
+				a.group, a.reservedUntil.UTC().Format(time.RFC3339)))
+			l.drainer.Start(n)
+			return true, false, nil
+		case awaitLater:
+			if err := l.sleep(ctx, 200*time.Millisecond, a.tieExpires, l.groupChanged.wait(a.group), nil); err != nil {
+				return false, false, err
+			}
+		default:
+			return false, false, nil
+		}
+	}
+}
+
+// takeReservation is the node's own pre-reboot taking the slot reserved for it: it
+// removes AnnotationReservedUntil from n (fresh), conditioned on n as read, so that
+// either it or the give-back wins. A 409 Conflict is returned as is: the caller reads
+// the node again and decides again.
+func (a *acquisition) takeReservation(ctx context.Context, n *corev1.Node) (*corev1.Node, error) {
+	taken, err := a.lock.patchMarks(ctx, n, "", map[string]any{AnnotationReservedUntil: nil})
+	if err != nil {
+		return nil, err
+	}
+	until, _ := ReservedUntil(n)
+	a.log.Info("reserved slot taken by its node", "reservedUntil", until)
+	return taken, nil
+}
+
+// errReservationKept ends a give-back whose fresh read shows a reservation that must
+// stay: taken by its node, not yet past its deadline, or the node rebooted.
+var errReservationKept = errors.New("reservation kept")
+
+// giveBack releases the slot reserved for n (as the cache shows it) if a fresh read
+// confirms, just before the conditioned release, that the same grant is still
+// reserved, past its deadline, and the node has not rebooted since the grant.
+func (l *Lock) giveBack(ctx context.Context, n *corev1.Node) {
+	log := l.log.With("node", n.Name, "group", lockOf(n).Group)
+	fresh, err := l.get(ctx, n.Name)
+	if err != nil {
+		if !errors.Is(err, ErrNotHolder) && !apierrors.IsNotFound(errors.Unwrap(err)) {
+			log.Warn("cannot give back an expired reservation", "err", err)
+		}
+		return
+	}
+	g := grantOf(n)
+	until, _ := ReservedUntil(fresh)
+	err = l.releaseIf(ctx, fresh, log, releaseReservation, func(m *corev1.Node) error {
+		if testHookBeforeGiveBack != nil {
+			testHookBeforeGiveBack(m.Name)
+		}
+		u, reserved := ReservedUntil(m)
+		switch {
+		case m.UID != g.UID || !grantOf(m).Promoted.Equal(g.Promoted):
+			return ErrNotHolder
+		case !reserved || !l.opts.Clock.Now().After(u):
+			return errReservationKept
+		case m.Status.NodeInfo.BootID != g.BootID:
+			return errReservationKept // it rebooted anyway: its steady-state releases it
+		}
+		until = u
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrNotHolder), errors.Is(err, errReservationKept):
+	case err != nil:
+		log.Warn("cannot give back an expired reservation", "err", err)
+	default:
+		log.Info("reserved slot given back: its node did not ask by the deadline", "reservedUntil", until)
+		l.event(n.Name, corev1.EventTypeNormal, ReasonReservationExpired, "Release", fmt.Sprintf(
+			"slot of group %s reserved until %s given back: the node's pre-reboot did not come; uncordoned if reboot-manager cordoned it",
+			g.Group, until.UTC().Format(time.RFC3339)))
+	}
+}
