@@ -164,9 +164,10 @@ func benchHolds(ctx context.Context, env *controlplane.Env, waiters, groups, han
 	return res, nil
 }
 
-// holdsStartRate is how many waiters start asking per second: each start costs a
-// claim, a LIST and a withdrawal, within the client's 50 requests a second.
-const holdsStartRate = 15
+// holdsStartRate is how many waiters start asking per second: each start costs its
+// waiting marks, a claim, a LIST and a withdrawal, within the client's 50 requests a
+// second.
+const holdsStartRate = 10
 
 // rebootAndRelease gives node a new boot ID, as its reboot would, and sends its
 // steady-state until the slot is released.
