@@ -95,17 +95,29 @@ func (l *Lock) reserveLoop(ctx context.Context) {
 		if l.apiDown() == nil {
 			next = l.reserveRound(ctx, free)
 		}
-		t := time.NewTimer(max(next, 10*time.Millisecond))
+		t := time.NewTimer(max(next, reserveCoalesce))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-wake:
+			// Changes come in bursts (every request writes its waiting marks): one
+			// round after a burst reads the cache once, not once per change.
+			t.Reset(reserveCoalesce) // Go 1.23 timers: no stale tick to drain
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
 		case <-t.C:
 		}
-		t.Stop()
 	}
 }
+
+// reserveCoalesce is the least time between two rounds of the reservation loop: a
+// tenth of DefaultReservationGrace, so that a free slot waits no longer for it.
+const reserveCoalesce = 100 * time.Millisecond
 
 // reserveRound gives back the reservations past their deadline, then reserves the
 // slots that have been free for Options.ReservationGrace in groups whose waiters have
@@ -137,6 +149,10 @@ func (l *Lock) reserveRound(ctx context.Context, free map[string]time.Time) time
 	waiting := map[string]bool{}
 	for _, g := range idx.ListIndexFuncValues(byWaiting) {
 		waiting[g] = true
+		if taken[g] >= l.slots(g) {
+			delete(free, g) // full: its waiters are not even read
+			continue
+		}
 		objs, _ := idx.ByIndex(byWaiting, g)
 		nodes := make([]*corev1.Node, len(objs))
 		for i, o := range objs {
@@ -148,7 +164,7 @@ func (l *Lock) reserveRound(ctx context.Context, free map[string]time.Time) time
 				closed = append(closed, w)
 			}
 		}
-		if len(closed) == 0 || taken[g] >= l.slots(g) {
+		if len(closed) == 0 {
 			delete(free, g)
 			continue
 		}
