@@ -73,7 +73,7 @@ func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node
 				return n, nil
 			}
 		}
-		err := l.sleep(ctx, backPoll, deadline, wake, nil)
+		err := l.poll(ctx, backPoll, deadline, wake, nil)
 		if errors.Is(err, errExpired) {
 			return nil, fmt.Errorf("node %s is not back from its reboot (Ready with a new boot ID); the slot stays held until it is: %w",
 				first.Node, fleetlock.ErrNodeNotReady)

@@ -25,12 +25,22 @@ func startLockWith(t *testing.T, client kubernetes.Interface, drainer Drainer, o
 	return l
 }
 
-// eventDriven bounds how long after an event (a drain's end, a release, a node Ready)
-// a held request answers. Its waits wake on the event; their fallback timers are 5 s,
-// so an answer under eventDriven was woken by the event. The answer itself takes an
-// API round trip or two: milliseconds on an idle machine (4 to 20 ms measured), up to
-// a second when CI loads the two cores with every package's control plane.
-const eventDriven = 2500 * time.Millisecond
+// eventsOnly turns off the fallback timers of the lock's waits for the test: a held
+// request then answers before its deadline only if the event it waits for (a drain's
+// end, a release, a node Ready) woke it. No latency is measured.
+func eventsOnly(t *testing.T) {
+	t.Helper()
+	fallbackTimers = false
+	t.Cleanup(func() { fallbackTimers = true })
+}
+
+// eventWait is how long a test waits for an answer woken by an event. With
+// eventsOnly no timer of the lock can answer, and the tests that use it give their
+// requests 2 minutes: an answer within eventWait was woken by an event. Unrelated
+// events (another node's update, a loop's write) also wake waits, every 20 to 30 s
+// in these tests, which is why eventWait stays under that; on an idle machine the
+// answer takes milliseconds, and 15 s leaves room for a loaded CI machine.
+const eventWait = 15 * time.Second
 
 // result is what a PreReboot call returned, and when.
 type result struct {
@@ -50,6 +60,7 @@ func preRebootAsync(l *Lock, f fleet, name string) <-chan result {
 // A held pre-reboot request answers "reboot now" the moment its drain ends, not at
 // the next poll of Zincati.
 func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
+	eventsOnly(t)
 	env := controlplane.Shared(t)
 	f := newFleet(t, env, "hold-drain", 1, simkubelet.NodeOptions{})
 	name := f.names[0]
@@ -79,9 +90,8 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 		require.NoError(t, r.err, "granted once drained")
 		latency := r.at.Sub(finished)
 		t.Logf("asked at 0s, drain finished at %s, answered %s later", finished.Sub(asked).Round(time.Millisecond), latency.Round(time.Microsecond))
-		assert.Less(t, latency, eventDriven, "answered on the drain's end, not by the fallback timer")
-	case <-time.After(10 * time.Second):
-		t.Fatal("no answer 10s after the drain finished")
+	case <-time.After(eventWait):
+		t.Fatal("no answer within eventWait of the drain's end")
 	}
 	st, unschedulable := nodeLockState(t, env.Client, name)
 	assert.Equal(t, StateRebooting, st.State)
@@ -91,6 +101,7 @@ func TestHeldRequestAnsweredWhenDrained(t *testing.T) {
 // A request held while another node holds the only slot is granted as soon as that
 // node's steady-state releases it.
 func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
+	eventsOnly(t)
 	env := controlplane.Shared(t)
 	ctx := t.Context()
 	f := newFleet(t, env, "hold-slot", 2, simkubelet.NodeOptions{})
@@ -120,9 +131,8 @@ func TestHeldRequestGrantedWhenSlotFreed(t *testing.T) {
 		require.NoError(t, r.err, "granted once the slot is free")
 		latency := r.at.Sub(releasedAt)
 		t.Logf("release took %s; the waiter was granted %s after it returned", releasedAt.Sub(releasing).Round(time.Microsecond), latency.Round(time.Microsecond))
-		assert.Less(t, latency, eventDriven, "granted on the release, not by the fallback timer")
-	case <-time.After(10 * time.Second):
-		t.Fatal("not granted 10s after the release")
+	case <-time.After(eventWait):
+		t.Fatal("not granted within eventWait of the release")
 	}
 	st, _ = nodeLockState(t, env.Client, waiter)
 	assert.Equal(t, StateRebooting, st.State)
@@ -222,7 +232,7 @@ func TestHandoverWakesOnlyTheFirstWaiter(t *testing.T) {
 	case r := <-results[0]:
 		require.NoError(t, r.err, "the first name is granted")
 	case <-time.After(10 * time.Second):
-		t.Fatal("not granted 10s after the release")
+		t.Fatal("not granted within eventWait of the release")
 	}
 	time.Sleep(time.Second) // what the others would do, they do at once
 	after := resourceRequests(counter)

@@ -70,10 +70,24 @@ func (s *signals) fire(key string) {
 	}
 }
 
+// fallbackTimers, cleared by tests, turns off sleep's timers (not poll's): a wait
+// then ends only on its wake channels, its deadline or its context, so that a test
+// that sees an answer knows the event woke it.
+var fallbackTimers = true
+
 // sleep waits until wake or wake2 is signalled (a nil channel never is) or about
-// every passes (0: never; up to 50% more, at random), and fails when deadline passes
-// or ctx ends.
+// every passes (0: never; up to 50% more, at random): a fallback in case an event was
+// missed. It fails when deadline passes or ctx ends.
 func (l *Lock) sleep(ctx context.Context, every time.Duration, deadline time.Time, wake, wake2 <-chan struct{}) error {
+	if !fallbackTimers {
+		every = 0
+	}
+	return l.poll(ctx, every, deadline, wake, wake2)
+}
+
+// poll is sleep for a wait that must look again about every period whatever the
+// events (the health gate reads a Lease, which no event announces).
+func (l *Lock) poll(ctx context.Context, every time.Duration, deadline time.Time, wake, wake2 <-chan struct{}) error {
 	left := time.Until(deadline)
 	if left <= 0 {
 		return errExpired
