@@ -232,7 +232,7 @@ func TestHandoverWakesOnlyTheFirstWaiter(t *testing.T) {
 	case r := <-results[0]:
 		require.NoError(t, r.err, "the first name is granted")
 	case <-time.After(10 * time.Second):
-		t.Fatal("not granted within eventWait of the release")
+		t.Fatal("not granted 10s after the release")
 	}
 	time.Sleep(time.Second) // what the others would do, they do at once
 	after := resourceRequests(counter)
