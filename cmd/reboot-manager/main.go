@@ -91,8 +91,8 @@ func parseConfig(args []string, getenv func(string) string, help io.Writer) (con
 		c.groupSlots[group] = slots
 		return nil
 	})
-	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows and minimum gap per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
-	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
+	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows, minimum gap and order (after) per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
+	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap, and with --cloud of the replacement records and their Lease (default $POD_NAMESPACE, else reboot-manager)")
 	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
 	fs.StringVar(&c.cloud, "cloud", "", "replace nodes that fail to return through their cloud's instance group, for groups with replaceAfter in --config: aws (credentials from the SDK's default chain) (docs/replacement.md)")
 	fs.DurationVar(&c.wait, "wait", lock.DefaultWait, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
@@ -147,7 +147,7 @@ func (c config) validate(slotFlags bool, args []string) error {
 	case c.defaultSlots < 0:
 		return fmt.Errorf("--default-slots must be >= 0, got %d", c.defaultSlots)
 	case c.wait <= 0 || c.wait > 25*time.Minute:
-		return fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
+		return fmt.Errorf("--wait must be above 0 and at most 25m, under Zincati's 30-minute timeout, got %s", c.wait)
 	case c.staleClaimAge <= 0:
 		return fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
 	case c.drain.Parallelism <= 0:
