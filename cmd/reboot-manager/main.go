@@ -240,7 +240,14 @@ func parseFlags(fs *flag.FlagSet, args []string, usage string, stdout io.Writer)
 	fs.Usage = func() {}
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(stdout, "usage: %s\n\nflags:\n", usage)
+		fmt.Fprintf(stdout, "usage: %s\n", usage)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n == 0 {
+			fmt.Fprint(stdout, "\nno flags\n")
+			return err
+		}
+		fmt.Fprint(stdout, "\nflags:\n")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
@@ -332,7 +339,7 @@ var errStopped = errors.New("stopped: see the log above")
 // versionCommand prints the version and the Go version it was built with.
 func versionCommand(_ context.Context, args []string, _ func(string) string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	if err := parseFlags(fs, args, "reboot-manager version", stdout); err != nil {
+	if err := parseFlags(fs, args, "reboot-manager version: print the version (also --version)", stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
