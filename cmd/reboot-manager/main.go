@@ -279,8 +279,15 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	if strings.HasPrefix(name, "-") {
 		// The command line from before serve: flags only. Still the server, with a
-		// warning in its log.
-		return exitCode(stderr, "serve", serve(ctx, args, getenv, stdout, stderr, true))
+		// warning in its log. A flag mistake names the commands too: whoever typed
+		// reboot-manager -v did not ask for serve.
+		err := serve(ctx, args, getenv, stdout, stderr, true)
+		if usage := (*usageError)(nil); errors.As(err, &usage) {
+			fmt.Fprintf(stderr, "reboot-manager: %v\nflags without a command are those of reboot-manager serve (deprecated: put serve first);\n"+
+				"run 'reboot-manager help' for the commands, 'reboot-manager help serve' for serve's flags\n", err)
+			return 2
+		}
+		return exitCode(stderr, "serve", err)
 	}
 	for _, c := range commands() {
 		if c.name == name && c.run != nil {
