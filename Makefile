@@ -51,7 +51,7 @@ image: ## multi-arch OCI image (amd64, arm64) into bin/image (layout) and bin/im
 	hack/image.sh
 
 .PHONY: chart
-chart: $(HELM) ## render kubernetes/deployment.yaml and kubernetes/monitoring.yaml from charts/reboot-manager
+chart: $(HELM) ## render kubernetes/deployment.yaml, monitoring.yaml and replacement.yaml from charts/reboot-manager
 	HELM=$(HELM) hack/chart.sh render
 
 .PHONY: bench

@@ -85,6 +85,14 @@ check)
     fail "kubernetes/monitoring.yaml differs from the chart's render: run hack/chart.sh render"
   diff -u kubernetes/replacement.yaml <(render_replacement) ||
     fail "kubernetes/replacement.yaml differs from the chart's render: run hack/chart.sh render"
+  # drainFailurePolicy in any spelling the binary accepts: Force's RBAC follows it; a
+  # value the binary refuses (or a --cloud it refuses) fails the render, not the pod.
+  "$HELM" template reboot-manager "$chart" --set drainFailurePolicy=force | grep -qE '^ +verbs: \[delete\]' ||
+    fail "drainFailurePolicy=force renders without delete on pods"
+  for bad in drainFailurePolicy=Fore cloud=AWS; do
+    ! "$HELM" template reboot-manager "$chart" --set "$bad" >/dev/null 2>&1 ||
+      fail "$bad renders; want an error"
+  done
   version=$(sed -n 's/^appVersion: *//p' "$chart/Chart.yaml")
   image=$(sed -n 's/^ *image: *//p' kubernetes/deployment.yaml)
   [ "$image" = "ghcr.io/reboot-manager/reboot-manager:$version" ] ||

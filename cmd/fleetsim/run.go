@@ -121,11 +121,11 @@ func (p *progress) event(e fleetsim.Event) {
 	}
 	t := e.Time.Sub(p.t0).Seconds()
 	if e.Phase == "" { // a "not yet" answer
-		fmt.Fprintf(p.out, "%6.1fs  %-14s %s\n", t, e.Node, e.Detail)
+		fmt.Fprintf(p.out, "%6.1fs  %-15s %s\n", t, e.Node, e.Detail)
 		return
 	}
 	p.phase[e.Node] = e.Phase
-	fmt.Fprintf(p.out, "%6.1fs  %-14s %-10s %s   [%s]\n", t, e.Node, e.Phase, e.Detail, p.board())
+	fmt.Fprintf(p.out, "%6.1fs  %-15s %-10s %s   [%s]\n", t, e.Node, e.Phase, e.Detail, p.board())
 }
 
 // board summarises who is where: "draining: a-01 | rebooting: b-00 b-01 | done 3".

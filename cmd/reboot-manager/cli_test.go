@@ -106,6 +106,17 @@ func TestCommandFlagErrors(t *testing.T) {
 	}
 }
 
+// A mistyped flag without a command (reboot-manager -v) is a usage error that names
+// the commands, not serve's flags alone: the user did not type serve.
+func TestFlagErrorWithoutCommand(t *testing.T) {
+	code, out, errOut := invoke(t, "-v")
+	assert.Equal(t, 2, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "reboot-manager: flag provided but not defined: -v")
+	assert.Contains(t, errOut, "reboot-manager serve")
+	assert.Contains(t, errOut, "run 'reboot-manager help' for the commands")
+}
+
 // The old command line, flags without serve (manifests from before serve), still
 // starts the server, and its log says to use serve; serve itself does not warn.
 func TestFlagsWithoutServeAreDeprecated(t *testing.T) {

@@ -91,8 +91,8 @@ func parseConfig(args []string, getenv func(string) string, help io.Writer) (con
 		c.groupSlots[group] = slots
 		return nil
 	})
-	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows and minimum gap per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
-	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap (default $POD_NAMESPACE, else reboot-manager)")
+	fs.StringVar(&c.configFile, "config", "", "policy file (YAML): slots, reboot windows, minimum gap and order (after) per group, health gate, stale holders, blockers (docs/operations.md); reloaded when it changes. Replaces --default-slots and --group-slots")
+	fs.StringVar(&c.namespace, "namespace", "", "namespace of the pause ConfigMap, and with --cloud of the replacement records and their Lease (default $POD_NAMESPACE, else reboot-manager)")
 	fs.StringVar(&c.pauseConfigMap, "pause-configmap", policy.DefaultPauseConfigMap, "name of the ConfigMap whose existence pauses every new reboot")
 	fs.StringVar(&c.cloud, "cloud", "", "replace nodes that fail to return through their cloud's instance group, for groups with replaceAfter in --config: aws (credentials from the SDK's default chain) (docs/replacement.md)")
 	fs.DurationVar(&c.wait, "wait", lock.DefaultWait, "how long a pre-reboot request is held open waiting for a slot and for its drain before it answers \"not yet\" (each request a random 3/4 to all of it; Zincati waits 30m)")
@@ -147,7 +147,7 @@ func (c config) validate(slotFlags bool, args []string) error {
 	case c.defaultSlots < 0:
 		return fmt.Errorf("--default-slots must be >= 0, got %d", c.defaultSlots)
 	case c.wait <= 0 || c.wait > 25*time.Minute:
-		return fmt.Errorf("--wait must be above 0 and well under Zincati's 30-minute timeout, got %s", c.wait)
+		return fmt.Errorf("--wait must be above 0 and at most 25m, under Zincati's 30-minute timeout, got %s", c.wait)
 	case c.staleClaimAge <= 0:
 		return fmt.Errorf("--stale-claim-age must be above 0, got %s", c.staleClaimAge)
 	case c.drain.Parallelism <= 0:
@@ -240,7 +240,14 @@ func parseFlags(fs *flag.FlagSet, args []string, usage string, stdout io.Writer)
 	fs.Usage = func() {}
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(stdout, "usage: %s\n\nflags:\n", usage)
+		fmt.Fprintf(stdout, "usage: %s\n", usage)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n == 0 {
+			fmt.Fprint(stdout, "\nno flags\n")
+			return err
+		}
+		fmt.Fprint(stdout, "\nflags:\n")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
@@ -272,8 +279,15 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	if strings.HasPrefix(name, "-") {
 		// The command line from before serve: flags only. Still the server, with a
-		// warning in its log.
-		return exitCode(stderr, "serve", serve(ctx, args, getenv, stdout, stderr, true))
+		// warning in its log. A flag mistake names the commands too: whoever typed
+		// reboot-manager -v did not ask for serve.
+		err := serve(ctx, args, getenv, stdout, stderr, true)
+		if usage := (*usageError)(nil); errors.As(err, &usage) {
+			fmt.Fprintf(stderr, "reboot-manager: %v\nflags without a command are those of reboot-manager serve (deprecated: put serve first);\n"+
+				"run 'reboot-manager help' for the commands, 'reboot-manager help serve' for serve's flags\n", err)
+			return 2
+		}
+		return exitCode(stderr, "serve", err)
 	}
 	for _, c := range commands() {
 		if c.name == name && c.run != nil {
@@ -332,7 +346,7 @@ var errStopped = errors.New("stopped: see the log above")
 // versionCommand prints the version and the Go version it was built with.
 func versionCommand(_ context.Context, args []string, _ func(string) string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	if err := parseFlags(fs, args, "reboot-manager version", stdout); err != nil {
+	if err := parseFlags(fs, args, "reboot-manager version: print the version (also --version)", stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -23,3 +23,26 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 {{- define "reboot-manager.notifySecret" -}}
 {{- .Values.notify.secretName | default (printf "%s-notify" (include "reboot-manager.fullname" .)) -}}
 {{- end -}}
+
+{{/* drainFailurePolicy spelled as the binary parses it (any case, dashes ignored),
+returned as KeepRefusing, Release or Force ("" when unset); anything else fails the
+render, not the pod. The ClusterRole's delete on pods follows Force in any spelling. */}}
+{{- define "reboot-manager.drainFailurePolicy" -}}
+{{- $v := .Values.drainFailurePolicy | toString | trim -}}
+{{- $k := $v | lower | replace "-" "" -}}
+{{- if eq $k "keeprefusing" -}}KeepRefusing
+{{- else if eq $k "release" -}}Release
+{{- else if eq $k "force" -}}Force
+{{- else if ne $k "" -}}
+{{- fail (printf "drainFailurePolicy: want KeepRefusing, Release or Force (or empty), got %q" $v) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* cloud: "" or aws, the values --cloud accepts. */}}
+{{- define "reboot-manager.cloud" -}}
+{{- $v := .Values.cloud | toString -}}
+{{- if and $v (ne $v "aws") -}}
+{{- fail (printf "cloud: want aws (or empty), got %q" $v) -}}
+{{- end -}}
+{{- $v -}}
+{{- end -}}

@@ -111,7 +111,7 @@ func (r *Report) Summary() string {
 	}
 	sort.Strings(groups)
 	for _, g := range groups {
-		fmt.Fprintf(&b, "group %s: at most %d nodes held the lock at once\n", g, r.MostHeld[g])
+		fmt.Fprintf(&b, "group %s: at most %d of its nodes held the lock at once\n", g, r.MostHeld[g])
 	}
 	if len(r.Violations) == 0 {
 		b.WriteString("invariants: all held\n")
