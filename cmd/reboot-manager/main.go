@@ -71,7 +71,7 @@ type config struct {
 func parseConfig(args []string, getenv func(string) string, help io.Writer) (config, error) {
 	c := config{groupSlots: map[string]int{}}
 	fs := flag.NewFlagSet("reboot-manager serve", flag.ContinueOnError)
-	fs.StringVar(&c.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file (default $KUBECONFIG, else the in-cluster configuration)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file, or files joined as in $KUBECONFIG (default $KUBECONFIG, else the in-cluster configuration)")
 	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address of the FleetLock HTTP server")
 	fs.StringVar(&c.metricsAddress, "metrics-address", ":9090", "address serving /metrics, /healthz, /readyz and /status")
 	fs.StringVar(&c.pathPrefix, "path-prefix", "", "path the FleetLock routes are served under, e.g. /fleetlock (Zincati's base_url path)")

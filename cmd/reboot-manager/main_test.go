@@ -176,3 +176,22 @@ func TestOneLogStream(t *testing.T) {
 	assert.Equal(t, "failed to list *v1.Node", rec["msg"])
 	assert.Equal(t, "ERROR", rec["level"])
 }
+
+// KUBECONFIG may list several files, as kubectl reads it; the server merges them too.
+// Before, it took the list for one path and failed.
+func TestServerKubeconfigList(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config")
+	require.NoError(t, os.WriteFile(file, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600))
+	cfg, err := kubeConfig(filepath.Join(dir, "missing") + string(os.PathListSeparator) + file)
+	require.NoError(t, err)
+	assert.Equal(t, "https://127.0.0.1:6443", cfg.Host)
+	_, err = kubeConfig(filepath.Join(dir, "missing"))
+	assert.ErrorContains(t, err, "missing")
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"time"
 
@@ -337,10 +338,16 @@ func newServer(addr string, h http.Handler, writeTimeout time.Duration, log *slo
 	}
 }
 
-// kubeConfig loads a kubeconfig file when one is named, else the in-cluster config.
+// kubeConfig loads the kubeconfig files path lists (one, or several joined as in
+// $KUBECONFIG, merged as kubectl merges them: missing files skipped unless none is
+// left), else the in-cluster config.
 func kubeConfig(path string) (*rest.Config, error) {
 	if path != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", path)
+		rules := &clientcmd.ClientConfigLoadingRules{Precedence: filepath.SplitList(path)}
+		if len(rules.Precedence) == 1 {
+			rules = &clientcmd.ClientConfigLoadingRules{ExplicitPath: path} // a missing file is an error
+		}
+		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 		if err != nil {
 			return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
 		}
