@@ -93,6 +93,10 @@ check)
     ! "$HELM" template reboot-manager "$chart" --set "$bad" >/dev/null 2>&1 ||
       fail "$bad renders; want an error"
   done
+  # --notify-url is read at start: a changed notify.url must roll the pods.
+  [ "$("$HELM" template reboot-manager "$chart" --set notify.url=generic+https://a.example/1 | grep checksum/notify-url)" != \
+    "$("$HELM" template reboot-manager "$chart" --set notify.url=generic+https://a.example/2 | grep checksum/notify-url)" ] ||
+    fail "a new notify.url does not change the pod template"
   version=$(sed -n 's/^appVersion: *//p' "$chart/Chart.yaml")
   image=$(sed -n 's/^ *image: *//p' kubernetes/deployment.yaml)
   [ "$image" = "ghcr.io/reboot-manager/reboot-manager:$version" ] ||
