@@ -1,0 +1,67 @@
+package lock
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/events"
+
+	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
+	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
+)
+
+// offsetClock is the real clock, off by d: a replica whose clock runs ahead (d > 0).
+type offsetClock struct{ d time.Duration }
+
+func (c offsetClock) Now() time.Time                  { return time.Now().Add(c.d) }
+func (c offsetClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// A request that waits for a slot while its own node is granted one goes down the
+// holder's path and is answered: it does not keep waiting behind this replica's
+// earlier request, which waits for the very slot its node holds. Here the slot is
+// reserved for it by a replica whose clock runs a minute ahead (the request's deadline
+// has passed to it) and that has read a raised slot count (2) this replica has not
+// read yet (1).
+func TestWaitingRequestTakesItsNodesReservation(t *testing.T) {
+	env := controlplane.Shared(t)
+	f := newFleet(t, env, "own-hold", 3, simkubelet.NodeOptions{})
+	first, second, holder := f.names[0], f.names[1], f.names[2]
+	a := startLock(t, env.Client, Options{Wait: 20 * time.Second, ReservationTimeout: -1})
+	awaitCached(t, a, f)
+	require.NoError(t, a.PreReboot(t.Context(), f.params(holder, "default")))
+
+	// Two requests wait on replica a, the first name's before the second's.
+	resFirst := preRebootAsync(a, f, first)
+	resSecond := preRebootAsync(a, f, second)
+	for _, name := range []string{first, second} {
+		awaitNode(t, env.Client, name, "marked as waiting", func(n *corev1.Node) bool { return n.Labels[LabelWaiting] == "true" })
+	}
+	require.Eventually(t, func() bool { // both wait for a free slot, neither claims
+		a.contendersMu.Lock()
+		defer a.contendersMu.Unlock()
+		return len(a.slotWaiters["default"]) == 2
+	}, 30*time.Second, 10*time.Millisecond)
+
+	// Replica b runs a minute ahead: both requests' deadlines have passed to it. Its
+	// policy has 2 slots and refuses the first node: it reserves the second slot for
+	// the second node.
+	rec := events.NewFakeRecorder(100)
+	b := startLock(t, env.Client, Options{Recorder: rec, Clock: offsetClock{time.Minute}, StaleClaimAge: time.Hour, WaiterTimeout: time.Hour,
+		ReservationGrace: 100 * time.Millisecond, ReservationTimeout: 10 * time.Minute,
+		Policy: refusingPolicy{testPolicy: testPolicy{slots: 2}, refuse: map[string]bool{first: true}}})
+	awaitCached(t, b, f)
+
+	select {
+	case r := <-resSecond:
+		require.NoError(t, r.err, "its own node holds: the request takes the reservation and is told to reboot")
+	case <-time.After(60 * time.Second):
+		t.Fatal("the request never answered")
+	}
+	n := getNodeT(t, env.Client, second)
+	require.Equal(t, StateRebooting, lockOf(n).State)
+	require.False(t, reserved(n), "the reservation was taken")
+	require.Contains(t, <-rec.Events, ReasonSlotReserved, "the slot was reserved by replica b")
+	<-resFirst // no slot for it: held
+}
