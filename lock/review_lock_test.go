@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 	"github.com/reboot-manager/reboot-manager/internal/testing/controlplane"
 	"github.com/reboot-manager/reboot-manager/internal/testing/simkubelet"
 )
@@ -64,4 +65,46 @@ func TestWaitingRequestTakesItsNodesReservation(t *testing.T) {
 	require.False(t, reserved(n), "the reservation was taken")
 	require.Contains(t, <-rec.Events, ReasonSlotReserved, "the slot was reserved by replica b")
 	<-resFirst // no slot for it: held
+}
+
+// gapPolicy refuses group "closed" (its window is closed) and, in any group, a node
+// whose group released a slot less than an hour ago (policy's MinGap).
+type gapPolicy struct{ testPolicy }
+
+func (gapPolicy) Admit(c Candidate) error {
+	if c.Group == "closed" {
+		return NewRefusal(fleetlock.ErrWindowClosed, "group closed: no reboot window open")
+	}
+	if !c.LastRelease.IsZero() && time.Since(c.LastRelease) < time.Hour {
+		return NewRefusal(fleetlock.ErrRebootGap, "group "+c.Group+": last reboot ended less than an hour ago")
+	}
+	return nil
+}
+
+// A node whose Zincati moved to another group, and whose request there is refused,
+// does not take its release in its old group with it: the old group's minimum gap
+// still counts from that release.
+func TestWaitingInAnotherGroupKeepsTheOldGroupsGap(t *testing.T) {
+	env := controlplane.Shared(t)
+	f := newFleet(t, env, "gap-move", 2, simkubelet.NodeOptions{})
+	moved, other := f.names[0], f.names[1]
+	l := startLock(t, env.Client, Options{Policy: gapPolicy{}, Wait: 300 * time.Millisecond, ReservationTimeout: -1})
+	awaitCached(t, l, f)
+	ctx := t.Context()
+	require.NoError(t, l.PreReboot(ctx, f.params(moved, "default")))
+	require.NoError(t, l.Release(ctx, moved))
+	awaitNoHolders(t, l, "default")
+	require.ErrorIs(t, l.PreReboot(ctx, f.params(other, "default")), fleetlock.ErrRebootGap, "the gap after the release")
+
+	// moved's Zincati now asks in group "closed": refused, it waits there.
+	require.ErrorIs(t, l.PreReboot(ctx, f.params(moved, "closed")), fleetlock.ErrWindowClosed)
+	require.Eventually(t, func() bool {
+		n, ok := l.cachedNode(moved)
+		w, waits := WaiterOf(n)
+		return ok && waits && w.Group == "closed"
+	}, 10*time.Second, 10*time.Millisecond)
+	require.ErrorIs(t, l.PreReboot(ctx, f.params(other, "default")), fleetlock.ErrRebootGap,
+		"default's last release is still an hour's gap away")
+	st, _ := nodeLockState(t, env.Client, other)
+	require.Equal(t, StateReady, st.State)
 }
