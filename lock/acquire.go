@@ -153,6 +153,9 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		if err := a.awaitFreeSlot(ctx); err != nil {
 			return nil, orHeld(err, held)
 		}
+		if c, ok := a.lock.cachedNode(a.name); ok && lockOf(c).State == StateRebooting {
+			return c, nil // our node holds (awaitFreeSlot): the holder's path reads it
+		}
 		return n, nil
 	}
 }

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,20 @@ type offsetClock struct{ d time.Duration }
 func (c offsetClock) Now() time.Time                  { return time.Now().Add(c.d) }
 func (c offsetClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
 
+// closingPolicy refuses node once closed is set: its window closed.
+type closingPolicy struct {
+	testPolicy
+	node   string
+	closed *atomic.Bool
+}
+
+func (p closingPolicy) Admit(c Candidate) error {
+	if c.Node.Name == p.node && p.closed.Load() {
+		return NewRefusal(fleetlock.ErrWindowClosed, "window closed for "+p.node)
+	}
+	return nil
+}
+
 // A request that waits for a slot while its own node is granted one goes down the
 // holder's path and is answered: it does not keep waiting behind this replica's
 // earlier request, which waits for the very slot its node holds. Here the slot is
@@ -29,7 +44,9 @@ func TestWaitingRequestTakesItsNodesReservation(t *testing.T) {
 	env := controlplane.Shared(t)
 	f := newFleet(t, env, "own-hold", 3, simkubelet.NodeOptions{})
 	first, second, holder := f.names[0], f.names[1], f.names[2]
-	a := startLock(t, env.Client, Options{Wait: 20 * time.Second, ReservationTimeout: -1})
+	closed := &atomic.Bool{} // a's policy: second's window closes once it waits
+	a := startLock(t, env.Client, Options{Wait: 20 * time.Second, ReservationTimeout: -1,
+		Policy: closingPolicy{node: second, closed: closed}})
 	awaitCached(t, a, f)
 	require.NoError(t, a.PreReboot(t.Context(), f.params(holder, "default")))
 
@@ -44,6 +61,7 @@ func TestWaitingRequestTakesItsNodesReservation(t *testing.T) {
 		defer a.contendersMu.Unlock()
 		return len(a.slotWaiters["default"]) == 2
 	}, 30*time.Second, 10*time.Millisecond)
+	closed.Store(true) // a holder is not refused: its grant was admitted
 
 	// Replica b runs a minute ahead: both requests' deadlines have passed to it. Its
 	// policy has 2 slots and refuses the first node: it reserves the second slot for
