@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
@@ -125,4 +126,42 @@ func TestWaitingInAnotherGroupKeepsTheOldGroupsGap(t *testing.T) {
 		"default's last release is still an hour's gap away")
 	st, _ := nodeLockState(t, env.Client, other)
 	require.Equal(t, StateReady, st.State)
+}
+
+// A request whose Node is deleted while it waits for a slot, and replaced by a Node of
+// the same name for another machine (a cloud reusing a private DNS name), ends with
+// node_gone: it never claims, cordons or drains the new machine, nor answers 2xx to
+// the old one on the new one's behalf.
+func TestWaitingRequestEndsWhenItsNodeIsReplaced(t *testing.T) {
+	c := newCluster(t)
+	ctx := t.Context()
+	holder, name := "replaced-a-"+c.id, "replaced-b-"+c.id
+	_, holderID := c.addNode(holder, "")
+	old, id := c.addNode(name, "")
+	l, _ := c.lock(Options{Wait: 40 * time.Second, ReservationTimeout: -1})
+	awaitCachedName(t, l, holder)
+	awaitCachedName(t, l, name)
+	require.NoError(t, l.PreReboot(ctx, fleetlock.ClientParams{ID: holderID, Group: "default"}))
+
+	answer := make(chan error, 1)
+	go func() { answer <- l.PreReboot(ctx, fleetlock.ClientParams{ID: id, Group: "default"}) }()
+	awaitNode(t, c.env.Client, name, "marked as waiting", func(n *corev1.Node) bool { return n.Labels[LabelWaiting] == "true" })
+	require.NoError(t, c.env.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}))
+	fresh, freshID := c.addNode(name, "")
+	require.NotEqual(t, old.UID, fresh.UID)
+	require.NotEqual(t, id, freshID)
+	awaitCachedUID(t, l, name, fresh.UID)
+	require.NoError(t, l.Release(ctx, holder))
+
+	var err error
+	select {
+	case err = <-answer:
+	case <-time.After(time.Minute):
+		t.Fatal("the waiting request never answered")
+	}
+	require.ErrorIs(t, err, fleetlock.ErrNodeGone)
+	n := getNodeT(t, c.env.Client, name)
+	require.Equal(t, fresh.UID, n.UID)
+	require.Equal(t, StateReady, lockOf(n).State, "no slot for the new machine, which did not ask")
+	require.False(t, n.Spec.Unschedulable, "the new machine is not cordoned")
 }
