@@ -155,7 +155,9 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		}
 		return n, nil
 	default: // withdraw
-		if n = a.withdraw(ctx); n == nil {
+		// Not the request's context: a request cut now still removes its claim,
+		// which would otherwise stall later names until it goes stale.
+		if n = a.withdraw(context.WithoutCancel(ctx)); n == nil {
 			if n, err = a.lock.get(ctx, a.name); err != nil {
 				return nil, err
 			}

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,4 +165,32 @@ func TestWaitingRequestEndsWhenItsNodeIsReplaced(t *testing.T) {
 	require.Equal(t, fresh.UID, n.UID)
 	require.Equal(t, StateReady, lockOf(n).State, "no slot for the new machine, which did not ask")
 	require.False(t, n.Spec.Unschedulable, "the new machine is not cordoned")
+}
+
+// A request cut (its context cancelled, as when a proxy drops Zincati's connection)
+// just as its check tells it to withdraw still withdraws its claim and records its
+// end: no claim left to go stale, blocking later names for StaleClaimAge, and no
+// request deadline left on the node that says it is still asking.
+func TestRequestCutAtItsWithdrawalWithdraws(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := t.Context()
+	f := newFleet(t, env, "cut-withdraw", 2, simkubelet.NodeOptions{})
+	waiter, holder := f.names[0], f.names[1]
+	l := startLock(t, env.Client, Options{Wait: 30 * time.Second, ReservationTimeout: -1})
+	awaitCached(t, l, f)
+	require.NoError(t, l.PreReboot(ctx, f.params(holder, "default")))
+	awaitState(t, l, holder, StateRebooting)
+
+	ctx1, drop := context.WithCancel(ctx)
+	testHookAfterCheck = func(node string) {
+		if node == waiter {
+			drop() // the verdict is withdraw: the holder takes the only slot
+		}
+	}
+	t.Cleanup(func() { testHookAfterCheck = nil })
+	require.Error(t, l.PreReboot(ctx1, f.params(waiter, "default")))
+	testHookAfterCheck = nil
+	n := getNodeT(t, env.Client, waiter)
+	require.Equal(t, StateReady, lockOf(n).State, "the claim was withdrawn")
+	require.NotContains(t, n.Annotations, AnnotationRequestUntil, "the request's end recorded")
 }
