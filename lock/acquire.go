@@ -2,12 +2,15 @@ package lock
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/reboot-manager/reboot-manager/fleetlock"
 )
 
 // acquisition is one pre-reboot request's work for one node: claim, check, promote
@@ -56,7 +59,14 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
 		a.contend(false)
 	}()
 	cached := true          // n is the cache's; every node read or written below is fresh
+	uid := n.UID            // the Node object of the machine that asked
 	for conflicts := 0; ; { // conflicts in a row
+		if n.UID != uid {
+			// Deleted, and a Node of the same name joined since (perhaps another
+			// machine): nothing here is its request's to claim, cordon or drain.
+			a.log.Info("node replaced while its request waited: the request ends", "uid", uid, "newUID", n.UID)
+			return fmt.Errorf("node %s (uid %s) was deleted while its request waited for a slot: %w", a.name, uid, fleetlock.ErrNodeGone)
+		}
 		if lockOf(n).State == StateRebooting {
 			if cached { // the cache may not show a release yet: read the node
 				fresh, err := a.lock.client.CoreV1().Nodes().Get(ctx, a.name, metav1.GetOptions{})
@@ -145,13 +155,18 @@ func (a *acquisition) step(ctx context.Context, n *corev1.Node) (*corev1.Node, e
 		}
 		return n, nil
 	default: // withdraw
-		if n = a.withdraw(ctx); n == nil {
+		// Not the request's context: a request cut now still removes its claim,
+		// which would otherwise stall later names until it goes stale.
+		if n = a.withdraw(context.WithoutCancel(ctx)); n == nil {
 			if n, err = a.lock.get(ctx, a.name); err != nil {
 				return nil, err
 			}
 		}
 		if err := a.awaitFreeSlot(ctx); err != nil {
 			return nil, orHeld(err, held)
+		}
+		if c, ok := a.lock.cachedNode(a.name); ok && lockOf(c).State == StateRebooting {
+			return c, nil // our node holds (awaitFreeSlot): the holder's path reads it
 		}
 		return n, nil
 	}

@@ -42,8 +42,20 @@ func (r *Refusal) Error() string { return r.Msg }
 // Is makes errors.Is(r, r.Err) true.
 func (r *Refusal) Is(target error) bool { return target == r.Err }
 
-// byMember indexes the node cache by the group of a node's last claim or hold,
-// whatever its state.
+// byReleased indexes the node cache by the group of the slot a node last released.
+const byReleased = "released"
+
+func releasedGroup(obj any) ([]string, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		if st := lockOf(n); !st.Released.IsZero() && st.ReleasedGroup != "" {
+			return []string{st.ReleasedGroup}, nil
+		}
+	}
+	return nil, nil
+}
+
+// byMember indexes the node cache by the group of a node's last claim or hold (or
+// wait), whatever its state.
 const byMember = "member"
 
 func memberGroup(obj any) ([]string, error) {
@@ -59,18 +71,22 @@ func memberGroup(obj any) ([]string, error) {
 // the group order from the cache (orderCached).
 func (a *acquisition) admit(n *corev1.Node) error {
 	c := Candidate{Node: n, Group: a.group}
-	if st := lockOf(n); st.Group == a.group {
+	if st := lockOf(n); st.ReleasedGroup == a.group {
 		c.LastRelease = st.Released
 	}
-	objs, _ := a.lock.nodes.GetIndexer().ByIndex(byMember, a.group)
+	idx := a.lock.nodes.GetIndexer()
+	objs, _ := idx.ByIndex(byMember, a.group)
 	for _, o := range objs {
-		m := o.(*corev1.Node)
-		if m.Name == n.Name {
-			continue
+		if m := o.(*corev1.Node); m.Name != n.Name {
+			c.Members = append(c.Members, m)
 		}
-		c.Members = append(c.Members, m)
-		if rel := lockOf(m).Released; rel.After(c.LastRelease) {
-			c.LastRelease = rel
+	}
+	// The group's releases, by the group of the slot released: a member that now
+	// waits in another group still counts here, and not there.
+	objs, _ = idx.ByIndex(byReleased, a.group)
+	for _, o := range objs {
+		if m := o.(*corev1.Node); m.Name != n.Name && lockOf(m).Released.After(c.LastRelease) {
+			c.LastRelease = lockOf(m).Released
 		}
 	}
 	if err := a.lock.opts.Policy.Admit(c); err != nil {

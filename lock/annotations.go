@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
 	"strconv"
@@ -31,8 +32,12 @@ const (
 	// is derived from status.nodeInfo.machineID.
 	AnnotationZincatiID = "rebootmanager/zincati-id"
 	// AnnotationReleased is when the node last released a slot (RFC 3339); with
-	// AnnotationGroup, which a release leaves in place, it tells a group's last reboot.
+	// AnnotationReleasedGroup it tells a group's last reboot.
 	AnnotationReleased = "rebootmanager/released"
+	// AnnotationReleasedGroup is the group of the slot the node last released, written
+	// with AnnotationReleased: AnnotationGroup may change since (the node waits in
+	// another group). Absent (a release written before it existed): AnnotationGroup.
+	AnnotationReleasedGroup = "rebootmanager/released-group"
 	// AnnotationAutoscalerKeys lists, comma-separated, the autoscaler annotations
 	// (AutoscalerAnnotations) that the promotion set because the node had none of its
 	// own; the release removes exactly those, so an operator's own value stays.
@@ -85,6 +90,7 @@ type nodeLock struct {
 	BootID           string
 	WasUnschedulable bool
 	Released         time.Time // when the node last released a slot
+	ReleasedGroup    string    // the group of that slot; "" if none was released
 }
 
 func lockOf(n *corev1.Node) nodeLock {
@@ -95,6 +101,9 @@ func lockOf(n *corev1.Node) nodeLock {
 	}
 	l.Since, _ = time.Parse(time.RFC3339Nano, a[AnnotationSince])
 	l.Released, _ = time.Parse(time.RFC3339Nano, a[AnnotationReleased])
+	if !l.Released.IsZero() {
+		l.ReleasedGroup = cmp.Or(a[AnnotationReleasedGroup], l.Group)
+	}
 	// Only a recorded "false" means we cordoned the node: when in doubt, leave it cordoned.
 	l.WasUnschedulable = a[AnnotationWasUnschedulable] != "false"
 	return l
@@ -184,6 +193,7 @@ func (w write) patch() []byte {
 	}
 	if w.released {
 		annotations[AnnotationReleased] = since
+		annotations[AnnotationReleasedGroup] = str(w.group) // the group of the hold
 	}
 	for _, k := range w.setAutoscaler {
 		annotations[k] = "true"

@@ -33,12 +33,20 @@ type slotWaiter struct {
 // the live claims by earlier names, and this replica's other requests seeking a slot
 // for earlier names. The last keeps a herd from forming: when a slot frees, only the
 // first waiters of each replica are woken and re-claim, not all of them (wakeGroup).
+// It returns at once, too, when the cache shows our own node holding: granted by
+// another request of it or reserved for it (reserve.go), a slot the requests before
+// us wait for in vain; the caller reads the node and goes down the holder's path.
 func (a *acquisition) awaitFreeSlot(ctx context.Context) error {
 	l := a.lock
 	for {
 		slots := l.slots(a.group)
-		w, taken := a.queueUp() // before the scan, so that no change is missed
+		own := l.nodeChanged.wait(a.name) // before the scan, as queueUp
+		w, taken := a.queueUp()           // before the scan, so that no change is missed
 		behind := len(taken) >= slots
+		if c, ok := l.cachedNode(a.name); ok && lockOf(c).State == StateRebooting {
+			l.leaveQueue(a.group, w)
+			return nil
+		}
 		objs, _ := l.nodes.GetIndexer().ByIndex(byGroup, a.group)
 		for _, o := range objs {
 			n := o.(*corev1.Node)
@@ -55,7 +63,7 @@ func (a *acquisition) awaitFreeSlot(ctx context.Context) error {
 		if behind {
 			every = behindWaiterPoll
 		}
-		err := l.sleep(ctx, every, a.expires, w.wake, nil)
+		err := l.sleep(ctx, every, a.expires, w.wake, own)
 		l.leaveQueue(a.group, w)
 		if err != nil {
 			return err

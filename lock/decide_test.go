@@ -81,9 +81,11 @@ func TestWritePatch(t *testing.T) {
 	assert.NotContains(t, got, "spec", "no cordon change unless asked")
 
 	got = nil
-	require.NoError(t, json.Unmarshal(write{resourceVersion: "44", state: StateReady, since: since, released: true}.patch(), &got))
+	require.NoError(t, json.Unmarshal(write{resourceVersion: "44", state: StateReady, group: "g", since: since, released: true}.patch(), &got))
 	ann = got["metadata"].(map[string]any)["annotations"].(map[string]any)
 	assert.Equal(t, "2026-11-21T10:00:00.000000005Z", ann[AnnotationReleased], "a release records its time")
+	assert.Equal(t, "g", ann[AnnotationReleasedGroup], "and its slot's group")
+	assert.NotContains(t, ann, AnnotationGroup, "Ready keeps the last group")
 	assert.Contains(t, ann, AnnotationWasUnschedulable)
 	assert.Nil(t, ann[AnnotationWasUnschedulable], "a release removes it")
 	assert.Contains(t, ann, AnnotationReservedUntil)

@@ -122,7 +122,7 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 			return nil, err
 		}
 	}
-	if err := l.nodes.AddIndexers(cache.Indexers{byGroup: lockGroup, byMember: memberGroup, byWaiting: waitingGroup}); err != nil {
+	if err := l.nodes.AddIndexers(cache.Indexers{byGroup: lockGroup, byMember: memberGroup, byWaiting: waitingGroup, byReleased: releasedGroup}); err != nil {
 		return nil, err
 	}
 	var err error

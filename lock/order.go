@@ -108,8 +108,8 @@ func (l *Lock) orderCached(group string) error {
 	return l.orderVerdict(group, after, nodes)
 }
 
-// orderFresh is orderCached on a fresh read of the API server (two LISTs, by LabelLock
-// and LabelWaiting): the last check before every promotion (a request's, a
+// orderFresh is orderCached on a fresh read of the API server (two LISTs, by LabelWaiting
+// then LabelLock): the last check before every promotion (a request's, a
 // reservation's). A failed read refuses (api_unavailable). A group that goes after
 // none costs nothing.
 func (l *Lock) orderFresh(ctx context.Context, group string) error {
@@ -117,8 +117,12 @@ func (l *Lock) orderFresh(ctx context.Context, group string) error {
 	if len(after) == 0 {
 		return nil
 	}
+	// The waiting nodes first: a waiter's claim keeps LabelWaiting until its
+	// promotion, which sets LabelLock in the same write, so a node waiting at the
+	// first LIST and holding at the second is seen by one of them. The other order
+	// misses a node promoted between the two LISTs.
 	var nodes []*corev1.Node
-	for _, sel := range []string{LabelLock + "=true", LabelWaiting + "=true"} {
+	for _, sel := range []string{LabelWaiting + "=true", LabelLock + "=true"} {
 		list, err := l.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			return apiError("list the nodes of the groups "+group+" goes after", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,4 +222,74 @@ func TestGroupOrderFailsClosed(t *testing.T) {
 
 	// A group without an order makes no such read: granted.
 	require.NoError(t, l.PreReboot(context.WithoutCancel(t.Context()), w.params(w.names[0], "cp")))
+}
+
+// orderListsHook runs act before each of the fresh order read's LISTs (by LabelLock or
+// LabelWaiting) once armed: act(0) before the first, act(1) before the second.
+type orderListsHook struct {
+	rt    http.RoundTripper
+	mu    sync.Mutex
+	armed bool
+	calls int
+	act   func(i int)
+}
+
+func (h *orderListsHook) RoundTrip(req *http.Request) (*http.Response, error) {
+	sel := req.URL.Query().Get("labelSelector")
+	if req.Method == http.MethodGet && (sel == LabelLock+"=true" || sel == LabelWaiting+"=true") {
+		h.mu.Lock()
+		if h.armed && h.calls < 2 {
+			h.act(h.calls)
+			h.calls++
+		}
+		h.mu.Unlock()
+	}
+	return h.rt.RoundTrip(req)
+}
+
+// A cp node that waits when the worker's fresh order read begins and holds when it
+// ends (its own request was granted in between: a write that sets LabelLock and
+// removes LabelWaiting at once) was in progress all along: the worker is refused. The
+// read's two LISTs must not both miss it, whichever of them comes first.
+func TestGroupOrderSeesWaiterPromotedDuringFreshRead(t *testing.T) {
+	env := controlplane.Shared(t)
+	cp := newFleet(t, env, "order-mid", 1, simkubelet.NodeOptions{})
+	w := newFleet(t, env, "order-midw", 1, simkubelet.NodeOptions{})
+	cpNode, worker := cp.names[0], w.names[0]
+	hook := &orderListsHook{}
+	hook.act = func(i int) {
+		ctx := context.WithoutCancel(t.Context())
+		switch i {
+		case 0: // cp begins to wait, its request open
+			markWaiting(t, env.Client, cpNode, "cp", time.Now(), time.Now().Add(time.Minute))
+		case 1: // cp's request is granted: the promotion's write
+			n := getNodeT(t, env.Client, cpNode)
+			_, err := patchNode(ctx, env.Client, cpNode, write{resourceVersion: n.ResourceVersion, state: StateRebooting,
+				group: "cp", since: time.Now(), bootID: n.Status.NodeInfo.BootID, wasUnsched: new(false), unschedulable: new(true)})
+			require.NoError(t, err)
+		}
+	}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { hook.rt = rt; return hook })
+	client := kubernetes.NewForConfigOrDie(cfg)
+	l := startLock(t, client, Options{Policy: orderPolicy{after: map[string][]string{"workers": {"cp"}}}, Wait: 300 * time.Millisecond,
+		ReservationTimeout: -1})
+	awaitCached(t, l, cp)
+	awaitCached(t, l, w)
+	testHookAfterCheck = func(node string) {
+		if node == worker { // the next two LISTs are the fresh order read's
+			hook.mu.Lock()
+			hook.armed = true
+			hook.mu.Unlock()
+		}
+	}
+	t.Cleanup(func() { testHookAfterCheck = nil })
+
+	err := l.PreReboot(t.Context(), w.params(worker, "workers"))
+	require.Equal(t, 2, hook.calls, "cp began waiting and was granted during the worker's fresh read")
+	require.ErrorIs(t, err, fleetlock.ErrGroupOrder, "cp was in progress throughout the read")
+	assert.Contains(t, err.Error(), cpNode)
+	st, cordoned := nodeLockState(t, env.Client, worker)
+	assert.Equal(t, StateReady, st.State)
+	assert.False(t, cordoned)
 }

@@ -78,7 +78,7 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 				return err
 			}
 		}
-		w := write{resourceVersion: n.ResourceVersion, state: StateReady, since: clk.Now(), released: true,
+		w := write{resourceVersion: n.ResourceVersion, state: StateReady, group: st.Group, since: clk.Now(), released: true,
 			dropAutoscaler: autoscalerKeysSet(n)}
 		if _, held := n.Annotations[AnnotationHold]; !st.WasUnschedulable && !held {
 			w.unschedulable = new(false)

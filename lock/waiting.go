@@ -29,8 +29,9 @@ import (
 // the request goes on without them.
 func (a *acquisition) markWaiting(ctx context.Context, n *corev1.Node, until time.Time) (*corev1.Node, bool) {
 	l := a.lock
+	uid := n.UID
 	for conflicts := 0; ; conflicts++ {
-		if lockOf(n).State != StateReady {
+		if lockOf(n).State != StateReady || n.UID != uid { // n.UID: replaced (run says so)
 			return n, false
 		}
 		now := l.opts.Clock.Now()

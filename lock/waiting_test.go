@@ -60,7 +60,8 @@ func TestWaitingMarksWhileWaitingGoneAfterPromotion(t *testing.T) {
 	ended := make(chan error, 1)
 	go func() { ended <- l.PreReboot(ctx1, f.params(waiter, "default")) }()
 	n := awaitNode(t, env.Client, waiter, "marked as waiting", func(n *corev1.Node) bool {
-		return n.Labels[LabelWaiting] == "true"
+		_, waits := WaiterOf(n) // not while its claim is being checked (Claiming)
+		return n.Labels[LabelWaiting] == "true" && waits
 	})
 	w, ok := WaiterOf(n)
 	require.True(t, ok, "the waiter reads as one: %v", n.Annotations)
