@@ -67,8 +67,12 @@
 //   - stale.go: releasing holders that rebooted but never called steady-state.
 //   - resume.go: every replica resumes the drains of holders that have not rebooted.
 //   - waiting.go: the waiting marks a request writes on its node (the queue, Queue
-//     in queue.go); reserve.go: reserving a free slot for a waiter with no request
-//     open, and giving back a reservation its node did not take.
+//     in queue.go); reserve.go: when a free slot is reserved for a waiter with no
+//     request open; reserveclaim.go: the claim made on its behalf; giveback.go: the
+//     node taking its reservation, or the slot given back when it does not.
+//   - order.go: the group order (a group's nodes go after its after groups').
+//   - handlers.go: the node cache's event handlers (the ID map, resolve.go, and the
+//     per-group and per-node wakes, wait.go).
 //   - holders.go: the holder list behind the status page; metrics.go: the metrics.
 //   - health.go: the API server health probe behind api_unavailable and /readyz.
 //   - events.go: the Events posted on Nodes and their reasons.

@@ -2,12 +2,9 @@ package lock
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 // Reservations: a slot that frees while its group's waiters have no request open
@@ -44,19 +41,6 @@ const DefaultReservationGrace = time.Second
 // ReasonSlotReserved (Normal): a free slot was reserved for a waiting node, which was
 // cordoned and is drained before its next pre-reboot.
 const ReasonSlotReserved = "SlotReserved"
-
-// ReasonReservationExpired (Normal): a slot reserved for a node was given back, since
-// its pre-reboot did not come by the reservation's deadline; the node was uncordoned
-// if reboot-manager cordoned it.
-const ReasonReservationExpired = "ReservationExpired"
-
-// releaseReservation is the cause of a release that gives back an unclaimed
-// reservation.
-const releaseReservation releaseCause = "reservation-expired"
-
-// testHookBeforeGiveBack, set by tests, runs between the give-back's fresh read and
-// its conditioned write.
-var testHookBeforeGiveBack func(node string)
 
 // byWaiting indexes the node cache by the group of the waiters (nodes in state Ready
 // with AnnotationWaitingSince), so that the reservation loop reads only them.
@@ -214,158 +198,4 @@ func (l *Lock) reserveFor(ctx context.Context, group string, waiters []Waiter) b
 		}
 	}
 	return false
-}
-
-// newReservation returns the acquisition of a slot of group for node, on behalf of
-// the reservation loop: it may wait for later claimants to withdraw for tieWait.
-func (l *Lock) newReservation(node, group string) *acquisition {
-	now := time.Now()
-	until := l.opts.Clock.Now().Add(l.opts.ReservationTimeout)
-	return &acquisition{
-		lock:          l,
-		name:          node,
-		group:         group,
-		log:           l.log.With("node", node, "group", group, "reservation", true),
-		expires:       now.Add(tieWait),
-		tieExpires:    now.Add(tieWait),
-		reservedUntil: until,
-	}
-}
-
-// errNotReservable ends a reservation attempt for a node that should not get one now,
-// and lets the next waiter be tried.
-var errNotReservable = errors.New("not reservable")
-
-// reserve claims, checks and promotes the waiting node on its behalf, as a request
-// would (acquire.go), after a fresh read confirms that it still waits with no request
-// open, and after the admission a request would get. It reports whether the slot is
-// now reserved for the node, and, if not, whether the next waiter may be tried (this
-// one is not reservable or the policy refused it); a reservation leaves no claim of
-// its own behind.
-func (a *acquisition) reserve(ctx context.Context) (reserved, tryNext bool, err error) {
-	defer func() {
-		if a.claim != nil {
-			a.withdraw(context.WithoutCancel(ctx))
-		}
-	}()
-	l := a.lock
-	n, err := l.get(ctx, a.name)
-	if err != nil {
-		return false, false, err
-	}
-	w, ok := WaiterOf(n)
-	now := l.opts.Clock.Now()
-	switch {
-	case lockOf(n).State != StateReady:
-		return false, false, nil // a request or another replica works on it
-	case !ok || w.Group != a.group || w.Stale(now, l.opts.WaiterTimeout) || !NodeReady(n):
-		return false, true, errNotReservable
-	case w.Open(now):
-		return false, false, nil // its request takes the slot
-	}
-	if err := a.admit(n); err != nil {
-		return false, true, err
-	}
-	if err := a.drainGaveUp(ctx, n); err != nil {
-		return false, true, err
-	}
-	claimed, err := a.write(ctx, n, write{state: StateClaiming, group: a.group})
-	if err != nil {
-		return false, false, err // a 409: the node changed; the next round decides again
-	}
-	a.claim = claimed
-	for {
-		v, _, err := a.check(ctx)
-		if err != nil {
-			return false, false, err
-		}
-		switch v {
-		case promote:
-			if err := a.admit(claimed); err != nil {
-				return false, true, err
-			}
-			if err := l.orderFresh(ctx, a.group); err != nil {
-				return false, true, err // the group order, on a fresh read
-			}
-			n, err := a.promote(ctx)
-			if err != nil {
-				return false, false, err
-			}
-			if until, ok := ReservedUntil(n); !ok || !until.Equal(a.reservedUntil) {
-				return false, false, nil // conflict: someone else's write came first
-			}
-			a.log.Info("reboot slot reserved for a waiting node", "reservedUntil", a.reservedUntil, "waitingSince", w.Since)
-			l.event(a.name, corev1.EventTypeNormal, ReasonSlotReserved, "Reserve", fmt.Sprintf(
-				"slot of group %s reserved while the node had no pre-reboot request open: cordoned and drained now; given back if its pre-reboot does not come by %s",
-				a.group, a.reservedUntil.UTC().Format(time.RFC3339)))
-			l.drainer.Start(n)
-			return true, false, nil
-		case awaitLater:
-			if err := l.sleep(ctx, 200*time.Millisecond, a.tieExpires, l.groupChanged.wait(a.group), nil); err != nil {
-				return false, false, err
-			}
-		default:
-			return false, false, nil
-		}
-	}
-}
-
-// takeReservation is the node's own pre-reboot taking the slot reserved for it: it
-// removes AnnotationReservedUntil from n (fresh), conditioned on n as read, so that
-// either it or the give-back wins. A 409 Conflict is returned as is: the caller reads
-// the node again and decides again.
-func (a *acquisition) takeReservation(ctx context.Context, n *corev1.Node) (*corev1.Node, error) {
-	taken, err := a.lock.patchMarks(ctx, n, "", map[string]any{AnnotationReservedUntil: nil})
-	if err != nil {
-		return nil, err
-	}
-	until, _ := ReservedUntil(n)
-	a.log.Info("reserved slot taken by its node", "reservedUntil", until)
-	return taken, nil
-}
-
-// errReservationKept ends a give-back whose fresh read shows a reservation that must
-// stay: taken by its node, not yet past its deadline, or the node rebooted.
-var errReservationKept = errors.New("reservation kept")
-
-// giveBack releases the slot reserved for n (as the cache shows it) if a fresh read
-// confirms, just before the conditioned release, that the same grant is still
-// reserved, past its deadline, and the node has not rebooted since the grant.
-func (l *Lock) giveBack(ctx context.Context, n *corev1.Node) {
-	log := l.log.With("node", n.Name, "group", lockOf(n).Group)
-	fresh, err := l.get(ctx, n.Name)
-	if err != nil {
-		if !errors.Is(err, ErrNotHolder) && !apierrors.IsNotFound(errors.Unwrap(err)) {
-			log.Warn("cannot give back an expired reservation", "err", err)
-		}
-		return
-	}
-	g := grantOf(n)
-	until, _ := ReservedUntil(fresh)
-	err = l.releaseIf(ctx, fresh, log, releaseReservation, func(m *corev1.Node) error {
-		if testHookBeforeGiveBack != nil {
-			testHookBeforeGiveBack(m.Name)
-		}
-		u, reserved := ReservedUntil(m)
-		switch {
-		case m.UID != g.UID || !grantOf(m).Promoted.Equal(g.Promoted):
-			return ErrNotHolder
-		case !reserved || !l.opts.Clock.Now().After(u):
-			return errReservationKept
-		case m.Status.NodeInfo.BootID != g.BootID:
-			return errReservationKept // it rebooted anyway: its steady-state releases it
-		}
-		until = u
-		return nil
-	})
-	switch {
-	case errors.Is(err, ErrNotHolder), errors.Is(err, errReservationKept):
-	case err != nil:
-		log.Warn("cannot give back an expired reservation", "err", err)
-	default:
-		log.Info("reserved slot given back: its node did not ask by the deadline", "reservedUntil", until)
-		l.event(n.Name, corev1.EventTypeNormal, ReasonReservationExpired, "Release", fmt.Sprintf(
-			"slot of group %s reserved until %s given back: the node's pre-reboot did not come; uncordoned if reboot-manager cordoned it",
-			g.Group, until.UTC().Format(time.RFC3339)))
-	}
 }
