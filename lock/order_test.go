@@ -61,7 +61,7 @@ func TestOrderBlockers(t *testing.T) {
 }
 
 // markWaiting writes the waiting marks of a node of group directly, as a replica
-// holding its request would: last request at last, open until until (zero: none).
+// holding its request would: last request at last, open until the time until (zero: none).
 func markWaiting(t *testing.T, client kubernetes.Interface, name, group string, last, until time.Time) {
 	t.Helper()
 	a := map[string]any{

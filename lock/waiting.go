@@ -22,7 +22,7 @@ import (
 // again, as after any other change of the node.
 
 // markWaiting writes the waiting marks of a request that begins for node n (as the
-// cache shows it) and may wait until until (this replica's clock): the group it
+// cache shows it) and may wait until the deadline until (this replica's clock): the group it
 // waits in, the wait's start (kept if the node already waits in that group and is not
 // stale), the request's arrival and its deadline. A node that claims or holds gets no marks. It returns the node as last
 // seen (written or read), and whether the marks were written; a failure is logged and
