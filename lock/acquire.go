@@ -108,7 +108,9 @@ func (a *acquisition) run(ctx context.Context, n *corev1.Node) (err error) {
 			}
 		}
 		if a.claim == nil || a.claimAging() {
-			claimed, err := a.write(ctx, n, write{state: StateClaiming, group: a.group})
+			// Not cut by the request's context: a claim the API server applied while
+			// the client gave up would be known to nobody, and stand until it is stale.
+			claimed, err := a.write(context.WithoutCancel(ctx), n, write{state: StateClaiming, group: a.group})
 			if apierrors.IsConflict(err) && conflicts < maxConflicts {
 				conflicts++
 				a.claim = nil

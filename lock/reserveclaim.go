@@ -64,7 +64,7 @@ func (a *acquisition) reserve(ctx context.Context) (reserved, tryNext bool, err 
 	if err := a.drainGaveUp(ctx, n); err != nil {
 		return false, true, err
 	}
-	claimed, err := a.write(ctx, n, write{state: StateClaiming, group: a.group})
+	claimed, err := a.write(context.WithoutCancel(ctx), n, write{state: StateClaiming, group: a.group}) // as a request's claim
 	if err != nil {
 		return false, false, err // a 409: the node changed; the next round decides again
 	}

@@ -2,13 +2,20 @@ package lock
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 
 	"github.com/reboot-manager/reboot-manager/fleetlock"
@@ -193,4 +200,61 @@ func TestRequestCutAtItsWithdrawalWithdraws(t *testing.T) {
 	n := getNodeT(t, env.Client, waiter)
 	require.Equal(t, StateReady, lockOf(n).State, "the claim was withdrawn")
 	require.NotContains(t, n.Annotations, AnnotationRequestUntil, "the request's end recorded")
+}
+
+// cutAfterApply is a transport under which the first claim PATCH of node is applied by
+// the API server, and then the request's context is cut (cut runs) before the answer
+// reaches the client, as when Zincati drops its request at that moment.
+type cutAfterApply struct {
+	rt   http.RoundTripper
+	node string
+	cut  func()
+	once sync.Once
+}
+
+func (c *cutAfterApply) RoundTrip(req *http.Request) (*http.Response, error) {
+	isClaim := false
+	if req.Method == http.MethodPatch && strings.HasSuffix(req.URL.Path, "/nodes/"+c.node) && req.GetBody != nil {
+		if b, err := req.GetBody(); err == nil {
+			body, _ := io.ReadAll(b)
+			isClaim = strings.Contains(string(body), `"`+string(StateClaiming)+`"`)
+		}
+	}
+	if !isClaim {
+		return c.rt.RoundTrip(req)
+	}
+	resp, err := c.rt.RoundTrip(req.WithContext(context.WithoutCancel(req.Context())))
+	c.once.Do(c.cut)
+	if cerr := req.Context().Err(); cerr != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return nil, cerr
+	}
+	return resp, err
+}
+
+// A request dropped while its claim is on the wire leaves no claim behind. Before, the
+// claim the API server had applied was unknown to the request, which ended without
+// withdrawing it: the node stayed Claiming, holding back later names, until the claim
+// went stale, and its request-until mark stayed (it looked like it was still asking).
+func TestRequestCutDuringItsClaimLeavesNoClaim(t *testing.T) {
+	env := controlplane.Shared(t)
+	ctx := t.Context()
+	f := newFleet(t, env, "cut-claim", 2, simkubelet.NodeOptions{})
+	waiter, holder := f.names[0], f.names[1]
+	ctx1, drop := context.WithCancel(ctx)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &cutAfterApply{rt: rt, node: waiter, cut: drop} })
+	l := startLock(t, kubernetes.NewForConfigOrDie(cfg), Options{Wait: 30 * time.Second, ReservationTimeout: -1})
+	awaitCached(t, l, f)
+	require.NoError(t, l.PreReboot(ctx, f.params(holder, "default")))
+	awaitState(t, l, holder, StateRebooting)
+
+	require.Error(t, l.PreReboot(ctx1, f.params(waiter, "default")))
+	n := awaitNode(t, env.Client, waiter, "the claim withdrawn and the request's end recorded", func(n *corev1.Node) bool {
+		_, open := n.Annotations[AnnotationRequestUntil]
+		return lockOf(n).State == StateReady && !open
+	})
+	assert.Equal(t, StateReady, lockOf(n).State)
 }
