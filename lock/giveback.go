@@ -36,6 +36,7 @@ func (a *acquisition) takeReservation(ctx context.Context, n *corev1.Node) (*cor
 	}
 	until, _ := ReservedUntil(n)
 	a.log.Info("reserved slot taken by its node", "reservedUntil", until)
+	a.lock.reservations.WithLabelValues(a.lock.groupLabel(lockOf(n).Group), "taken").Inc()
 	return taken, nil
 }
 
@@ -79,6 +80,7 @@ func (l *Lock) giveBack(ctx context.Context, n *corev1.Node) {
 		log.Warn("cannot give back an expired reservation", "err", err)
 	default:
 		log.Info("reserved slot given back: its node did not ask by the deadline", "reservedUntil", until)
+		l.reservations.WithLabelValues(l.groupLabel(g.Group), "given_back").Inc()
 		l.event(n.Name, corev1.EventTypeNormal, ReasonReservationExpired, "Release", fmt.Sprintf(
 			"slot of group %s reserved until %s given back: the node's pre-reboot did not come; uncordoned if reboot-manager cordoned it",
 			g.Group, until.UTC().Format(time.RFC3339)))

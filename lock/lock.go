@@ -89,6 +89,8 @@ type Lock struct {
 	refusals *prometheus.CounterVec
 	// releases counts steady-state releases, by group and whether the reboot was seen.
 	releases *prometheus.CounterVec
+	// reservations counts reservations by group and outcome (reserve.go).
+	reservations *prometheus.CounterVec
 	// backSince is when the stale-holder loop first saw each grant back (node UID and
 	// promotion), on this replica's clock; only that loop uses it.
 	backSince map[types.UID]time.Time
@@ -107,13 +109,14 @@ func New(client kubernetes.Interface, drainer Drainer, opts Options) (*Lock, err
 	opts = opts.withDefaults()
 	l := &Lock{
 		client: client, drainer: drainer, opts: opts, log: opts.Logger,
-		contenders:  map[string]map[string]int{},
-		slotWaiters: map[string]map[*slotWaiter]struct{}{},
-		stopping:    make(chan struct{}),
-		unmatched:   newUnmatchedCounter(),
-		refusals:    newRefusalsCounter(),
-		releases:    newReleasesCounter(),
-		lastRefusal: map[string]refusalPosted{},
+		contenders:   map[string]map[string]int{},
+		slotWaiters:  map[string]map[*slotWaiter]struct{}{},
+		stopping:     make(chan struct{}),
+		unmatched:    newUnmatchedCounter(),
+		refusals:     newRefusalsCounter(),
+		releases:     newReleasesCounter(),
+		reservations: newReservationsCounter(),
+		lastRefusal:  map[string]refusalPosted{},
 	}
 	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripNode))
 	l.nodes = l.factory.Core().V1().Nodes().Informer()

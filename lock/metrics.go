@@ -30,6 +30,13 @@ func newReleasesCounter() *prometheus.CounterVec {
 	}, []string{"group", "rebooted"})
 }
 
+func newReservationsCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_reservations_total",
+		Help: "Slots reserved for a waiting node with no request open, by group and outcome: reserved (the node promoted and its drain started), taken (its pre-reboot came) or given_back (it did not by the deadline).",
+	}, []string{"group", "outcome"})
+}
+
 // groupLabel is group as a metric label value: a configured group, else
 // "unconfigured", so that clients cannot grow the series by naming groups.
 func (l *Lock) groupLabel(group string) string {
@@ -74,6 +81,7 @@ func (l *Lock) Describe(ch chan<- *prometheus.Desc) {
 	l.unmatched.Describe(ch)
 	l.refusals.Describe(ch)
 	l.releases.Describe(ch)
+	l.reservations.Describe(ch)
 }
 
 // Collect implements prometheus.Collector. Everything but the unmatched-ID counter is
@@ -83,6 +91,7 @@ func (l *Lock) Collect(ch chan<- prometheus.Metric) {
 	l.unmatched.Collect(ch)
 	l.refusals.Collect(ch)
 	l.releases.Collect(ch)
+	l.reservations.Collect(ch)
 	if !l.nodes.HasSynced() {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -100,6 +101,8 @@ func TestReservedWaiterDrainedAndAnsweredAtOnce(t *testing.T) {
 	assert.NotContains(t, n.Annotations, AnnotationReservedUntil)
 	assert.Equal(t, reservedAt, GrantedAt(n), "no claim of its own: the reservation's grant")
 	assert.True(t, n.Spec.Unschedulable)
+	assert.InDelta(t, 1, testutil.ToFloat64(l.reservations.WithLabelValues("default", "reserved")), 0)
+	assert.InDelta(t, 1, testutil.ToFloat64(l.reservations.WithLabelValues("default", "taken")), 0)
 }
 
 // (b) The Done-when: a reservation its node does not take by the deadline is
@@ -136,6 +139,8 @@ func TestUnclaimedReservationGivenBack(t *testing.T) {
 	}
 	assert.True(t, containsPrefix(posted, "Normal "+ReasonReservationExpired), "Events: %v", posted)
 	assert.True(t, containsPrefix(posted, "Normal "+ReasonSlotReserved), "Events: %v", posted)
+	assert.GreaterOrEqual(t, testutil.ToFloat64(l.reservations.WithLabelValues("default", "reserved")), 2.0, "first and next")
+	assert.InDelta(t, 1, testutil.ToFloat64(l.reservations.WithLabelValues("default", "given_back")), 0)
 }
 
 func containsPrefix(ss []string, prefix string) bool {

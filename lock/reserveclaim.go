@@ -93,6 +93,7 @@ func (a *acquisition) reserve(ctx context.Context) (reserved, tryNext bool, err 
 			l.event(a.name, corev1.EventTypeNormal, ReasonSlotReserved, "Reserve", fmt.Sprintf(
 				"slot of group %s reserved while the node had no pre-reboot request open: cordoned and drained now; given back if its pre-reboot does not come by %s",
 				a.group, a.reservedUntil.UTC().Format(time.RFC3339)))
+			l.reservations.WithLabelValues(l.groupLabel(a.group), "reserved").Inc()
 			l.drainer.Start(n)
 			return true, false, nil
 		case awaitLater:
