@@ -154,6 +154,9 @@ type write struct {
 	wasUnsched      *bool
 	unschedulable   *bool
 	released        bool // a release: record since as the release time
+	// noReboot, on a release, says the hold never led to a reboot (a reservation
+	// given back): the group's last reboot, AnnotationReleased, is left as it was.
+	noReboot bool
 	// setAutoscaler are autoscaler annotations to set to "true" (a promotion), and
 	// dropAutoscaler those to remove (a release); both update AnnotationAutoscalerKeys.
 	setAutoscaler, dropAutoscaler []string
@@ -191,7 +194,7 @@ func (w write) patch() []byte {
 	if w.state != StateReady {
 		annotations[AnnotationGroup] = w.group // Ready keeps the last group
 	}
-	if w.released {
+	if w.released && !w.noReboot {
 		annotations[AnnotationReleased] = since
 		annotations[AnnotationReleasedGroup] = str(w.group) // the group of the hold
 	}

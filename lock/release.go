@@ -43,7 +43,7 @@ func ReleaseNode(ctx context.Context, client kubernetes.Interface, node string, 
 	if err != nil {
 		return nil, Grant{}, err
 	}
-	return clearHold(ctx, client, n, clk, false, nil)
+	return clearHold(ctx, client, n, clk, false, false, nil)
 }
 
 // clearHold clears n's lock, re-reading after conflicts; see ReleaseNode. With bound,
@@ -51,9 +51,12 @@ func ReleaseNode(ctx context.Context, client kubernetes.Interface, node string, 
 // another grant (another Node object of the name, or a later promotion) returns
 // ErrNotHolder, since the evidence that decided the release was about n's grant.
 //
+// With noReboot (a reservation given back), the release is not recorded as the
+// group's last reboot (AnnotationReleased): the minimum gap does not start again.
+//
 // still, if set, is asked about every read of the node just before its write (the
 // first read is n itself): its error ends the release unmade.
-func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock, bound bool, still func(*corev1.Node) error) (*corev1.Node, Grant, error) {
+func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node, clk clock.PassiveClock, bound, noReboot bool, still func(*corev1.Node) error) (*corev1.Node, Grant, error) {
 	var g Grant
 	want := grantOf(n)
 	fresh := true
@@ -79,7 +82,7 @@ func clearHold(ctx context.Context, client kubernetes.Interface, n *corev1.Node,
 			}
 		}
 		w := write{resourceVersion: n.ResourceVersion, state: StateReady, group: st.Group, since: clk.Now(), released: true,
-			dropAutoscaler: autoscalerKeysSet(n)}
+			noReboot: noReboot, dropAutoscaler: autoscalerKeysSet(n)}
 		if _, held := n.Annotations[AnnotationHold]; !st.WasUnschedulable && !held {
 			w.unschedulable = new(false)
 		}
@@ -123,7 +126,7 @@ func (l *Lock) release(ctx context.Context, n *corev1.Node, log *slog.Logger, wh
 // read just before the write.
 func (l *Lock) releaseIf(ctx context.Context, n *corev1.Node, log *slog.Logger, why releaseCause, still func(*corev1.Node) error) error {
 	before := lockOf(n)
-	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock, why != releaseManual, still)
+	n, g, err := clearHold(ctx, l.client, n, l.opts.Clock, why != releaseManual, why == releaseReservation, still)
 	if err != nil {
 		return err
 	}

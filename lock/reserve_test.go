@@ -130,6 +130,7 @@ func TestUnclaimedReservationGivenBack(t *testing.T) {
 	assert.NotContains(t, n.Annotations, AnnotationReservedUntil)
 	assertNoWaitingMarks(t, n) // it leaves the queue: it re-enters when it asks again
 	assert.NotContains(t, n.Labels, LabelLock)
+	assert.NotContains(t, n.Annotations, AnnotationReleased, "no reboot: the group's minimum gap does not start again")
 
 	n = awaitNode(t, env.Client, next, "the next waiter served", reserved)
 	assert.True(t, n.Spec.Unschedulable)
