@@ -143,7 +143,8 @@ func (l *Lock) resolve(id string) (*corev1.Node, error) {
 	ns := l.ids.get(id)
 	switch len(ns) {
 	case 0:
-		return nil, fmt.Errorf("no node has Zincati ID %s: %w", id, fleetlock.ErrUnknownNode)
+		return nil, fmt.Errorf("%w: %s is derived from no Node's machine ID, and no Node has it as its %s annotation (needed with Zincati's identity.node_uuid; docs/zincati.md)",
+			fleetlock.ErrUnknownNode, id, AnnotationZincatiID)
 	case 1:
 		return ns[0], nil
 	}
