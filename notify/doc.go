@@ -8,7 +8,8 @@
 //   - a drain gives up (DrainFailed),
 //   - a node is being replaced, was replaced, or its replacement failed (NodeReplacing,
 //     NodeReplaced, ReplacementFailed),
-//   - a node is told to reboot, and when it is back (its slot released): through
+//   - a node is told to reboot, and when its slot is released (back from its reboot,
+//     or released otherwise: see its Events): through
 //     lock.GrantHooks (Notifier.Hooks).
 //
 // The Notifier watches the events.k8s.io/v1 Events reboot-manager posts on Nodes, so the

@@ -239,7 +239,7 @@ func (n *Notifier) stopTimers() {
 }
 
 // Hooks returns next's grant hooks, which also tell when a node is told to reboot and
-// when it is back (its slot released). The message is queued after next's hook, and
+// when its slot is released. The message is queued after next's hook, and
 // only if next's ToldToReboot let the 2xx go.
 func (n *Notifier) Hooks(next lock.GrantHooks) lock.GrantHooks {
 	if next == nil {
@@ -266,7 +266,9 @@ func (h hooks) ToldToReboot(ctx context.Context, node *corev1.Node, g lock.Grant
 func (h hooks) Released(ctx context.Context, g lock.Grant) {
 	h.next.Released(ctx, g)
 	h.n.cancelBlocked(g.Node)
-	h.n.Notify(fmt.Sprintf("Node %s (group %s) is back: its reboot slot is released after %s.", g.Node, g.Group, time.Since(g.Promoted).Round(time.Second)))
+	// Not "back": a release may also be an operator's, a stale holder's, a drain that
+	// gave up, or a reservation given back unclaimed (the node's Events say which).
+	h.n.Notify(fmt.Sprintf("Node %s (group %s) released its reboot slot after %s.", g.Node, g.Group, time.Since(g.Promoted).Round(time.Second)))
 }
 
 // Describe and Collect export rebootmanager_notifications_total.

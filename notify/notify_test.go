@@ -117,7 +117,7 @@ func TestEventsNotified(t *testing.T) {
 		"Draining node node-a for its reboot: evicting 3 pods",
 		"Replacing node node-d failed: TerminateInstanceInAutoScalingGroup: AccessDenied",
 		"Node node-a (group workers) is drained and told to reboot.",
-		"Node node-a (group workers) is back",
+		"Node node-a (group workers) released its reboot slot after",
 	}
 	require.Eventually(t, func() bool { return len(r.received()) >= len(want) }, 30*time.Second, 50*time.Millisecond)
 	got := strings.Join(r.received(), "\n")
