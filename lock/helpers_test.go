@@ -110,7 +110,9 @@ type holdersWatcher struct {
 	most    int
 }
 
-func watchHolders(t *testing.T, client kubernetes.Interface, f fleet) *holdersWatcher {
+// watchFleet calls seen, on a goroutine, with every watch event about f's nodes, in
+// the order the API server applied them, until the test ends.
+func watchFleet(t *testing.T, client kubernetes.Interface, f fleet, seen func(watch.EventType, *corev1.Node)) {
 	t.Helper()
 	ours := map[string]bool{}
 	for _, n := range f.names {
@@ -119,25 +121,30 @@ func watchHolders(t *testing.T, client kubernetes.Interface, f fleet) *holdersWa
 	w, err := client.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{})
 	require.NoError(t, err)
 	t.Cleanup(w.Stop)
-	h := &holdersWatcher{holding: map[string]bool{}}
 	go func() {
 		for ev := range w.ResultChan() {
-			n, ok := ev.Object.(*corev1.Node)
-			if !ok || !ours[n.Name] {
-				continue
+			if n, ok := ev.Object.(*corev1.Node); ok && ours[n.Name] {
+				seen(ev.Type, n)
 			}
-			h.mu.Lock()
-			h.holding[n.Name] = ev.Type != watch.Deleted && lockOf(n).holding()
-			count := 0
-			for _, held := range h.holding {
-				if held {
-					count++
-				}
-			}
-			h.most = max(h.most, count)
-			h.mu.Unlock()
 		}
 	}()
+}
+
+func watchHolders(t *testing.T, client kubernetes.Interface, f fleet) *holdersWatcher {
+	t.Helper()
+	h := &holdersWatcher{holding: map[string]bool{}}
+	watchFleet(t, client, f, func(typ watch.EventType, n *corev1.Node) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.holding[n.Name] = typ != watch.Deleted && lockOf(n).holding()
+		count := 0
+		for _, held := range h.holding {
+			if held {
+				count++
+			}
+		}
+		h.most = max(h.most, count)
+	})
 	return h
 }
 

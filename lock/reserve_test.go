@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/events"
 
@@ -361,25 +362,14 @@ type reservationsWatcher struct {
 
 func watchReservations(t *testing.T, client kubernetes.Interface, f fleet) *reservationsWatcher {
 	t.Helper()
-	ours := map[string]bool{}
-	for _, n := range f.names {
-		ours[n] = true
-	}
-	w, err := client.CoreV1().Nodes().Watch(t.Context(), metav1.ListOptions{})
-	require.NoError(t, err)
-	t.Cleanup(w.Stop)
 	r := &reservationsWatcher{seen: map[string]bool{}}
-	go func() {
-		for ev := range w.ResultChan() {
-			n, ok := ev.Object.(*corev1.Node)
-			if !ok || !ours[n.Name] || !reserved(n) {
-				continue
-			}
+	watchFleet(t, client, f, func(_ watch.EventType, n *corev1.Node) {
+		if reserved(n) {
 			r.mu.Lock()
 			r.seen[n.Name+"/"+n.Annotations[AnnotationSince]] = true
 			r.mu.Unlock()
 		}
-	}()
+	})
 	return r
 }
 
