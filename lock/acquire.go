@@ -265,7 +265,13 @@ func (a *acquisition) claimAging() bool {
 }
 
 func (a *acquisition) isStale(st nodeLock) bool {
-	return st.State == StateClaiming && a.lock.opts.Clock.Since(st.Since) > a.lock.opts.StaleClaimAge
+	return staleClaim(st, a.lock.opts.Clock.Now(), a.lock.opts.StaleClaimAge)
+}
+
+// staleClaim reports whether st is a claim older than age at now: its request is gone
+// (doc.go), and it no longer counts.
+func staleClaim(st nodeLock, now time.Time, age time.Duration) bool {
+	return st.State == StateClaiming && now.Sub(st.Since) > age
 }
 
 // removeStaleClaim removes a claim its request abandoned, conditioned on the node as

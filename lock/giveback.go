@@ -64,7 +64,7 @@ func (l *Lock) giveBack(ctx context.Context, n *corev1.Node) {
 		}
 		u, reserved := ReservedUntil(m)
 		switch {
-		case m.UID != g.UID || !grantOf(m).Promoted.Equal(g.Promoted):
+		case !samePromotion(m, g):
 			return ErrNotHolder
 		case !reserved || !l.opts.Clock.Now().After(u):
 			return errReservationKept

@@ -42,7 +42,7 @@ func OrderBlockers(after []string, nodes []*corev1.Node, now time.Time, waiterTi
 			continue
 		}
 		switch {
-		case st.State == StateRebooting, st.State == StateClaiming && now.Sub(st.Since) <= staleClaimAge:
+		case st.State == StateRebooting, st.State == StateClaiming && !staleClaim(st, now, staleClaimAge):
 			out = append(out, OrderBlocker{Node: n.Name, Group: st.Group, State: st.State})
 			seen[n.Name] = true
 		}

@@ -117,7 +117,7 @@ func (l *Lock) reserveRound(ctx context.Context, free map[string]time.Time) time
 		for _, o := range objs {
 			n := o.(*corev1.Node)
 			st := lockOf(n)
-			if st.State == StateClaiming && l.opts.Clock.Since(st.Since) > l.opts.StaleClaimAge {
+			if staleClaim(st, now, l.opts.StaleClaimAge) {
 				continue
 			}
 			taken[g]++
