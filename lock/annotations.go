@@ -176,7 +176,7 @@ func (w write) patch() []byte {
 	if w.state != StateReady {
 		label = "true"
 	}
-	since := w.since.UTC().Format(time.RFC3339Nano)
+	since := stamp(w.since)
 	annotations := map[string]any{
 		AnnotationStatus: string(w.state),
 		AnnotationSince:  since,

@@ -55,10 +55,11 @@ func (l *Lock) awaitBack(ctx context.Context, cached *corev1.Node) (*corev1.Node
 		if !ok || !samePromotion(c, first) {
 			return nil, ErrNotHolder // deleted or released, and its slot with it
 		}
-		if !back(c, grantOf(c)) {
+		isBack := back(c, grantOf(c))
+		if !isBack {
 			renewals.observe(ctx, l)
 		}
-		if back(c, grantOf(c)) || renewals.seen >= aliveRenewals {
+		if isBack || renewals.seen >= aliveRenewals {
 			n, err := l.get(ctx, first.Node)
 			switch {
 			case apierrors.IsNotFound(err):
